@@ -1,0 +1,129 @@
+"""KV decisions: which sequence slot a session gets, what of its cache is reused, when and how
+to shift. Returns plans (KvAction lists); performs nothing.
+"""
+from __future__ import annotations
+
+from ..config import MemoryConfig
+from ..errors import PromptTooLong
+from .plan import Evict, KvAction, Shift, Trim
+from .session import SessionState
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def keep_count(n_ctx: int, memory: MemoryConfig) -> int:
+    """Tokens kept at the start on a context shift (capped at half the context so a shift
+    always frees a useful amount)."""
+    return min(memory.n_keep_tokens, n_ctx // 2)
+
+
+def discard_count(n_tokens: int, n_keep: int, memory: MemoryConfig, at_least: int = 1) -> int:
+    n_left = n_tokens - n_keep
+    wanted = memory.n_discard_tokens or n_left // 2
+    return max(1, min(max(wanted, at_least), n_left - 1))
+
+
+class SlotPool:
+    """The context's sequence slots. A resident session holds one; an idle one may lose it."""
+
+    def __init__(self, n_slots: int) -> None:
+        self.n_slots = n_slots
+        self._free = list(range(n_slots))
+        self._owner: dict[int, SessionState] = {}
+
+    @property
+    def resident(self) -> list[SessionState]:
+        return list(self._owner.values())
+
+    def acquire(self, session: SessionState) -> list[KvAction] | None:
+        """A slot for ``session``: [] if it has one, [Evict(victim)] if an idle session's slot
+        is taken, None if every slot is busy."""
+        if session.seq_id is not None:
+            return []
+        if self._free:
+            self._assign(session, self._free.pop(0))
+            return []
+        idle = [s for s in self._owner.values() if not s.busy]
+        if not idle:
+            return None
+        victim = min(idle, key=lambda s: s.last_used)
+        seq_id = victim.seq_id
+        assert seq_id is not None
+        self._unassign(victim)
+        self._assign(session, seq_id)
+        return [Evict(victim, seq_id)]
+
+    def release(self, session: SessionState) -> list[KvAction]:
+        """The session is gone: its sequence is dropped and the slot freed."""
+        if session.seq_id is None:
+            return []
+        seq_id = session.seq_id
+        self._unassign(session)
+        self._free.append(seq_id)
+        return [Evict(session, seq_id)]
+
+    def _unassign(self, session: SessionState) -> None:
+        # The bookkeeping changes here, at planning time, so that a later decision in the same
+        # plan sees the session as empty; the engine only clears the sequence.
+        assert session.seq_id is not None
+        del self._owner[session.seq_id]
+        session.seq_id = None
+        session.kv_tokens = []
+
+    def _assign(self, session: SessionState, seq_id: int) -> None:
+        session.seq_id = seq_id
+        self._owner[seq_id] = session
+
+
+def plan_prompt(session: SessionState, prompt: list[int], *, n_ctx: int, memory: MemoryConfig,
+                can_shift: bool, truncate_ok: bool) -> tuple[list[int], int, list[KvAction]]:
+    """Fit ``prompt`` into the session's sequence: (prompt as it will be held, tokens reused,
+    actions). Over-long chat prompts are context-shifted when allowed; else PromptTooLong."""
+    room = n_ctx - 1  # at least one token must be generated
+    kv = session.kv_tokens
+    lcp = common_prefix(kv, prompt)
+    actions: list[KvAction] = []
+    if len(prompt) > room:
+        if not (truncate_ok and memory.context_shifting and can_shift):
+            raise PromptTooLong(f"prompt has {len(prompt)} tokens; the context holds {n_ctx} "
+                                f"per session (at most {room} for a prompt)")
+        n_keep = keep_count(n_ctx, memory)
+        discard = discard_count(len(prompt), n_keep, memory, at_least=len(prompt) - room)
+        if len(prompt) - discard > room:
+            raise PromptTooLong(f"prompt has {len(prompt)} tokens; even after dropping {discard} "
+                                f"it does not fit the context of {n_ctx}")
+        shifted = prompt[:n_keep] + prompt[n_keep + discard:]
+        if lcp > n_keep + discard:
+            # The part to drop is already cached: shift the KV instead of re-prefilling.
+            if lcp < len(kv):
+                actions.append(Trim(session, lcp))
+            actions.append(Shift(session, n_keep, discard))
+            kv_after = kv[:n_keep] + kv[n_keep + discard:lcp]
+        else:
+            kv_after = kv
+        prompt = shifted
+        lcp = common_prefix(kv_after, prompt)
+        kv = kv_after
+    reuse = min(lcp, len(prompt) - 1)
+    if reuse < len(kv):
+        actions.append(Trim(session, reuse))
+    return prompt, reuse, actions
+
+
+def plan_generation_room(session: SessionState, *, n_ctx: int, memory: MemoryConfig,
+                         can_shift: bool) -> Shift | None:
+    """Room for one more token: None if there is room already, a Shift if shifting frees it.
+    Raises LookupError when the context is full and shifting is off or impossible."""
+    n_tokens = len(session.kv_tokens)
+    if n_tokens + 1 <= n_ctx:
+        return None
+    if not (memory.context_shifting and can_shift):
+        raise LookupError("context full")
+    n_keep = keep_count(n_ctx, memory)
+    return Shift(session, n_keep, discard_count(n_tokens, n_keep, memory))

@@ -1,0 +1,53 @@
+"""StepPlan and KvAction: the only currency from core to engine.
+
+The core decides; the engine performs. Each KvAction names C work on one session's sequence
+and the bookkeeping that goes with it; the engine applies both or neither.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import WasiNnError
+from .session import Request, SessionState
+
+
+@dataclass(frozen=True)
+class Evict:
+    """Drop the whole sequence of an idle session and free its slot (re-prefilled on next use)."""
+
+    session: SessionState
+    seq_id: int
+
+
+@dataclass(frozen=True)
+class Trim:
+    """Keep the first ``keep`` tokens of the sequence, remove the rest (prefix reuse)."""
+
+    session: SessionState
+    keep: int
+
+
+@dataclass(frozen=True)
+class Shift:
+    """Context shift: remove tokens [keep, keep+discard) and move the rest left by ``discard``."""
+
+    session: SessionState
+    keep: int
+    discard: int
+
+
+KvAction = Evict | Trim | Shift
+
+
+@dataclass
+class StepPlan:
+    kv_actions: list[KvAction] = field(default_factory=list)
+    decode: list[Request] = field(default_factory=list)              # one token each
+    prefill: list[tuple[Request, int]] = field(default_factory=list) # (request, tokens this step)
+    failed: list[tuple[Request, WasiNnError]] = field(default_factory=list)
+    context_full: list[Request] = field(default_factory=list)        # shifting off, no room
+
+    @property
+    def empty(self) -> bool:
+        return not (self.kv_actions or self.decode or self.prefill or self.failed
+                    or self.context_full)

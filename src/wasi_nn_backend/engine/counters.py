@@ -1,0 +1,20 @@
+"""Engine counters: written by the engine thread only, read anywhere (ints are atomic enough
+for statistics)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class EngineCounters:
+    steps: int = 0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    reused_tokens: int = 0
+    shifts: int = 0
+    evictions: int = 0
+    finished: int = 0
+    failed: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self)

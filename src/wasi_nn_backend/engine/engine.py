@@ -1,0 +1,324 @@
+"""One engine per loaded model: a thread that alone touches the model's Context, Batch and
+Samplers. Public methods are thread-safe: they post commands to the inbox and return a Stream.
+
+step = plan -> kv actions -> fill ONE batch -> decode -> sample -> stop checks -> emit
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from ..config import Config, ModelSettings, RequestParams, SamplingParams
+from ..core.clock import Clock, MonotonicClock
+from ..core.kv_policy import SlotPool
+from ..core.plan import Evict, KvAction, Shift, StepPlan, Trim
+from ..core.scheduler import Scheduler
+from ..core.session import FinishReason, Request, RequestState, SessionState
+from ..core.text import TextAssembler
+from ..errors import BackendRuntimeError, ErrorCode, InvalidArgument, WasiNnError
+from ..llm import lib
+from ..llm.batch import Batch
+from ..llm.context import Context
+from ..llm.model import Model
+from ..llm.sampler import Sampler, check_grammar
+from .counters import EngineCounters
+from .live import LiveRequest
+from .streams import Stream
+
+log = logging.getLogger("wasi_nn_backend.engine")
+
+
+def load_model(path: str, settings: ModelSettings) -> Model:
+    """Load a GGUF file for an engine (ModelNotFound, InvalidEncoding, runtime_error)."""
+    return Model.load(path, n_gpu_layers=settings.n_gpu_layers, use_mmap=settings.use_mmap)
+
+
+def build_info() -> dict[str, Any]:
+    """llama.cpp build facts for usage reports."""
+    return lib.build_info()
+
+
+class Engine:
+    def __init__(self, model: Model, config: Config, *, clock: Clock | None = None,
+                 name: str = "model") -> None:
+        settings = config.model
+        self.model = model
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.n_ctx = settings.n_ctx
+        threads = settings.threads or os.cpu_count() or 1
+        self.ctx = Context(
+            model, n_ctx=settings.n_ctx * settings.n_seq_max, n_batch=settings.n_batch,
+            n_ubatch=settings.n_ubatch, n_seq_max=settings.n_seq_max, n_threads=threads,
+            n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn,
+            kv_unified=settings.kv_unified, type_k=settings.cache_type_k,
+            type_v=settings.cache_type_v)
+        self.batch = Batch(settings.n_batch)
+        self.pool = SlotPool(settings.n_seq_max)
+        self.scheduler = Scheduler(
+            n_batch=settings.n_batch, n_ctx=settings.n_ctx, pool=self.pool,
+            settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
+            clock=self.clock)
+        self.counters = EngineCounters()
+        self._live: dict[Request, LiveRequest] = {}
+        self._inbox: deque[Callable[[], Any]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    # -- thread-safe API ---------------------------------------------------------------------
+    def submit(self, session: SessionState, prompt_tokens: list[int], params: RequestParams,
+               *, truncate_ok: bool = False) -> Stream:
+        """Queue a generation on ``session``; its output arrives on the returned Stream."""
+        if not prompt_tokens:
+            raise InvalidArgument("the prompt is empty (no tokens)")
+        now = self.clock.now()
+        timeout_ms = params.timeout_ms
+        if timeout_ms is None:
+            timeout_ms = self.config.backend.default_task_timeout_ms
+        request = Request(session=session, prompt_tokens=list(prompt_tokens), params=params,
+                          truncate_ok=truncate_ok, submitted_at=now,
+                          deadline=now + timeout_ms / 1000 if timeout_ms else None)
+        stream = Stream(cancel=lambda: self._post_quietly(lambda: self._cancel(request)))
+        live = LiveRequest(request, stream, TextAssembler(params.stopping.stop))
+        self._post(lambda: self._admit(live))
+        return stream
+
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        """Raise InvalidArgument now for a grammar or JSON schema that cannot be used."""
+        check_grammar(self.model, sampling)
+
+    def close_session(self, session: SessionState) -> Future:
+        """Stop the session's requests and free its KV sequence; the future resolves when done."""
+        return self.call(lambda: self._drop_session(session))
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the engine thread between steps; its result comes on the Future."""
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as error:  # handed to the caller, not swallowed
+                future.set_exception(error)
+        self._post(run)
+        return future
+
+    def close(self) -> None:
+        """Stop the thread; waiting and running requests fail with runtime_error."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()  # the context must be freed before anyone frees the model
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _post(self, command: Callable[[], Any]) -> None:
+        with self._cond:
+            if self._stopping:
+                raise BackendRuntimeError("the model's engine is closed")
+            self._inbox.append(command)
+            self._cond.notify_all()
+
+    def _post_quietly(self, command: Callable[[], Any]) -> None:
+        try:
+            self._post(command)
+        except BackendRuntimeError:
+            pass  # closing already fails every request
+
+    # -- engine thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._inbox or self._stopping
+                                        or self.scheduler.has_work)
+                    if self._stopping:
+                        break
+                    commands = list(self._inbox)
+                    self._inbox.clear()
+                for command in commands:
+                    command()
+                if self.scheduler.has_work:
+                    self._step()
+        except BaseException:  # a bug: fail every request rather than hang its waiters
+            log.exception("engine thread failed")
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            self._stopping = True
+            pending, self._inbox = list(self._inbox), deque()
+        for command in pending:  # let queued calls resolve (their futures must not hang)
+            try:
+                command()
+            except BaseException:
+                log.exception("command failed during shutdown")
+        error = BackendRuntimeError("the backend was closed while the request ran")
+        for live in list(self._live.values()):
+            self._fail(live.request, error)
+        self.batch.close()
+        self.ctx.close()
+
+    def _admit(self, live: LiveRequest) -> None:
+        self._live[live.request] = live
+        self.scheduler.submit(live.request)
+
+    def _cancel(self, request: Request) -> None:
+        if request in self._live:
+            self._finish(request, FinishReason.CANCELLED, ErrorCode.SUCCESS)
+
+    def _drop_session(self, session: SessionState) -> None:
+        for request in [r for r in self._live if r.session is session]:
+            self._finish(request, FinishReason.CANCELLED, ErrorCode.SUCCESS)
+        session.closed = True
+        for action in self.pool.release(session):
+            self._apply(action)
+
+    def _step(self) -> None:
+        self._expire_deadlines()
+        plan = self.scheduler.plan()
+        for request, error in plan.failed:
+            self._fail(request, error)
+        for request in plan.context_full:
+            self._finish(request, FinishReason.LENGTH, ErrorCode.CONTEXT_FULL)
+        for action in plan.kv_actions:
+            self._apply(action)
+        self._start_samplers(plan)
+        outputs = self._fill_batch(plan)
+        if self.batch.n_tokens == 0:
+            return
+        result = self.ctx.decode(self.batch)
+        if result != 0:
+            self._decode_failed(result, plan)
+            return
+        self._commit(plan)
+        self._sample(outputs)
+
+    def _start_samplers(self, plan: StepPlan) -> None:
+        for request, _ in plan.prefill:
+            live = self._live[request]
+            if live.sampler is not None:
+                continue
+            try:
+                live.sampler = Sampler(self.model, request.params.sampling, n_ctx=self.n_ctx)
+                live.sampler.accept_prompt(request.prompt_tokens)
+            except WasiNnError as error:
+                self._fail(request, error)
+        plan.prefill = [(r, n) for r, n in plan.prefill if r in self._live]
+
+    def _fill_batch(self, plan: StepPlan) -> list[tuple[Request, int]]:
+        self.batch.clear()
+        outputs: list[tuple[Request, int]] = []
+        for request in plan.decode:
+            session = request.session
+            index = self.batch.add(request.pending_token, len(session.kv_tokens),
+                                   session.seq_id, True)
+            outputs.append((request, index))
+        for request, count in plan.prefill:
+            session = request.session
+            start = request.n_past
+            last = len(request.prompt_tokens) - 1
+            for pos in range(start, start + count):
+                index = self.batch.add(request.prompt_tokens[pos], pos, session.seq_id,
+                                       pos == last)
+            if start + count - 1 == last:
+                outputs.append((request, index))
+        return outputs
+
+    def _commit(self, plan: StepPlan) -> None:
+        for request in plan.decode:
+            request.session.kv_tokens.append(request.pending_token)
+            request.pending_token = None
+        self.counters.decode_tokens += len(plan.decode)
+        for request, count in plan.prefill:
+            start = request.n_past
+            request.session.kv_tokens.extend(request.prompt_tokens[start:start + count])
+            request.n_past += count
+            request.prefilled += count
+            request.session.prefilled_tokens += count
+            self.counters.prefill_tokens += count
+        self.counters.steps += 1
+
+    def _sample(self, outputs: list[tuple[Request, int]]) -> None:
+        now = self.clock.now()
+        for request, index in outputs:
+            live = self._live[request]
+            if request.state is RequestState.PREFILL:
+                request.state = RequestState.GENERATING
+                request.session.reused_tokens += request.reused
+                self.counters.reused_tokens += request.reused
+                if request.params.stopping.max_tokens == 0:
+                    self._finish(request, FinishReason.LENGTH, ErrorCode.SUCCESS)
+                    continue
+            token = live.sampler.sample(self.ctx, index)
+            if request.params.sampling.n_probs:
+                request.probs.append(tuple(live.sampler.top_probs(
+                    self.ctx, index, request.params.sampling.n_probs)))
+            reason = live.on_token(self.model, token, now)
+            if reason is not None:
+                self._finish(request, reason, ErrorCode.SUCCESS)
+
+    def _decode_failed(self, result: int, plan: StepPlan) -> None:
+        """llama_decode did not succeed: roll every sequence in the batch back to what we
+        recorded, then free room (result 1: no KV cell) or fail the batch's requests."""
+        involved = [r for r in plan.decode] + [r for r, _ in plan.prefill]
+        for request in involved:
+            session = request.session
+            self.ctx.seq_rm(session.seq_id, len(session.kv_tokens), -1)
+        idle = [s for s in self.pool.resident if not s.busy]
+        if result == 1 and idle:
+            victim = min(idle, key=lambda s: s.last_used)
+            log.warning("KV cache full: evicting idle session %d", victim.session_id)
+            for action in self.pool.release(victim):
+                self._apply(action)
+            return
+        error = BackendRuntimeError(
+            "KV cache full" if result == 1 else f"llama_decode failed with code {result}")
+        for request in involved:
+            self._fail(request, error)
+
+    def _apply(self, action: KvAction) -> None:
+        session = action.session
+        if isinstance(action, Evict):
+            self.ctx.seq_rm(action.seq_id, -1, -1)  # the pool already emptied kv_tokens
+            self.counters.evictions += 1
+        elif isinstance(action, Trim):
+            self.ctx.seq_rm(session.seq_id, action.keep, -1)
+            del session.kv_tokens[action.keep:]
+        elif isinstance(action, Shift):
+            keep, discard, n_tokens = action.keep, action.discard, len(session.kv_tokens)
+            self.ctx.seq_rm(session.seq_id, keep, keep + discard)
+            self.ctx.seq_add(session.seq_id, keep + discard, n_tokens, -discard)
+            del session.kv_tokens[keep:keep + discard]
+            session.shifts += 1
+            self.counters.shifts += 1
+
+    def _expire_deadlines(self) -> None:
+        now = self.clock.now()
+        for request in [r for r in self._live if r.deadline is not None and r.deadline <= now]:
+            self._finish(request, FinishReason.TIMEOUT, ErrorCode.TIMEOUT)
+
+    def _finish(self, request: Request, reason: FinishReason, code: ErrorCode) -> None:
+        live = self._live.pop(request)
+        self.scheduler.remove(request)
+        live.complete(reason, code, self.clock)
+        self.counters.finished += 1
+
+    def _fail(self, request: Request, error: WasiNnError) -> None:
+        live = self._live.pop(request, None)
+        self.scheduler.remove(request)
+        if live is not None:
+            live.close_sampler()
+            live.stream.fail(error)
+        self.counters.failed += 1

@@ -1,0 +1,96 @@
+"""Per-request output: text pieces as they come, then a Completion or an error.
+
+Blocking reads are built on non-blocking ones (try_get / get(timeout)); closing or failing a
+stream wakes every waiter with a typed error.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from ..core.session import Completion
+from ..errors import WasiNnError
+
+_END = object()
+
+
+class Stream:
+    def __init__(self, cancel: Callable[[], None] | None = None) -> None:
+        self._cond = threading.Condition()
+        self._pieces: deque[str] = deque()
+        self._completion: Completion | None = None
+        self._error: WasiNnError | None = None
+        self._cancel = cancel
+
+    # -- engine side -------------------------------------------------------------------------
+    def put(self, text: str) -> None:
+        if not text:
+            return
+        with self._cond:
+            self._pieces.append(text)
+            self._cond.notify_all()
+
+    def finish(self, completion: Completion) -> None:
+        with self._cond:
+            if self.done:
+                return
+            self._completion = completion
+            self._cond.notify_all()
+
+    def fail(self, error: WasiNnError) -> None:
+        with self._cond:
+            if self.done:
+                return
+            self._error = error
+            self._cond.notify_all()
+
+    # -- reader side -------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._completion is not None or self._error is not None
+
+    def try_get(self) -> str | None:
+        """The next piece, or None if none is there now. Raises the stream's error once all
+        pieces before it were read; raises StopIteration at the end."""
+        with self._cond:
+            return self._next_locked(block=False)
+
+    def get(self, timeout: float | None = None) -> str:
+        """The next piece, waiting up to ``timeout`` seconds (TimeoutError past it)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._pieces or self.done, timeout):
+                raise TimeoutError("no output within the time given")
+            return self._next_locked(block=True)
+
+    def result(self, timeout: float | None = None) -> Completion:
+        """Wait for the end; the Completion (its text holds every piece) or the error."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.done, timeout):
+                raise TimeoutError("the request did not finish within the time given")
+            if self._error is not None:
+                raise self._error
+            assert self._completion is not None
+            return self._completion
+
+    def cancel(self) -> None:
+        if self._cancel is not None and not self.done:
+            self._cancel()
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            try:
+                yield self.get()
+            except StopIteration:
+                return
+
+    def _next_locked(self, block: bool) -> str | None:
+        if self._pieces:
+            return self._pieces.popleft()
+        if self._error is not None:
+            raise self._error
+        if self._completion is not None:
+            raise StopIteration
+        if block:  # pragma: no cover - wait_for guarantees one of the above
+            raise RuntimeError("stream woke with nothing to read")
+        return None

@@ -1,0 +1,126 @@
+"""Batch: one llama_batch whose arrays are numpy buffers owned by this object.
+
+llama_batch_init is not used: its per-token seq_id buffers are separate mallocs, so every add
+would need a C-pointer write. Here every array is a numpy buffer (one sequence id per token),
+so adds are plain numpy stores and nothing needs llama_batch_free. A llama_batch struct pointing
+at those buffers is handed to llama_decode by Context.decode, which also checks the limits that
+llama.cpp asserts on (n_batch, sequence ids).
+"""
+from __future__ import annotations
+
+import ctypes
+import operator
+from collections.abc import Sequence
+
+import llama_cpp.llama_cpp as C
+import numpy as np
+
+from .. import errors
+
+# llama.cpp's positions and token ids are int32.
+_INT32_MAX = (1 << 31) - 1
+
+
+class Batch:
+    """Up to ``capacity`` tokens, each in exactly one sequence, each optionally producing logits.
+    Not thread-safe: one owner (the engine thread) fills and decodes it."""
+
+    def __init__(self, capacity: int) -> None:
+        if not isinstance(capacity, int) or not 1 <= capacity <= 1 << 20:
+            raise errors.InvalidArgument(f"batch capacity must be in [1, 2^20], got {capacity!r}")
+        self._capacity = capacity
+        self._n_tokens = 0
+        self.tokens = np.zeros(capacity, dtype=np.int32)
+        self.positions = np.zeros(capacity, dtype=np.int32)
+        self.seq_ids = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        self._n_seq_id = np.ones(capacity, dtype=np.int32)
+        # seq_id is int32** in C: pointer i points at self.seq_ids[i].
+        base = self.seq_ids.ctypes.data
+        self._seq_ptrs = (base + 4 * np.arange(capacity, dtype=np.uintp)).astype(np.uintp)
+        self._struct = C.llama_batch(
+            n_tokens=0,
+            token=self.tokens.ctypes.data_as(ctypes.POINTER(C.llama_token)),
+            embd=None,
+            pos=self.positions.ctypes.data_as(ctypes.POINTER(C.llama_pos)),
+            n_seq_id=self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            seq_id=self._seq_ptrs.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(C.llama_seq_id))),
+            logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
+        self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def n_tokens(self) -> int:
+        return self._n_tokens
+
+    def _check_room(self, count: int) -> None:
+        if self._closed:
+            raise errors.BackendRuntimeError("batch is closed")
+        if self._n_tokens + count > self._capacity:
+            raise errors.BackendRuntimeError(
+                f"batch full: {self._n_tokens} + {count} tokens > capacity {self._capacity}")
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append one token; returns its batch index (what logits/sampling take)."""
+        self._check_room(1)
+        try:  # operator.index: ints (numpy ints too), never floats or strings
+            token, pos, seq_id = operator.index(token), operator.index(pos), operator.index(seq_id)
+        except TypeError as exc:
+            raise errors.InvalidArgument(f"batch entries must be integers: {exc}") from exc
+        if not 0 <= token <= _INT32_MAX or not 0 <= pos < _INT32_MAX or not 0 <= seq_id:
+            raise errors.InvalidArgument(
+                f"bad batch entry: token={token} pos={pos} seq_id={seq_id}")
+        index = self._n_tokens
+        self.tokens[index] = token
+        self.positions[index] = pos
+        self.seq_ids[index] = seq_id
+        self.logits[index] = 1 if logits else 0
+        self._n_tokens = index + 1
+        return index
+
+    def add_sequence(self, tokens: Sequence[int] | np.ndarray, start_pos: int, seq_id: int,
+                     *, logits_last: bool = True) -> int:
+        """Append consecutive tokens of one sequence at start_pos, start_pos+1, ... (vectorised
+        prompt prefill). Returns the batch index of the last token, or -1 when none added."""
+        array = np.asarray(tokens, dtype=np.int64)
+        count = int(array.size)
+        if count == 0:
+            return -1
+        self._check_room(count)
+        if (array.min() < 0 or array.max() > _INT32_MAX or start_pos < 0
+                or start_pos + count > _INT32_MAX or seq_id < 0):
+            raise errors.InvalidArgument("bad batch entries: negative or out-of-range values")
+        begin, end = self._n_tokens, self._n_tokens + count
+        self.tokens[begin:end] = array
+        self.positions[begin:end] = np.arange(start_pos, start_pos + count, dtype=np.int32)
+        self.seq_ids[begin:end] = seq_id
+        self.logits[begin:end] = 0
+        if logits_last:
+            self.logits[end - 1] = 1
+        self._n_tokens = end
+        return end - 1
+
+    def clear(self) -> None:
+        self._n_tokens = 0
+
+    def c_struct(self) -> C.llama_batch:
+        """The llama_batch describing the current contents (valid while self lives)."""
+        if self._closed:
+            raise errors.BackendRuntimeError("batch is closed")
+        self._struct.n_tokens = self._n_tokens
+        return self._struct
+
+    def close(self) -> None:
+        """Idempotent. The numpy buffers go with the object; nothing to free in C."""
+        self._closed = True
+        self._n_tokens = 0
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

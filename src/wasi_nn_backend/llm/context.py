@@ -1,0 +1,292 @@
+"""Context: owns one llama_context* (KV memory, compute buffers, logits of the last decode).
+
+Every call that llama.cpp would answer with GGML_ASSERT/GGML_ABORT (which kills the process)
+is checked here first and raised as an exception instead: batch larger than n_batch, sequence
+ids outside [0, n_seq_max), partial seq_cp across split KV streams, K-shift on memory that
+cannot shift, logits of a batch index that produced none. Not thread-safe: one owner thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import operator
+import os
+
+import llama_cpp.llama_cpp as C
+import numpy as np
+
+from .. import errors
+from .batch import Batch
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+KV_TYPES = {"f32": C.GGML_TYPE_F32, "f16": C.GGML_TYPE_F16,
+            "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0}
+_FLASH = {"auto": C.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+          "off": C.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+_NO_OUTPUTS = np.zeros(0, dtype=np.int8)
+
+
+def _index(name: str, value: object) -> int:
+    try:
+        return operator.index(value)
+    except TypeError as exc:
+        raise errors.InvalidArgument(f"{name} must be an integer, got {value!r}") from exc
+
+
+def _context_params(model: Model, *, n_ctx: int, n_batch: int, n_ubatch: int | None,
+                    n_seq_max: int, n_threads: int | None, n_threads_batch: int | None,
+                    flash_attn: str | bool, kv_unified: bool, type_k: str, type_v: str,
+                    no_perf: bool) -> C.llama_context_params:
+    """Validated llama_context_params (InvalidArgument / BackendRuntimeError if impossible)."""
+    max_seq = int(C.llama_max_parallel_sequences())
+    if not 1 <= _index("n_seq_max", n_seq_max) <= max_seq:
+        raise errors.BackendRuntimeError(f"n_seq_max must be in [1, {max_seq}], got {n_seq_max}")
+    if _index("n_ctx", n_ctx) < 0 or not 1 <= _index("n_batch", n_batch) <= 1 << 20:
+        raise errors.InvalidArgument(f"impossible n_ctx={n_ctx} / n_batch={n_batch}")
+    ubatch = n_batch if n_ubatch is None else _index("n_ubatch", n_ubatch)
+    if not 1 <= ubatch <= n_batch:
+        raise errors.InvalidArgument(f"n_ubatch must be in [1, n_batch={n_batch}], got {ubatch}")
+    if isinstance(flash_attn, bool):
+        flash_attn = "on" if flash_attn else "off"
+    if flash_attn not in _FLASH or type_k not in KV_TYPES or type_v not in KV_TYPES:
+        raise errors.InvalidArgument(
+            f"bad flash_attn={flash_attn!r} / type_k={type_k!r} / type_v={type_v!r}")
+    if flash_attn == "off" and type_v not in ("f32", "f16"):
+        # llama.cpp refuses a quantized V cache without flash attention (NULL context).
+        raise errors.InvalidArgument(f"type_v={type_v} needs flash_attn 'auto' or 'on'")
+    cpus = os.cpu_count() or 1
+    threads = cpus if n_threads is None else _index("n_threads", n_threads)
+    threads_batch = threads if n_threads_batch is None else _index("n_threads", n_threads_batch)
+    if threads < 1 or threads_batch < 1:
+        raise errors.InvalidArgument("thread counts must be >= 1")
+    params = C.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, ubatch
+    params.n_seq_max = n_seq_max
+    params.n_threads, params.n_threads_batch = threads, threads_batch
+    params.flash_attn_type = _FLASH[flash_attn]
+    params.type_k, params.type_v = KV_TYPES[type_k], KV_TYPES[type_v]
+    params.kv_unified = bool(kv_unified)
+    params.no_perf = bool(no_perf)
+    params.embeddings = False
+    return params
+
+
+class Context:
+    """A llama_context on ``model`` with ``n_seq_max`` KV sequences.
+
+    ``n_ctx`` is the total KV size in tokens (llama.cpp's meaning): with kv_unified all
+    sequences share it; otherwise each sequence gets n_ctx_seq = n_ctx / n_seq_max.
+    """
+
+    def __init__(self, model: Model, *, n_ctx: int, n_batch: int, n_ubatch: int | None = None,
+                 n_seq_max: int = 1, n_threads: int | None = None,
+                 n_threads_batch: int | None = None, flash_attn: str | bool = "auto",
+                 kv_unified: bool = True, type_k: str = "f16", type_v: str = "f16",
+                 no_perf: bool = False) -> None:
+        self._handle = None
+        params = _context_params(model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
+                                 n_seq_max=n_seq_max, n_threads=n_threads,
+                                 n_threads_batch=n_threads_batch, flash_attn=flash_attn,
+                                 kv_unified=kv_unified, type_k=type_k, type_v=type_v,
+                                 no_perf=no_perf)
+        if C.llama_model_has_encoder(model.handle):
+            raise errors.UnsupportedOperation("encoder(-decoder) models are not supported")
+        handle = C.llama_init_from_model(model.handle, params)
+        if not handle:
+            raise errors.BackendRuntimeError(
+                f"llama.cpp could not create a context (n_ctx={n_ctx}, n_batch={n_batch}, "
+                f"n_seq_max={n_seq_max}, type_k={type_k}, type_v={type_v}); see the log")
+        self._handle = handle
+        self._model = model
+        self._mem = C.llama_get_memory(handle)
+        if not self._mem:
+            self.close()
+            raise errors.UnsupportedOperation("this model has no KV memory (not generative)")
+        self._kv_unified = bool(kv_unified)
+        self._n_vocab = model.n_vocab
+        self._n_batch = int(C.llama_n_batch(handle))
+        self._n_ubatch = int(C.llama_n_ubatch(handle))
+        self._n_seq_max = int(C.llama_n_seq_max(handle))
+        # Non-causal models assert n_tokens <= n_ubatch inside llama_decode.
+        arch = model.architecture
+        self._causal = model.metadata.get(f"{arch}.attention.causal", "true") != "false"
+        self._outputs = _NO_OUTPUTS
+        model._register_dependent(self)
+
+    # --- lifetime ------------------------------------------------------------------------
+
+    @property
+    def handle(self) -> ctypes.c_void_p:
+        if self._handle is None:
+            raise errors.BackendRuntimeError("context is closed")
+        return self._handle
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def close(self) -> None:
+        """Free the context. Idempotent; Model.close() calls it first."""
+        handle, self._handle = self._handle, None
+        self._outputs = _NO_OUTPUTS
+        if handle is not None:
+            C.llama_free(handle)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down C
+            self.close()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- facts ---------------------------------------------------------------------------
+
+    model = property(lambda self: self._model)
+    n_batch = property(lambda self: self._n_batch)
+    n_ubatch = property(lambda self: self._n_ubatch)
+    n_seq_max = property(lambda self: self._n_seq_max)
+    kv_unified = property(lambda self: self._kv_unified)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(C.llama_n_ctx(self.handle))
+
+    @property
+    def n_ctx_seq(self) -> int:
+        return int(C.llama_n_ctx_seq(self.handle))
+
+    def perf(self) -> dict[str, float]:
+        data = C.llama_perf_context(self.handle)
+        return {name: getattr(data, name) for name, _ in data._fields_}
+
+    # --- decode and logits ---------------------------------------------------------------
+
+    def decode(self, batch: Batch) -> int:
+        """Run llama_decode; returns its code (0 ok, 1 no KV slot, 2 aborted, -1 invalid
+        batch, < -1 fatal). Raises instead of letting llama.cpp assert."""
+        handle = self.handle
+        count = batch.n_tokens
+        if count == 0:
+            raise errors.InvalidArgument("cannot decode an empty batch")
+        if count > self._n_batch:
+            raise errors.BackendRuntimeError(
+                f"batch of {count} tokens exceeds the context's n_batch={self._n_batch}")
+        if not self._causal and count > self._n_ubatch:
+            raise errors.BackendRuntimeError(
+                f"non-causal model: batch of {count} tokens exceeds n_ubatch={self._n_ubatch}")
+        if int(batch.seq_ids[:count].max()) >= self._n_seq_max:
+            raise errors.InvalidArgument(f"batch has a sequence id >= n_seq_max={self._n_seq_max}")
+        self._outputs = _NO_OUTPUTS  # logits of any earlier decode are gone from here on
+        code = int(C.llama_decode(handle, batch.c_struct()))
+        if code == 0:
+            self._outputs = batch.logits[:count].copy()
+        return code
+
+    def has_logits(self, batch_index: int) -> bool:
+        """Whether the last successful decode produced logits at ``batch_index``."""
+        return 0 <= batch_index < len(self._outputs) and bool(self._outputs[batch_index])
+
+    def logits_view(self, batch_index: int) -> np.ndarray:
+        """Read-only view of a logits row; valid only until the next decode. Prefer logits_row."""
+        if not self.has_logits(batch_index):
+            raise errors.InvalidArgument(
+                f"batch index {batch_index} has no logits from the last decode")
+        pointer = C.llama_get_logits_ith(self.handle, batch_index)
+        if not pointer:
+            raise errors.BackendRuntimeError(f"llama.cpp has no logits for index {batch_index}")
+        view = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        view.flags.writeable = False
+        return view
+
+    def logits_row(self, batch_index: int) -> np.ndarray:
+        """A float32 copy of the logits (n_vocab) for the token at ``batch_index``."""
+        return self.logits_view(batch_index).copy()
+
+    # --- KV memory -----------------------------------------------------------------------
+
+    def _seq(self, seq: object) -> int:
+        seq = _index("sequence id", seq)
+        if not 0 <= seq < self._n_seq_max:
+            raise errors.InvalidArgument(f"sequence id {seq} outside [0, {self._n_seq_max})")
+        self.handle  # raises when closed
+        return seq
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Remove positions [p0, p1) (negative = open end). False if a partial removal is
+        impossible for this memory type (recurrent/SWA)."""
+        seq = self._seq(seq)
+        return bool(C.llama_memory_seq_rm(self._mem, seq, _index("p0", p0), _index("p1", p1)))
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Make dst share src's cells in [p0, p1). Split KV (kv_unified=False) copies whole
+        streams, and llama.cpp asserts on a partial range there, so that is refused."""
+        src, dst = self._seq(src), self._seq(dst)
+        p0, p1 = _index("p0", p0), _index("p1", p1)
+        if not self._kv_unified and src != dst and (p0 > 0 or p1 > 0):
+            raise errors.InvalidArgument("partial seq_cp needs kv_unified=True")
+        C.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Shift positions in [p0, p1) by delta (applied as a K-shift at the next decode)."""
+        seq = self._seq(seq)
+        if not self.can_shift():
+            # Decoding after a shift on such memory is a GGML_ABORT.
+            raise errors.UnsupportedOperation("this model's KV memory cannot shift positions")
+        C.llama_memory_seq_add(self._mem, seq, _index("p0", p0), _index("p1", p1),
+                               _index("delta", delta))
+
+    def seq_keep(self, seq: int) -> None:
+        """Remove every sequence except ``seq``."""
+        C.llama_memory_seq_keep(self._mem, self._seq(seq))
+
+    def seq_pos_min(self, seq: int) -> int:
+        """Smallest position in ``seq``; -1 when empty."""
+        return int(C.llama_memory_seq_pos_min(self._mem, self._seq(seq)))
+
+    def seq_pos_max(self, seq: int) -> int:
+        """Largest position in ``seq``; -1 when empty. The next token goes at this + 1."""
+        return int(C.llama_memory_seq_pos_max(self._mem, self._seq(seq)))
+
+    def can_shift(self) -> bool:
+        self.handle  # raises when closed
+        return bool(C.llama_memory_can_shift(self._mem))
+
+    def clear(self, *, zero_data: bool = False) -> None:
+        """Empty every sequence (zero_data also zeroes the buffers, which is slow)."""
+        self.handle  # raises when closed
+        C.llama_memory_clear(self._mem, bool(zero_data))
+        self._outputs = _NO_OUTPUTS
+
+    # --- per-sequence state (swap to host RAM) -------------------------------------------
+
+    def state_seq_size(self, seq: int) -> int:
+        return int(C.llama_state_seq_get_size(self.handle, self._seq(seq)))
+
+    def state_seq_get(self, seq: int) -> bytes:
+        """The KV cells of ``seq`` as bytes (restorable into any sequence of this context)."""
+        seq = self._seq(seq)
+        size = int(C.llama_state_seq_get_size(self.handle, seq))
+        if size == 0:
+            raise errors.BackendRuntimeError(f"llama.cpp could not size the state of seq {seq}")
+        buf = (ctypes.c_uint8 * size)()
+        written = int(C.llama_state_seq_get_data(self.handle, buf, size, seq))
+        if written == 0:
+            raise errors.BackendRuntimeError(f"llama.cpp could not save the state of seq {seq}")
+        return ctypes.string_at(buf, written)
+
+    def state_seq_set(self, seq: int, data: bytes) -> bool:
+        """Replace ``seq`` with saved state. Only pass bytes from state_seq_get of a context
+        with the same model and KV settings. False (and ``seq`` left empty) on failure,
+        e.g. when the KV has no room."""
+        seq = self._seq(seq)
+        data = bytes(data)
+        if not data:
+            raise errors.InvalidArgument("empty sequence state")
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return int(C.llama_state_seq_set_data(self.handle, buf, len(data), seq)) != 0

@@ -1,0 +1,300 @@
+"""Grammars for Sampler: GBNF from SamplingParams, and a grammar sampler used only through
+checks that keep llama.cpp from aborting.
+
+Why a guard: llama.cpp's grammar accept throws a C++ exception through the C API (that is
+std::terminate) when the grammar rejects the token, and GGML_ABORTs on an end-of-generation
+token while the grammar is incomplete. So every accept here is preceded by a one-candidate
+apply that tells whether the grammar allows the token.
+
+Why lazy grammars are triggered here and not by llama.cpp: its lazy mode replays the
+triggering text into the grammar inside accept, where a mismatch is again std::terminate, and
+it compiles trigger patterns with std::regex, whose errors are uncaught C++ exceptions too.
+So the C grammar is always created non-lazy, and this class watches the output for the
+triggers (Python `re`, same rules: search, or full match for ^...$; the match starts at the
+first non-empty group) and feeds the triggering text through the guarded accept.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+
+import llama_cpp.llama_cpp as C
+import numpy as np
+
+from .. import errors
+from ..config import SamplingParams
+from .lib import LLAMA_LOGGER
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+assert TOKEN_DATA.itemsize == ctypes.sizeof(C.llama_token_data)
+
+
+class GrammarRejected(errors.BackendRuntimeError):
+    """Raised when the grammar allows no token (or rejects the text that triggered it);
+    ``complete`` says whether the grammar had already matched a whole sentence."""
+
+    def __init__(self, message: str, *, complete: bool) -> None:
+        super().__init__(message)
+        self.complete = complete
+
+
+def _check_schema_refs(node: object) -> None:
+    """Only local '#/...' refs: the converter would fetch https refs (its guard is an
+    assert, gone under python -O)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
+            raise errors.InvalidArgument(f"json_schema: unsupported $ref {ref!r} (only '#/...')")
+        for value in node.values():
+            _check_schema_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _check_schema_refs(value)
+
+
+def schema_to_gbnf(schema_text: str) -> str:
+    """JSON schema text -> GBNF (root rule 'root'); any problem -> InvalidArgument."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    try:
+        _check_schema_refs(json.loads(schema_text))
+        return json_schema_to_gbnf(schema_text)
+    except errors.WasiNnError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise errors.InvalidArgument(f"json_schema is not valid JSON: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the port raises anything, RecursionError too
+        raise errors.InvalidArgument(f"json_schema cannot be converted: {exc!r}") from exc
+
+
+# llama.cpp's GBNF parser and its left-recursion check recurse in C without a depth limit; a
+# hostile grammar could overflow the C stack (a crash, not an exception). Bound the input.
+MAX_GRAMMAR_BYTES = 1 << 20
+MAX_GRAMMAR_NESTING = 256
+MAX_GRAMMAR_RULES = 10_000
+_RULE_DEF = re.compile(r"(?m)^[ \t]*([a-zA-Z0-9_-]+)[ \t]*::=")
+
+
+_NOT_STRUCTURE = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*')
+
+
+def _max_nesting(text: str) -> int:
+    """Deepest ( nesting outside "literals", [classes] and # comments."""
+    depth = deepest = 0
+    for paren in re.findall(r"[()]", _NOT_STRUCTURE.sub("", text)):
+        depth += 1 if paren == "(" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def check_gbnf_text(gbnf: str) -> None:
+    """Refuse what llama.cpp cannot take safely, naming the problem (InvalidArgument)."""
+    if len(gbnf.encode("utf-8", errors="replace")) > MAX_GRAMMAR_BYTES:
+        raise errors.InvalidArgument(f"grammar longer than {MAX_GRAMMAR_BYTES} bytes")
+    if "\0" in gbnf:
+        raise errors.InvalidArgument("grammar contains a NUL character")
+    rules = set(_RULE_DEF.findall(gbnf))
+    if "root" not in rules:
+        raise errors.InvalidArgument("grammar has no 'root ::= ...' rule")
+    if len(rules) > MAX_GRAMMAR_RULES:
+        raise errors.InvalidArgument(f"grammar has more than {MAX_GRAMMAR_RULES} rules")
+    if _max_nesting(gbnf) > MAX_GRAMMAR_NESTING:
+        raise errors.InvalidArgument(f"grammar nests deeper than {MAX_GRAMMAR_NESTING} levels")
+
+
+def grammar_source(params: SamplingParams) -> str | None:
+    """The GBNF text the params ask for, or None."""
+    if params.grammar and params.json_schema:
+        raise errors.InvalidArgument("give either grammar or json_schema, not both")
+    if params.json_schema:
+        return schema_to_gbnf(params.json_schema)
+    return params.grammar or None
+
+
+def trigger_regexes(params: SamplingParams) -> list[re.Pattern[bytes]]:
+    """Compiled lazy-grammar triggers: the words (escaped, one alternation) and patterns."""
+    patterns = list(params.grammar_trigger_patterns)
+    words = [w for w in params.grammar_trigger_words if w]
+    if words:
+        patterns.append("(" + "|".join(re.escape(w) for w in words) + ")")
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern.encode("utf-8")))
+        except (re.error, UnicodeEncodeError) as exc:
+            raise errors.InvalidArgument(f"bad grammar trigger pattern {pattern!r}: {exc}") from exc
+    return compiled
+
+
+def _trigger_start(pattern: re.Pattern[bytes], text: bytes) -> int:
+    """Where constrained output starts if ``pattern`` fires on ``text``, else -1."""
+    source = pattern.pattern
+    full = source.startswith(b"^") and source.endswith(b"$")
+    match = (pattern.fullmatch(text) if full else None) or pattern.search(text)
+    if match is None:
+        return -1
+    for group in range(1, (match.lastindex or 0) + 1):
+        if match.end(group) > match.start(group) >= 0:
+            return match.start(group)
+    return match.start()
+
+
+_capture_lock = threading.Lock()
+
+
+class _ThreadRecords(logging.Handler):
+    """Collects this thread's llama.cpp error log lines."""
+
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self._sink, self._thread = sink, threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread:
+            self._sink.append(record.getMessage().strip())
+
+
+@contextlib.contextmanager
+def _llama_diagnostics() -> Iterator[list[str]]:
+    """Why a grammar failed: llama.cpp logs some reasons and fprintf's the parser's to fd 2,
+    so fd 2 is briefly redirected (serialised; whatever else lands there is written back)."""
+    lines: list[str] = []
+    handler = _ThreadRecords(lines)
+    with _capture_lock, tempfile.TemporaryFile() as sink:
+        LLAMA_LOGGER.addHandler(handler)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            LLAMA_LOGGER.removeHandler(handler)
+            sink.seek(0)
+            captured = sink.read()
+    if captured:
+        os.write(2, captured)
+        text = captured.decode("utf-8", errors="replace")
+        lines[:0] = [ln.split(": ", 1)[-1] for ln in text.splitlines() if "error" in ln]
+
+
+class GrammarGuard:
+    """Owns one (non-lazy) llama.cpp grammar sampler; see the module docstring."""
+
+    def __init__(self, model: Model, gbnf: str, *, lazy: bool = False,
+                 triggers: Iterable[re.Pattern[bytes]] = (),
+                 trigger_tokens: Iterable[int] = ()) -> None:
+        self._model = model
+        self._handle = None
+        check_gbnf_text(gbnf)
+        try:
+            source = gbnf.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise errors.InvalidArgument(f"grammar is not valid text: {exc}") from exc
+        with _llama_diagnostics() as diagnostics:
+            self._handle = C.llama_sampler_init_grammar(model.vocab_handle, source, b"root")
+        if not self._handle:
+            detail = "; ".join(diagnostics) or "llama.cpp could not parse it"
+            raise errors.InvalidArgument(f"invalid grammar: {detail}")
+        self._lazy = bool(lazy)
+        self._triggers = list(triggers)
+        self._trigger_tokens = frozenset(trigger_tokens)
+        self._active = not self._lazy
+        self._pending = bytearray()  # lazy: output so far, searched for triggers
+        self._one = np.zeros(1, dtype=TOKEN_DATA)
+        self._one_array = C.llama_token_data_array(
+            data=self._one.ctypes.data_as(C.llama_token_data_p), size=1, selected=-1,
+            sorted=False)
+
+    @property
+    def active(self) -> bool:
+        """False while a lazy grammar waits for its trigger (it then constrains nothing)."""
+        return self._active
+
+    def apply(self, token_array: C.llama_token_data_array) -> None:
+        """Set the logit of every token the grammar rejects to -inf (no-op while waiting)."""
+        if self._active:
+            C.llama_sampler_apply(self._live(), ctypes.byref(token_array))
+
+    def allows(self, token: int) -> bool:
+        """Whether accepting ``token`` now is safe (always, while waiting for a trigger)."""
+        if not self._active:
+            return True
+        self._one[0] = (token, 0.0, 0.0)
+        self._one_array.size, self._one_array.selected = 1, -1
+        C.llama_sampler_apply(self._live(), ctypes.byref(self._one_array))
+        return bool(np.isfinite(self._one[0]["logit"]))
+
+    def is_complete(self) -> bool:
+        """Whether the grammar has matched a whole sentence (it then allows EOG)."""
+        eog = self._model.eog_tokens()
+        return bool(eog) and self.allows(eog[0])
+
+    def accept(self, token: int) -> None:
+        """Advance the grammar by ``token``; GrammarRejected instead of a C abort."""
+        if not self._active:
+            self._watch(token)
+            return
+        if not self.allows(token):
+            raise GrammarRejected(f"the grammar does not allow token {token}",
+                                  complete=self.is_complete())
+        C.llama_sampler_accept(self._live(), token)
+
+    def _watch(self, token: int) -> None:
+        if token in self._trigger_tokens:
+            self._active = True
+            self._pending.clear()
+            self.accept(token)
+            return
+        self._pending += self._model.token_to_piece(token, special=True)
+        for pattern in self._triggers:
+            start = _trigger_start(pattern, bytes(self._pending))
+            if start >= 0:
+                constrained = bytes(self._pending[start:])
+                self._active = True
+                self._pending.clear()
+                log.debug("lazy grammar triggered by %r", constrained[:80])
+                self._feed_text(constrained)
+                return
+
+    def _feed_text(self, text: bytes) -> None:
+        # The grammar sees code points, so re-tokenizing the triggering text is equivalent to
+        # replaying the generated pieces. A trailing partial UTF-8 character is dropped.
+        tokens = self._model.tokenize(text.decode("utf-8", errors="ignore"),
+                                      add_special=False, parse_special=True)
+        for token in tokens:
+            if not self.allows(token):
+                raise GrammarRejected("the grammar rejects the text that triggered it: "
+                                      f"{text[:80]!r}", complete=False)
+            C.llama_sampler_accept(self._live(), token)
+
+    def reset(self) -> None:
+        C.llama_sampler_reset(self._live())
+        self._active = not self._lazy
+        self._pending.clear()
+
+    def _live(self) -> ctypes.c_void_p:
+        if self._handle is None:
+            raise errors.BackendRuntimeError("grammar is closed")
+        return self._handle
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down C
+            self.close()
+
+    def close(self) -> None:
+        """Idempotent. The grammar sampler is never added to a chain, so freeing it is ours."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            C.llama_sampler_free(handle)

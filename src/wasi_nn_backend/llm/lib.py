@@ -1,0 +1,123 @@
+"""Process-wide llama.cpp set-up: backend init once, and llama.cpp's log routed to `logging`.
+
+This is the one module that touches llama.cpp's global state (the logger is global and not
+thread-safe in C, so it is set once, under a lock).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from pathlib import Path
+
+import llama_cpp as _llama_pkg
+import llama_cpp.llama_cpp as C
+
+from .. import errors
+
+LLAMA_LOGGER = logging.getLogger("wasi_nn_backend.llama")
+
+# enum ggml_log_level as in the ggml.h this wheel ships: NONE=0, DEBUG=1, INFO=2, WARN=3,
+# ERROR=4, CONT=5 (continue the previous line). llama_cpp/_logger.py's own table is stale
+# (INFO=1 ... DEBUG=4); do not copy it.
+_GGML_TO_LOGGING = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
+                    4: logging.ERROR}
+_GGML_LOG_CONT = 5
+
+_init_lock = threading.Lock()
+_initialized = False
+
+
+class _LogForwarder:
+    """Turns llama.cpp's fragmentary log calls into whole lines on LLAMA_LOGGER.
+
+    llama.cpp emits a line in pieces (CONT continues the previous level), so text is buffered
+    until a newline arrives; each complete line becomes one log record.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._level = logging.INFO
+        self._partial = ""
+        # Kept on the instance: ctypes does not keep the callback alive for C, and a collected
+        # callback called from C is a crash.
+        self.c_callback = C.llama_log_callback(self._on_log)
+
+    def _on_log(self, level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
+        try:
+            chunk = (text or b"").decode("utf-8", errors="replace")
+            with self._lock:
+                if level != _GGML_LOG_CONT:
+                    self._level = _GGML_TO_LOGGING.get(level, logging.INFO)
+                lines = (self._partial + chunk).split("\n")
+                self._partial = lines.pop()
+                level_now = self._level
+            for line in lines:
+                if line and LLAMA_LOGGER.isEnabledFor(level_now):
+                    LLAMA_LOGGER.log(level_now, "%s", line)
+        except Exception:  # noqa: BLE001 - an exception must never unwind into C
+            pass
+
+
+_forwarder: _LogForwarder | None = None
+
+
+def ensure_backend() -> None:
+    """Initialise llama.cpp once per process and install our log callback. Thread-safe."""
+    global _initialized, _forwarder
+    if _initialized:
+        return
+    with _init_lock:
+        if _initialized:
+            return
+        _forwarder = _LogForwarder()
+        # `import llama_cpp` installed its own callback (printing to stderr); ours replaces it.
+        C.llama_log_set(_forwarder.c_callback, ctypes.c_void_p(0))
+        C.llama_backend_init()
+        _initialized = True
+
+
+def build_info() -> dict[str, object]:
+    """What the bindings say about the llama.cpp build (for usage JSON and diagnostics)."""
+    info: dict[str, object] = {
+        "llama_cpp_python": getattr(_llama_pkg, "__version__", "unknown"),
+        "state_seq_version": getattr(C, "LLAMA_STATE_SEQ_VERSION", None),
+        "max_parallel_sequences": int(C.llama_max_parallel_sequences()),
+        "supports_mmap": bool(C.llama_supports_mmap()),
+        "supports_mlock": bool(C.llama_supports_mlock()),
+        "supports_gpu_offload": bool(C.llama_supports_gpu_offload()),
+    }
+    raw = C.llama_print_system_info()
+    info["system_info"] = raw.decode("utf-8", errors="replace").strip() if raw else ""
+    return info
+
+
+_QUANT_TYPES = {
+    "f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
+
+
+def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], kind: str,
+                   *, n_threads: int = 0) -> Path:
+    """Quantize a GGUF file to ``dst`` with llama.cpp (``kind``: f16, q8_0, q4_0, ...).
+
+    A file-to-file operation (no Model needed), used to make benchmark and test models.
+    """
+    ftype = _QUANT_TYPES.get(kind.lower())
+    if ftype is None:
+        raise errors.InvalidArgument(f"unknown quantization {kind!r}; "
+                                     f"known: {', '.join(sorted(_QUANT_TYPES))}")
+    if not os.path.isfile(src):
+        raise errors.ModelNotFound(f"no model file to quantize: {os.fspath(src)}")
+    ensure_backend()
+    params = C.llama_model_quantize_default_params()
+    params.ftype = getattr(C, ftype)
+    params.nthread = int(n_threads)
+    # llama_model_quantize catches its own C++ exceptions and returns non-zero.
+    status = C.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    if status != 0:
+        raise errors.BackendRuntimeError(f"quantizing {os.fspath(src)} to {kind} failed")
+    return Path(dst)

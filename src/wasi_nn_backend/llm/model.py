@@ -1,0 +1,338 @@
+"""Model: owns one llama_model*; vocabulary, tokenizer, chat template.
+
+Every method that takes a token id checks it first: llama.cpp indexes its vocabulary with
+std::vector::at, and the exception it throws for a bad id cannot cross the C API (terminate).
+The tokenizer is thread-safe in llama.cpp; this class keeps no shared mutable buffers.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import jinja2
+import llama_cpp.llama_cpp as C
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .. import errors
+from .lib import ensure_backend
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+# llama_tokenize takes int32 lengths; beyond this the count overflows.
+_MAX_TEXT_BYTES = (1 << 31) - 1
+
+ProgressFn = Callable[[float], "bool | None"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _check_model_file(path: str) -> None:
+    """ModelNotFound for a missing/unreadable file, InvalidEncoding for a non-GGUF one."""
+    if os.path.isdir(path):
+        raise errors.ModelNotFound(f"model path is a directory: {path}")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise errors.ModelNotFound(f"cannot read model file {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise errors.InvalidEncoding(f"not a GGUF file (bad magic {magic!r}): {path}")
+
+
+def _read_string(fill: Callable[[ctypes.Array, int], int], initial: int = 256) -> str | None:
+    """Call a snprintf-style llama function, growing the buffer until the text fits."""
+    size = initial
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        needed = fill(buf, size)
+        if needed < 0:
+            return None
+        if needed < size:
+            return buf.value.decode("utf-8", errors="replace")
+        size = needed + 1
+
+
+class Model:
+    """A loaded GGUF model. Create with Model.load; close() frees it (after its contexts)."""
+
+    def __init__(self, handle: ctypes.c_void_p, path: str) -> None:
+        self._handle = handle
+        self.path = path
+        self._vocab = C.llama_model_get_vocab(handle)
+        self._n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._eog: tuple[int, ...] | None = None
+        # Contexts and samplers made from this model: they hold pointers into it, so
+        # close() closes them first (weak: dropping one must not be kept alive here).
+        self._dependents: weakref.WeakSet = weakref.WeakSet()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = 0,
+             use_mmap: bool = True, progress: ProgressFn | None = None) -> Model:
+        path = os.fspath(path)
+        _check_model_file(path)
+        ensure_backend()
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = int(n_gpu_layers)
+        mmap_ok = use_mmap and C.llama_supports_mmap()
+        params.load_mode = C.LLAMA_LOAD_MODE_MMAP if mmap_ok else C.LLAMA_LOAD_MODE_NONE
+        cancelled = []
+        if progress is not None:
+            def on_progress(fraction: float, _user: ctypes.c_void_p) -> bool:
+                try:
+                    keep_going = progress(float(fraction)) is not False
+                except Exception:  # noqa: BLE001 - must not unwind into C
+                    log.exception("model load progress callback failed; cancelling")
+                    keep_going = False
+                if not keep_going:
+                    cancelled.append(True)
+                return keep_going
+            # Referenced by this frame for the whole load, so C never calls a freed thunk.
+            params.progress_callback = C.llama_progress_callback(on_progress)
+        handle = C.llama_model_load_from_file(path.encode("utf-8"), params)
+        if not handle:
+            if cancelled:
+                raise errors.BackendRuntimeError(f"model load cancelled: {path}")
+            raise errors.BackendRuntimeError(f"llama.cpp failed to load the model: {path}")
+        model = cls(handle, path)
+        log.info("loaded %s: %s, %d params", path, model.description, model.n_params)
+        return model
+
+    # --- lifetime ------------------------------------------------------------------------
+
+    @property
+    def handle(self) -> ctypes.c_void_p:
+        if self._handle is None:
+            raise errors.BackendRuntimeError("model is closed")
+        return self._handle
+
+    @property
+    def vocab_handle(self) -> ctypes.c_void_p:
+        self.handle  # raises when closed
+        return self._vocab
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _register_dependent(self, obj: object) -> None:
+        """Record a Context/Sampler built on this model (it needs a close() method)."""
+        self._dependents.add(obj)
+
+    def close(self) -> None:
+        """Free the model, closing its contexts and samplers first. Idempotent."""
+        if self._handle is None:
+            return
+        for dependent in list(self._dependents):
+            dependent.close()
+        handle, self._handle = self._handle, None
+        C.llama_model_free(handle)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down C
+            self.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- facts ---------------------------------------------------------------------------
+
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    @property
+    def n_ctx_train(self) -> int:
+        return int(C.llama_model_n_ctx_train(self.handle))
+
+    @property
+    def n_embd(self) -> int:
+        return int(C.llama_model_n_embd(self.handle))
+
+    @property
+    def n_layer(self) -> int:
+        return int(C.llama_model_n_layer(self.handle))
+
+    @property
+    def n_params(self) -> int:
+        return int(C.llama_model_n_params(self.handle))
+
+    @property
+    def size_bytes(self) -> int:
+        return int(C.llama_model_size(self.handle))
+
+    @property
+    def description(self) -> str:
+        return _read_string(lambda buf, n: C.llama_model_desc(self.handle, buf, n)) or ""
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "")
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Every GGUF key/value as text (arrays are summarised by llama.cpp)."""
+        handle = self.handle
+        result: dict[str, str] = {}
+        for i in range(int(C.llama_model_meta_count(handle))):
+            key = _read_string(lambda buf, n: C.llama_model_meta_key_by_index(handle, i, buf, n))
+            val = _read_string(
+                lambda buf, n: C.llama_model_meta_val_str_by_index(handle, i, buf, n))
+            if key is not None and val is not None:
+                result[key] = val
+        return result
+
+    @property
+    def bos_token(self) -> int:
+        return int(C.llama_vocab_bos(self.vocab_handle))
+
+    @property
+    def eos_token(self) -> int:
+        return int(C.llama_vocab_eos(self.vocab_handle))
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(C.llama_vocab_get_add_bos(self.vocab_handle))
+
+    # --- tokens --------------------------------------------------------------------------
+
+    def valid_token(self, token: int) -> bool:
+        return isinstance(token, int) and 0 <= token < self._n_vocab
+
+    def _check_token(self, token: int) -> int:
+        if not self.valid_token(token):
+            raise errors.InvalidArgument(f"token id {token!r} is outside the vocabulary "
+                                         f"[0, {self._n_vocab})")
+        return token
+
+    def tokenize(self, text: str | bytes, *, add_special: bool,
+                 parse_special: bool) -> list[int]:
+        """Text -> token ids. Bytes must be UTF-8 (llama.cpp throws, i.e. aborts, otherwise)."""
+        if isinstance(text, str):
+            try:
+                data = text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise errors.InvalidEncoding(f"text is not encodable as UTF-8: {exc}") from exc
+        else:
+            data = bytes(text)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise errors.InvalidEncoding(f"text is not valid UTF-8: {exc}") from exc
+        if len(data) > _MAX_TEXT_BYTES:
+            raise errors.InvalidArgument(f"text too long to tokenize: {len(data)} bytes")
+        vocab = self.vocab_handle
+        capacity = len(data) + 8
+        while True:
+            buf = (C.llama_token * capacity)()
+            count = C.llama_tokenize(vocab, data, len(data), buf, capacity,
+                                     bool(add_special), bool(parse_special))
+            if count >= 0:
+                return buf[:count]
+            if count == -(1 << 31):
+                raise errors.InvalidArgument("tokenization overflowed int32")
+            capacity = -count
+
+    def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
+        """The raw bytes of one token (may be part of a UTF-8 character). Cached."""
+        key = (token, bool(special))
+        piece = self._pieces.get(key)
+        if piece is not None:
+            return piece
+        self._check_token(token)
+        vocab = self.vocab_handle
+        size = 32
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            count = C.llama_token_to_piece(vocab, token, buf, size, 0, bool(special))
+            if count >= 0:
+                piece = buf.raw[:count]
+                self._pieces[key] = piece
+                return piece
+            size = -count
+
+    def detokenize(self, tokens: Iterable[int], *, special: bool = False) -> str:
+        data = b"".join(self.token_to_piece(t, special=special) for t in tokens)
+        return data.decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return self.valid_token(token) and bool(C.llama_vocab_is_eog(self.vocab_handle, token))
+
+    def eog_tokens(self) -> tuple[int, ...]:
+        """Every end-of-generation token in the vocabulary (computed once)."""
+        if self._eog is None:
+            vocab = self.vocab_handle
+            self._eog = tuple(t for t in range(self._n_vocab) if C.llama_vocab_is_eog(vocab, t))
+        return self._eog
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's text for a token (e.g. '<s>'), as chat templates expect it."""
+        self._check_token(token)
+        raw = C.llama_vocab_get_text(self.vocab_handle, token)
+        return (raw or b"").decode("utf-8", errors="replace")
+
+    # --- chat ----------------------------------------------------------------------------
+
+    @property
+    def chat_template(self) -> str | None:
+        raw = C.llama_model_chat_template(self.handle, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]], *,
+                    add_generation_prompt: bool = True, template: str | None = None) -> str:
+        """Render messages with ``template``, else the model's template, else ChatML."""
+        bos = self.token_text(self.bos_token) if self.valid_token(self.bos_token) else ""
+        eos = self.token_text(self.eos_token) if self.valid_token(self.eos_token) else ""
+        return render_template(template or self.chat_template, messages,
+                               add_generation_prompt=add_generation_prompt,
+                               bos_token=bos, eos_token=eos)
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+# Sandboxed: templates come from model files and callers, neither trusted.
+_JINJA = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                       autoescape=False)
+_JINJA.globals["raise_exception"] = _raise_exception
+# Some templates (Llama 3) print today's date.
+_JINJA.globals["strftime_now"] = lambda fmt: time.strftime(str(fmt))
+_COMPILED: dict[str, jinja2.Template] = {}
+
+
+def render_template(template: str | None, messages: Sequence[Mapping[str, str]], *,
+                    add_generation_prompt: bool, bos_token: str, eos_token: str) -> str:
+    """Render a Jinja chat template (ChatML when None); any template fault -> InvalidArgument."""
+    if not isinstance(messages, Sequence) or not all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in messages):
+        raise errors.InvalidArgument("messages must be a list of {role: str, content: str}")
+    source = template if template is not None else CHATML_TEMPLATE
+    try:
+        compiled = _COMPILED.get(source)
+        if compiled is None:
+            compiled = _JINJA.from_string(source)
+            if len(_COMPILED) < 64:  # bounded: templates can arrive per request
+                _COMPILED[source] = compiled
+        return compiled.render(messages=[dict(m) for m in messages],
+                               add_generation_prompt=bool(add_generation_prompt),
+                               bos_token=bos_token, eos_token=eos_token)
+    except jinja2.TemplateError as exc:
+        raise errors.InvalidArgument(f"chat template error: {exc}") from exc
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise errors.InvalidArgument(f"chat template failed: {exc!r}") from exc

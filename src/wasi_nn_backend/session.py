@@ -1,0 +1,176 @@
+"""A Session: one conversation on a graph, with its own KV sequence.
+
+Two ways to drive it, both real:
+* chat (``chat``, ``chat_stream``; the original's run_inference): the input is the user's
+  message; the session keeps the history, applies the model's chat template, and only the new
+  tokens are prefilled;
+* completion (``complete``, ``complete_stream``; WASI-NN set_input/compute/get_output): the
+  input is the whole prompt; the longest prefix it shares with the sequence is reused.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .chat import Turn, continuation_tokens
+from .config import RequestParams, parse_overrides
+from .core.session import Completion, SessionState
+from .engine.streams import Stream
+from .errors import InvalidArgument, NotFound, WasiNnError
+
+if TYPE_CHECKING:
+    from .backend import Graph
+
+Overrides = dict[str, Any] | str | bytes | None
+
+
+class Session:
+    def __init__(self, graph: Graph, handle: int, name: str | None, system: str | None) -> None:
+        self.graph = graph
+        self.handle = handle
+        self.name = name
+        self.state = SessionState(session_id=handle)
+        self.context_params: RequestParams = graph.defaults  # set_input index 1 changes it
+        self.last_activity = graph.backend.clock.now()
+        self._messages: list[dict[str, str]] = []
+        if system:
+            self._messages.append({"role": "system", "content": system})
+        self._turn: Turn | None = None
+        self._in_flight: tuple[list[dict[str, str]], str, Stream] | None = None
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- chat --------------------------------------------------------------------------------
+    def chat(self, message: str, overrides: Overrides = None, **kwargs: Any) -> Completion:
+        """Send a user message; the assistant's reply (the history keeps both)."""
+        with self._lock:
+            completion = self.chat_stream(message, overrides, **kwargs).result()
+            self._settle()
+            return completion
+
+    def chat_stream(self, message: str, overrides: Overrides = None, **kwargs: Any) -> Stream:
+        """Like chat, but the reply's text arrives piece by piece on the returned Stream."""
+        if not isinstance(message, str):
+            raise InvalidArgument(f"a chat message must be text, not {type(message).__name__}")
+        params = self._params(overrides, kwargs)
+        with self._lock:
+            self._check_open()
+            self._settle()
+            messages = self._messages + [{"role": "user", "content": message}]
+            model = self.graph.model
+            text = model.render_chat(messages, add_generation_prompt=True,
+                                     template=self.graph.config.model.chat_template)
+            tokens = continuation_tokens(model, self._turn, text)
+            stream = self._submit(tokens, params, truncate_ok=True)
+            self._in_flight = (messages, text, stream)
+            return stream
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        with self._lock:
+            self._settle()
+            return [dict(m) for m in self._messages]
+
+    def _settle(self) -> None:
+        """Fold a finished (or wait for a running) chat turn into the history. A turn that
+        failed leaves the history as it was before it."""
+        if self._in_flight is None:
+            return
+        messages, text, stream = self._in_flight
+        self._in_flight = None
+        try:
+            completion = stream.result()
+        except WasiNnError:
+            return
+        self._messages = messages + [{"role": "assistant", "content": completion.text}]
+        self._turn = Turn(text, completion)
+
+    # -- completion --------------------------------------------------------------------------
+    def complete(self, prompt: str | bytes, overrides: Overrides = None, **kwargs: Any
+                 ) -> Completion:
+        """Continue a raw prompt (no chat template)."""
+        return self.complete_stream(prompt, overrides, **kwargs).result()
+
+    def complete_stream(self, prompt: str | bytes, overrides: Overrides = None, **kwargs: Any
+                        ) -> Stream:
+        params = self._params(overrides, kwargs)
+        tokens = self.tokenize_prompt(prompt)
+        with self._lock:
+            self._check_open()
+            self._settle()
+            return self._submit(tokens, params, truncate_ok=False)
+
+    def tokenize_prompt(self, prompt: str | bytes) -> list[int]:
+        if isinstance(prompt, bytes):
+            try:
+                prompt = prompt.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InvalidArgument(f"the prompt is not valid UTF-8: {error}") from None
+        if not isinstance(prompt, str):
+            raise InvalidArgument(f"a prompt must be text, not {type(prompt).__name__}")
+        return self.graph.model.tokenize(prompt, add_special=True, parse_special=True)
+
+    # -- shared ------------------------------------------------------------------------------
+    def set_context_overrides(self, overrides: Overrides) -> list[str]:
+        """Per-context settings (WASI-NN set_input index 1): they apply to this session's later
+        requests only. Returns the warnings (unknown keys)."""
+        params, warnings = parse_overrides(overrides, base=self.graph.defaults)
+        self._check_grammar(params)
+        with self._lock:
+            self.context_params = params
+        return warnings
+
+    def _params(self, overrides: Overrides, kwargs: dict[str, Any]) -> RequestParams:
+        params = self.context_params
+        if overrides:
+            params, _ = parse_overrides(overrides, base=params)
+        if kwargs:
+            params, _ = parse_overrides(kwargs, base=params)
+        self._check_grammar(params)
+        return params
+
+    def _check_grammar(self, params: RequestParams) -> None:
+        sampling = params.sampling
+        if sampling.grammar or sampling.json_schema:
+            self.graph.engine.check_sampling(sampling)
+
+    def _submit(self, tokens: list[int], params: RequestParams, *, truncate_ok: bool) -> Stream:
+        self.touch()
+        return self.graph.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok)
+
+    def touch(self) -> None:
+        self.last_activity = self.graph.backend.clock.now()
+
+    @property
+    def running(self) -> bool:
+        return self._in_flight is not None and not self._in_flight[2].done \
+            or self.state.busy
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotFound(f"session {self.handle} is closed")
+
+    def close(self) -> None:
+        """End the session: a running request stops within one engine step; its KV is freed."""
+        self.graph.backend._forget(self)
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.graph.engine.alive:
+            try:
+                self.graph.engine.close_session(self.state).result()
+            except WasiNnError:
+                pass  # the engine closed meanwhile: nothing left to free
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

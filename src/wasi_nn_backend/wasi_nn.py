@@ -1,0 +1,352 @@
+"""The original C API, function for function, in Python: every function returns an ErrorCode,
+and out-values come back as return values: ``(code, value)``; value is None on an error.
+
+    code, ctx = init_backend_with_config('{"backend": {"max_sessions": 10}}')
+    code, g = load_by_name_with_config(ctx, "model.gguf", None, '{"model": {"n_ctx": 2048}}')
+    code, exec_ctx = init_execution_context(ctx, g)
+    code = set_input(ctx, exec_ctx, 0, Tensor([len(p)], TensorType.U8, p))
+    code = compute(ctx, exec_ctx)
+    out = bytearray(4096); code, size = get_output(ctx, exec_ctx, 0, out)
+
+No input, however bad, raises or crashes: a None handle is invalid_argument, an unknown or
+closed handle not_found, a buffer too small too_large with the size needed (nothing is written).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeVar
+
+from .backend import Backend, Graph
+from .core.clock import Clock
+from .engine.engine import build_info
+from .errors import (ErrorCode, InvalidArgument, NotFound, TooLarge, UnsupportedOperation,
+                     WasiNnError)
+from .io_context import ContextIO
+from .session import Session
+
+log = logging.getLogger("wasi_nn_backend.api")
+T = TypeVar("T")
+
+
+class TensorType(IntEnum):
+    """witx / WasmEdge numbering."""
+
+    F16 = 0
+    F32 = 1
+    F64 = 2
+    U8 = 3
+    I32 = 4
+    I64 = 5
+
+
+class GraphEncoding(IntEnum):
+    AUTODETECT_OR_GGML = 5  # witx autodetect; WIT and WAMR ggml
+    GGML = 6                # WasmEdge GGML
+
+
+class ExecutionTarget(IntEnum):
+    CPU = 0
+    GPU = 1
+    TPU = 2
+    AUTO = 3
+
+
+@dataclass(frozen=True)
+class Tensor:
+    dimensions: Sequence[int] | None
+    type: TensorType
+    data: bytes | bytearray | memoryview | str | None
+
+
+class _Entry:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.ios: dict[int, ContextIO] = {}
+        self.lock = threading.Lock()
+
+    def io(self, exec_ctx: Any) -> ContextIO:
+        session = self.backend.session(_handle(exec_ctx, "execution context"))
+        with self.lock:
+            io = self.ios.get(session.handle)
+            if io is None:
+                io = self.ios[session.handle] = ContextIO(session, _BUILD_INFO)
+            return io
+
+
+_BUILD_INFO: dict[str, Any] = {}
+_backends: dict[int, _Entry] = {}
+_backend_ids = itertools.count(1)
+_lock = threading.Lock()
+
+
+def _api(fn: Callable[..., T]) -> Callable[..., Any]:
+    """Turn exceptions into codes: a WasiNnError into its code, anything else (a bug) into
+    unknown, logged with its traceback. Tuple-returning functions get (code, None)."""
+    returns_pair = fn.__annotations__.get("return") == "tuple[ErrorCode, Any]"
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except WasiNnError as error:
+            log.info("%s: %s (%s)", fn.__name__, error.message, error.code.name.lower())
+            code, value = error.code, getattr(error, "needed", None)
+        except Exception:
+            log.exception("%s failed unexpectedly", fn.__name__)
+            code, value = ErrorCode.UNKNOWN, None
+        return (code, value) if returns_pair else code
+    return wrapper
+
+
+def _handle(value: Any, what: str) -> int:
+    if value is None:
+        raise InvalidArgument(f"the {what} handle is None")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"the {what} handle must be an int, not {type(value).__name__}")
+    return value
+
+
+def _entry(ctx: Any) -> _Entry:
+    handle = _handle(ctx, "backend")
+    with _lock:
+        entry = _backends.get(handle)
+    if entry is None:
+        raise NotFound(f"no backend with handle {handle} (never made, or deinitialized)")
+    return entry
+
+
+def _text(data: Any, length: int | None, what: str) -> str | bytes | None:
+    if data is None:
+        return None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data)
+    elif not isinstance(data, str):
+        raise InvalidArgument(f"{what} must be str or bytes, not {type(data).__name__}")
+    if length is not None:
+        if length < 0 or length > len(data):
+            raise InvalidArgument(f"{what} length {length} is outside 0..{len(data)}")
+        data = data[:length]
+    return data
+
+
+def _tensor_bytes(tensor: Any) -> bytes:
+    if tensor is None:
+        raise InvalidArgument("the tensor is None")
+    if isinstance(tensor, str):
+        return tensor.encode("utf-8")
+    if isinstance(tensor, (bytes, bytearray, memoryview)):
+        return bytes(tensor)
+    if not isinstance(tensor, Tensor):
+        raise InvalidArgument(f"expected a Tensor, str or bytes, not {type(tensor).__name__}")
+    if tensor.data is None:
+        raise InvalidArgument("the tensor has no data")
+    if tensor.type != TensorType.U8:
+        raise InvalidArgument(f"tensor type {TensorType(tensor.type).name} is not supported: "
+                              "prompts and metadata are U8 (UTF-8 bytes)")
+    data = tensor.data.encode("utf-8") if isinstance(tensor.data, str) else bytes(tensor.data)
+    if tensor.dimensions:
+        size = 1
+        for dim in tensor.dimensions:
+            if dim < 0:
+                raise InvalidArgument(f"tensor dimension {dim} is negative")
+            size *= dim
+        if size > len(data):
+            raise InvalidArgument(f"tensor dimensions say {size} bytes; data has {len(data)}")
+        data = data[:size]
+    return data
+
+
+def _write(out: Any, data: bytes) -> int:
+    """Copy ``data`` into the caller's buffer, or raise TooLarge with the size needed."""
+    if out is None:
+        raise InvalidArgument("the output buffer is None")
+    view = memoryview(out)
+    if view.readonly:
+        raise InvalidArgument("the output buffer is read-only")
+    view = view.cast("B")
+    if len(data) > len(view):
+        raise TooLarge(f"the output needs {len(data)} bytes; the buffer holds {len(view)}",
+                       needed=len(data))
+    view[:len(data)] = data
+    return len(data)
+
+
+# -- backend ---------------------------------------------------------------------------------
+@_api
+def init_backend() -> tuple[ErrorCode, Any]:
+    return init_backend_with_config(None, None)
+
+
+@_api
+def init_backend_with_config(config: Any, config_len: int | None = None, *,
+                             clock: Clock | None = None) -> tuple[ErrorCode, Any]:
+    """``clock`` (keyword only, not in the C API) injects time for idle and deadline tests."""
+    if not _BUILD_INFO:
+        _BUILD_INFO.update(build_info())
+    backend = Backend(_text(config, config_len, "config"), clock=clock)
+    with _lock:
+        handle = next(_backend_ids)
+        _backends[handle] = _Entry(backend)
+    return ErrorCode.SUCCESS, handle
+
+
+@_api
+def deinit_backend(ctx: Any) -> ErrorCode:
+    handle = _handle(ctx, "backend")
+    with _lock:
+        entry = _backends.pop(handle, None)
+    if entry is None:
+        raise NotFound(f"no backend with handle {handle} (already deinitialized?)")
+    entry.backend.close()
+    return ErrorCode.SUCCESS
+
+
+# -- graphs ----------------------------------------------------------------------------------
+@_api
+def load(ctx: Any, builders: Sequence[bytes], encoding: int, target: int
+         ) -> tuple[ErrorCode, Any]:
+    """Load a model from bytes: builders[0] is the GGUF file, builders[1] optional config JSON."""
+    entry = _entry(ctx)
+    if encoding not in (GraphEncoding.AUTODETECT_OR_GGML, GraphEncoding.GGML):
+        raise UnsupportedOperation(f"graph encoding {encoding} is not GGML (5 or 6)")
+    if target not in tuple(ExecutionTarget):
+        raise InvalidArgument(f"execution target {target} is not one of 0..3")
+    if not builders or builders[0] is None:
+        raise InvalidArgument("no model bytes (builders[0]) given")
+    config = builders[1] if len(builders) > 1 else None
+    return ErrorCode.SUCCESS, entry.backend.load_bytes(bytes(builders[0]), config).handle
+
+
+@_api
+def load_by_name(ctx: Any, name: Any, name_len: int | None = None) -> tuple[ErrorCode, Any]:
+    return load_by_name_with_config(ctx, name, name_len, None, None)
+
+
+@_api
+def load_by_name_with_config(ctx: Any, name: Any, name_len: int | None, config: Any,
+                             config_len: int | None = None) -> tuple[ErrorCode, Any]:
+    entry = _entry(ctx)
+    path = _text(name, name_len, "model name")
+    if not path:
+        raise InvalidArgument("the model name is None or empty")
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "surrogateescape")
+    graph = entry.backend.load(path, _text(config, config_len, "config"))
+    return ErrorCode.SUCCESS, graph.handle
+
+
+@_api
+def unload(ctx: Any, graph: Any) -> ErrorCode:
+    _entry(ctx).backend.graph(_handle(graph, "graph")).close()
+    return ErrorCode.SUCCESS
+
+
+# -- execution contexts ----------------------------------------------------------------------
+@_api
+def init_execution_context(ctx: Any, graph: Any) -> tuple[ErrorCode, Any]:
+    entry = _entry(ctx)
+    return ErrorCode.SUCCESS, entry.backend.graph(_handle(graph, "graph")).session().handle
+
+
+@_api
+def init_execution_context_with_session_id(ctx: Any, session_id: Any, graph: Any = None
+                                           ) -> tuple[ErrorCode, Any]:
+    """The session with this id (history kept), or a new one; on ``graph``, else the model
+    loaded last."""
+    entry = _entry(ctx)
+    name = _text(session_id, None, "session id")
+    if not name:
+        raise InvalidArgument("the session id is None or empty")
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return ErrorCode.SUCCESS, _graph_or_last(entry, graph).session(name).handle
+
+
+def _graph_or_last(entry: _Entry, graph: Any) -> Graph:
+    if graph is not None:
+        return entry.backend.graph(_handle(graph, "graph"))
+    graphs = entry.backend.graphs
+    if not graphs:
+        raise InvalidArgument("no model is loaded")
+    return graphs[-1]
+
+
+@_api
+def close_execution_context(ctx: Any, exec_ctx: Any) -> ErrorCode:
+    entry = _entry(ctx)
+    session = entry.backend.session(_handle(exec_ctx, "execution context"))
+    with entry.lock:
+        entry.ios.pop(session.handle, None)
+    session.close()
+    return ErrorCode.SUCCESS
+
+
+finalize_execution_context = close_execution_context
+
+
+@_api
+def set_input(ctx: Any, exec_ctx: Any, index: int, tensor: Any) -> ErrorCode:
+    _entry(ctx).io(exec_ctx).set_input(index, _tensor_bytes(tensor))
+    return ErrorCode.SUCCESS
+
+
+@_api
+def compute(ctx: Any, exec_ctx: Any) -> ErrorCode:
+    _entry(ctx).io(exec_ctx).compute()
+    return ErrorCode.SUCCESS
+
+
+@_api
+def get_output(ctx: Any, exec_ctx: Any, index: int, out: Any) -> tuple[ErrorCode, Any]:
+    """Write output ``index`` into ``out``: (success, bytes written) or (too_large, needed)."""
+    data = _entry(ctx).io(exec_ctx).output(index)
+    return ErrorCode.SUCCESS, _write(out, data)
+
+
+@_api
+def compute_single(ctx: Any, exec_ctx: Any) -> ErrorCode:
+    _entry(ctx).io(exec_ctx).compute_single()
+    return ErrorCode.SUCCESS
+
+
+@_api
+def get_output_single(ctx: Any, exec_ctx: Any, index: int, out: Any) -> tuple[ErrorCode, Any]:
+    data = _entry(ctx).io(exec_ctx).output_single(index)
+    return ErrorCode.SUCCESS, _write(out, data)
+
+
+@_api
+def fini_single(ctx: Any, exec_ctx: Any) -> ErrorCode:
+    _entry(ctx).io(exec_ctx).fini_single()
+    return ErrorCode.SUCCESS
+
+
+@_api
+def run_inference(ctx: Any, exec_ctx: Any, index: int, tensor: Any, out: Any,
+                  runtime_config: Any = None, runtime_config_len: int | None = None
+                  ) -> tuple[ErrorCode, Any]:
+    """Chat mode: the tensor is the user's message; the reply (UTF-8, NUL-terminated as in the
+    original) goes into ``out``. Returns (code, size including the NUL)."""
+    entry = _entry(ctx)
+    session: Session = entry.backend.session(_handle(exec_ctx, "execution context"))
+    if index != 0:
+        raise InvalidArgument(f"input index {index} does not exist for run_inference (0)")
+    message = _tensor_bytes(tensor)
+    if out is None:
+        raise InvalidArgument("the output buffer is None")
+    try:
+        text = message.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(f"the message is not UTF-8: {error}") from None
+    overrides = _text(runtime_config, runtime_config_len, "runtime config")
+    completion = session.chat(text, overrides or None)
+    size = _write(out, completion.text.encode("utf-8") + b"\0")
+    if completion.code is not ErrorCode.SUCCESS:
+        return completion.code, size
+    return ErrorCode.SUCCESS, size

@@ -1,0 +1,78 @@
+import pytest
+
+from wasi_nn_backend.config import MemoryConfig
+from wasi_nn_backend.core.kv_policy import (SlotPool, common_prefix, plan_generation_room,
+                                            plan_prompt)
+from wasi_nn_backend.core.plan import Evict, Shift, Trim
+from wasi_nn_backend.core.session import SessionState
+from wasi_nn_backend.errors import PromptTooLong
+
+MEM = MemoryConfig(n_keep_tokens=4)
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0
+
+
+def test_pool_assigns_free_slots_then_evicts_lru_idle():
+    pool = SlotPool(2)
+    a, b, c = (SessionState(i) for i in range(3))
+    assert pool.acquire(a) == [] and pool.acquire(b) == []
+    a.last_used, b.last_used = 5.0, 1.0
+    b.kv_tokens = [1, 2, 3]
+    actions = pool.acquire(c)
+    assert actions == [Evict(b, 1)]
+    assert b.seq_id is None and b.kv_tokens == [] and c.seq_id == 1
+
+
+def test_pool_waits_when_all_slots_busy():
+    pool = SlotPool(1)
+    a, b = SessionState(0), SessionState(1)
+    pool.acquire(a)
+    a.busy = True
+    assert pool.acquire(b) is None
+
+
+def test_prompt_reuses_common_prefix_and_trims_rest():
+    s = SessionState(0, seq_id=0, kv_tokens=[1, 2, 3, 4, 5])
+    prompt, reuse, actions = plan_prompt(s, [1, 2, 3, 9, 9], n_ctx=64, memory=MEM,
+                                         can_shift=True, truncate_ok=False)
+    assert prompt == [1, 2, 3, 9, 9] and reuse == 3 and actions == [Trim(s, 3)]
+
+
+def test_identical_prompt_still_evaluates_one_token():
+    s = SessionState(0, seq_id=0, kv_tokens=[1, 2, 3])
+    _, reuse, actions = plan_prompt(s, [1, 2, 3], n_ctx=64, memory=MEM, can_shift=True,
+                                    truncate_ok=False)
+    assert reuse == 2 and actions == [Trim(s, 2)]
+
+
+def test_too_long_prompt_rejected_without_truncation():
+    s = SessionState(0, seq_id=0)
+    with pytest.raises(PromptTooLong):
+        plan_prompt(s, list(range(16)), n_ctx=16, memory=MEM, can_shift=True, truncate_ok=False)
+
+
+def test_too_long_chat_prompt_shifts_cached_part():
+    kv = list(range(100, 114))                     # 14 cached tokens
+    s = SessionState(0, seq_id=0, kv_tokens=kv)
+    prompt = kv + [7, 8, 9, 10]                    # 18 > room 15
+    new_prompt, reuse, actions = plan_prompt(s, prompt, n_ctx=16, memory=MEM, can_shift=True,
+                                             truncate_ok=True)
+    assert len(new_prompt) <= 15
+    assert new_prompt[:4] == kv[:4] and new_prompt[-4:] == [7, 8, 9, 10]
+    assert isinstance(actions[0], Shift) and actions[0].keep == 4
+    kv_after = kv[:4] + kv[4 + actions[0].discard:]
+    assert new_prompt[:reuse] == kv_after[:reuse] and reuse == len(kv_after)
+
+
+def test_generation_room_shift_or_full():
+    s = SessionState(0, seq_id=0, kv_tokens=list(range(16)))
+    shift = plan_generation_room(s, n_ctx=16, memory=MEM, can_shift=True)
+    assert shift == Shift(s, 4, 6)
+    with pytest.raises(LookupError):
+        plan_generation_room(s, n_ctx=16, memory=MemoryConfig(context_shifting=False),
+                             can_shift=True)
+    assert plan_generation_room(SessionState(1, kv_tokens=[1]), n_ctx=16, memory=MEM,
+                                can_shift=True) is None
