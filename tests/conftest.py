@@ -7,15 +7,12 @@ from pathlib import Path
 
 import pytest
 
-_TESTS = Path(__file__).resolve().parent
-# `import gguf_models` from any test directory; the package itself from src/ when it is not
-# installed (the Makefile installs it editable; a bare checkout still runs).
-if str(_TESTS) not in sys.path:
-    sys.path.insert(0, str(_TESTS))
+# The package from src/ when it is not installed (the Makefile installs it editable; a bare
+# checkout still runs).
 if importlib.util.find_spec("wasi_nn_backend") is None:
-    sys.path.insert(0, str(_TESTS.parent / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gguf_models import write_tiny_llama  # noqa: E402
+from wasi_nn_backend.adapters.tiny_model import write_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")

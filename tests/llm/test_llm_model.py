@@ -1,9 +1,11 @@
 """llm.Model: loading errors, vocabulary, tokenizer round trips, chat templates."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from gguf_models import BOS, EOS, IM_END, IM_START, write_not_gguf, write_tiny_llama
+from wasi_nn_backend.adapters.tiny_model import BOS, EOS, IM_END, IM_START, write_not_gguf, write_tiny_llama
 from wasi_nn_backend import errors
 from wasi_nn_backend.llm.context import Context
 from wasi_nn_backend.llm.lib import build_info
@@ -152,3 +154,43 @@ def test_build_info():
     assert info["llama_cpp_python"] == "0.3.36"
     assert info["max_parallel_sequences"] >= 64
     assert isinstance(info["system_info"], str)
+
+
+def test_llama_log_lines_reach_python_logging(caplog, tiny_model_path):
+    with caplog.at_level(logging.DEBUG, logger="wasi_nn_backend.llama"):
+        Model.load(tiny_model_path).close()
+    records = [r for r in caplog.records if r.name == "wasi_nn_backend.llama"]
+    assert any("llama_model_loader" in r.getMessage() for r in records)
+    assert all("\n" not in r.getMessage() and r.getMessage() for r in records)
+    assert logging.DEBUG in {r.levelno for r in records}  # llama.cpp INFO is our DEBUG
+
+
+def test_cycle_collection_never_frees_the_model_first(tiny_model_path):
+    import gc
+    import weakref
+
+    from wasi_nn_backend.config import SamplingParams
+    from wasi_nn_backend.llm.sampler import Sampler
+
+    class Holder:  # an engine-like object in a reference cycle
+        pass
+
+    holder = Holder()
+    holder.me = holder
+    holder.model = Model.load(tiny_model_path)
+    holder.ctx = Context(holder.model, n_ctx=64, n_batch=8, n_threads=1)
+    holder.sampler = Sampler(holder.model, SamplingParams(grammar='root ::= "x"'), n_ctx=64)
+    model_ref = weakref.ref(holder.model)
+    del holder
+    gc.collect()  # must not crash, whatever order the finalizers run in
+    assert model_ref() is None
+
+
+def test_model_closed_before_unreachable_context_is_freed_by_it(tiny_model_path):
+    model = Model.load(tiny_model_path)
+    ctx = Context(model, n_ctx=64, n_batch=8, n_threads=1)
+    model._dependents.discard(ctx)  # as when a cycle's weak references are cleared first
+    model.close()
+    assert model.closed and model._handle is not None  # freeing waits for the context
+    ctx.close()
+    assert model._handle is None

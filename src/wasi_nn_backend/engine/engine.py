@@ -25,6 +25,7 @@ from ..llm import lib
 from ..llm.batch import Batch
 from ..llm.context import Context
 from ..llm.model import Model
+from ..llm.grammar import GrammarRejected
 from ..llm.sampler import Sampler, check_grammar
 from .counters import EngineCounters
 from .live import LiveRequest
@@ -36,6 +37,11 @@ log = logging.getLogger("wasi_nn_backend.engine")
 def load_model(path: str, settings: ModelSettings) -> Model:
     """Load a GGUF file for an engine (ModelNotFound, InvalidEncoding, runtime_error)."""
     return Model.load(path, n_gpu_layers=settings.n_gpu_layers, use_mmap=settings.use_mmap)
+
+
+def quantize_model(source: str | os.PathLike, target: str | os.PathLike, kind: str) -> Any:
+    """Write ``source`` quantized to ``kind`` (q8_0, q4_0, ...) at ``target`` (llama.cpp)."""
+    return lib.quantize_model(source, target, kind)
 
 
 def build_info() -> dict[str, Any]:
@@ -58,10 +64,11 @@ class Engine:
             n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn,
             kv_unified=settings.kv_unified, type_k=settings.cache_type_k,
             type_v=settings.cache_type_v)
-        self.batch = Batch(settings.n_batch)
+        n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
+        self.batch = Batch(n_batch)
         self.pool = SlotPool(settings.n_seq_max)
         self.scheduler = Scheduler(
-            n_batch=settings.n_batch, n_ctx=settings.n_ctx, pool=self.pool,
+            n_batch=n_batch, n_ctx=settings.n_ctx, pool=self.pool,
             settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
             clock=self.clock)
         self.counters = EngineCounters()
@@ -228,11 +235,10 @@ class Engine:
         for request, count in plan.prefill:
             session = request.session
             start = request.n_past
-            last = len(request.prompt_tokens) - 1
-            for pos in range(start, start + count):
-                index = self.batch.add(request.prompt_tokens[pos], pos, session.seq_id,
-                                       pos == last)
-            if start + count - 1 == last:
+            ends_prompt = start + count == len(request.prompt_tokens)
+            index = self.batch.add_sequence(request.prompt_tokens[start:start + count], start,
+                                            session.seq_id, logits_last=ends_prompt)
+            if ends_prompt:
                 outputs.append((request, index))
         return outputs
 
@@ -261,7 +267,14 @@ class Engine:
                 if request.params.stopping.max_tokens == 0:
                     self._finish(request, FinishReason.LENGTH, ErrorCode.SUCCESS)
                     continue
-            token = live.sampler.sample(self.ctx, index)
+            try:
+                token = live.sampler.sample(self.ctx, index)
+            except GrammarRejected as error:
+                if error.complete:  # the grammar matched a whole text: nothing more to say
+                    self._finish(request, FinishReason.STOP, ErrorCode.SUCCESS)
+                else:
+                    self._fail(request, error)
+                continue
             if request.params.sampling.n_probs:
                 request.probs.append(tuple(live.sampler.top_probs(
                     self.ctx, index, request.params.sampling.n_probs)))

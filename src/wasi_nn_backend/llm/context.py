@@ -36,7 +36,7 @@ def _index(name: str, value: object) -> int:
         raise errors.InvalidArgument(f"{name} must be an integer, got {value!r}") from exc
 
 
-def _context_params(model: Model, *, n_ctx: int, n_batch: int, n_ubatch: int | None,
+def _context_params(*, n_ctx: int, n_batch: int, n_ubatch: int | None,
                     n_seq_max: int, n_threads: int | None, n_threads_batch: int | None,
                     flash_attn: str | bool, kv_unified: bool, type_k: str, type_v: str,
                     no_perf: bool) -> C.llama_context_params:
@@ -87,7 +87,7 @@ class Context:
                  kv_unified: bool = True, type_k: str = "f16", type_v: str = "f16",
                  no_perf: bool = False) -> None:
         self._handle = None
-        params = _context_params(model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
+        params = _context_params(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                                  n_seq_max=n_seq_max, n_threads=n_threads,
                                  n_threads_batch=n_threads_batch, flash_attn=flash_attn,
                                  kv_unified=kv_unified, type_k=type_k, type_v=type_v,
@@ -101,6 +101,7 @@ class Context:
                 f"n_seq_max={n_seq_max}, type_k={type_k}, type_v={type_v}); see the log")
         self._handle = handle
         self._model = model
+        model._register_dependent(self)
         self._mem = C.llama_get_memory(handle)
         if not self._mem:
             self.close()
@@ -114,7 +115,6 @@ class Context:
         arch = model.architecture
         self._causal = model.metadata.get(f"{arch}.attention.causal", "true") != "false"
         self._outputs = _NO_OUTPUTS
-        model._register_dependent(self)
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -134,6 +134,7 @@ class Context:
         self._outputs = _NO_OUTPUTS
         if handle is not None:
             C.llama_free(handle)
+            self._model._dependent_closed()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down C

@@ -83,8 +83,6 @@ MAX_GRAMMAR_BYTES = 1 << 20
 MAX_GRAMMAR_NESTING = 256
 MAX_GRAMMAR_RULES = 10_000
 _RULE_DEF = re.compile(r"(?m)^[ \t]*([a-zA-Z0-9_-]+)[ \t]*::=")
-
-
 _NOT_STRUCTURE = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*')
 
 
@@ -143,9 +141,10 @@ def _trigger_start(pattern: re.Pattern[bytes], text: bytes) -> int:
     match = (pattern.fullmatch(text) if full else None) or pattern.search(text)
     if match is None:
         return -1
-    for group in range(1, (match.lastindex or 0) + 1):
-        if match.end(group) > match.start(group) >= 0:
-            return match.start(group)
+    for group in range(1, pattern.groups + 1):
+        start, end = match.span(group)
+        if end > start >= 0:
+            return start
     return match.start()
 
 
@@ -170,19 +169,26 @@ def _llama_diagnostics() -> Iterator[list[str]]:
     so fd 2 is briefly redirected (serialised; whatever else lands there is written back)."""
     lines: list[str] = []
     handler = _ThreadRecords(lines)
-    with _capture_lock, tempfile.TemporaryFile() as sink:
-        LLAMA_LOGGER.addHandler(handler)
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            LLAMA_LOGGER.removeHandler(handler)
+    LLAMA_LOGGER.addHandler(handler)
+    try:
+        with _capture_lock, tempfile.TemporaryFile() as sink:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            try:
+                saved = os.dup(2)
+            except OSError:  # no fd 2 (a daemon): nothing to capture
+                yield lines
+                return
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
             sink.seek(0)
             captured = sink.read()
+    finally:
+        LLAMA_LOGGER.removeHandler(handler)
     if captured:
         os.write(2, captured)
         text = captured.decode("utf-8", errors="replace")

@@ -1,4 +1,5 @@
-"""Process-wide llama.cpp set-up: backend init once, and llama.cpp's log routed to `logging`.
+"""Process-wide llama.cpp set-up (backend init once, llama.cpp's log routed to `logging`,
+build facts) and the file-level helpers that need no loaded model (GGUF check, quantize).
 
 This is the one module that touches llama.cpp's global state (the logger is global and not
 thread-safe in C, so it is set once, under a lock).
@@ -21,7 +22,9 @@ LLAMA_LOGGER = logging.getLogger("wasi_nn_backend.llama")
 # enum ggml_log_level as in the ggml.h this wheel ships: NONE=0, DEBUG=1, INFO=2, WARN=3,
 # ERROR=4, CONT=5 (continue the previous line). llama_cpp/_logger.py's own table is stale
 # (INFO=1 ... DEBUG=4); do not copy it.
-_GGML_TO_LOGGING = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
+# llama.cpp's INFO is a model-load report of dozens of lines per context: it goes to DEBUG so
+# that level "info" shows what this package does, and "debug" shows llama.cpp's details too.
+_GGML_TO_LOGGING = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING,
                     4: logging.ERROR}
 _GGML_LOG_CONT = 5
 
@@ -93,6 +96,22 @@ def build_info() -> dict[str, object]:
     return info
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def check_model_file(path: str) -> None:
+    """ModelNotFound for a missing/unreadable file, InvalidEncoding for a non-GGUF one."""
+    if os.path.isdir(path):
+        raise errors.ModelNotFound(f"model path is a directory: {path}")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise errors.ModelNotFound(f"cannot read model file {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise errors.InvalidEncoding(f"not a GGUF file (bad magic {magic!r}): {path}")
+
+
 _QUANT_TYPES = {
     "f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
     "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
@@ -110,8 +129,7 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], kin
     if ftype is None:
         raise errors.InvalidArgument(f"unknown quantization {kind!r}; "
                                      f"known: {', '.join(sorted(_QUANT_TYPES))}")
-    if not os.path.isfile(src):
-        raise errors.ModelNotFound(f"no model file to quantize: {os.fspath(src)}")
+    check_model_file(os.fspath(src))
     ensure_backend()
     params = C.llama_model_quantize_default_params()
     params.ftype = getattr(C, ftype)

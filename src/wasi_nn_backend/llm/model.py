@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import operator
 import os
 import time
 import weakref
@@ -19,11 +20,10 @@ import llama_cpp.llama_cpp as C
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .. import errors
-from .lib import ensure_backend
+from .lib import check_model_file, ensure_backend
 
 log = logging.getLogger(__name__)
 
-GGUF_MAGIC = b"GGUF"
 # llama_tokenize takes int32 lengths; beyond this the count overflows.
 _MAX_TEXT_BYTES = (1 << 31) - 1
 
@@ -35,19 +35,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-def _check_model_file(path: str) -> None:
-    """ModelNotFound for a missing/unreadable file, InvalidEncoding for a non-GGUF one."""
-    if os.path.isdir(path):
-        raise errors.ModelNotFound(f"model path is a directory: {path}")
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise errors.ModelNotFound(f"cannot read model file {path}: {exc.strerror}") from exc
-    if magic != GGUF_MAGIC:
-        raise errors.InvalidEncoding(f"not a GGUF file (bad magic {magic!r}): {path}")
 
 
 def _read_string(fill: Callable[[ctypes.Array, int], int], initial: int = 256) -> str | None:
@@ -76,12 +63,14 @@ class Model:
         # Contexts and samplers made from this model: they hold pointers into it, so
         # close() closes them first (weak: dropping one must not be kept alive here).
         self._dependents: weakref.WeakSet = weakref.WeakSet()
+        self._open_dependents = 0
+        self._free_pending = False
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = 0,
              use_mmap: bool = True, progress: ProgressFn | None = None) -> Model:
         path = os.fspath(path)
-        _check_model_file(path)
+        check_model_file(path)
         ensure_backend()
         params = C.llama_model_default_params()
         params.n_gpu_layers = int(n_gpu_layers)
@@ -113,7 +102,7 @@ class Model:
 
     @property
     def handle(self) -> ctypes.c_void_p:
-        if self._handle is None:
+        if self._handle is None or self._free_pending:
             raise errors.BackendRuntimeError("model is closed")
         return self._handle
 
@@ -124,20 +113,36 @@ class Model:
 
     @property
     def closed(self) -> bool:
-        return self._handle is None
+        return self._handle is None or self._free_pending
 
     def _register_dependent(self, obj: object) -> None:
-        """Record a Context/Sampler built on this model (it needs a close() method)."""
+        """Record a Context/Sampler built on this model; its close() must call
+        _dependent_closed() exactly once."""
         self._dependents.add(obj)
+        self._open_dependents += 1
+
+    def _dependent_closed(self) -> None:
+        self._open_dependents -= 1
+        if self._free_pending and self._open_dependents <= 0:
+            self._free()
 
     def close(self) -> None:
         """Free the model, closing its contexts and samplers first. Idempotent."""
-        if self._handle is None:
+        if self._handle is None or self._free_pending:
             return
         for dependent in list(self._dependents):
             dependent.close()
+        if self._open_dependents > 0:
+            # Only when a reference cycle is collected: the weak references are cleared
+            # before the finalizers run, so the last dependent to close frees the model.
+            self._free_pending = True
+            return
+        self._free()
+
+    def _free(self) -> None:
         handle, self._handle = self._handle, None
-        C.llama_model_free(handle)
+        if handle is not None:
+            C.llama_model_free(handle)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down C
@@ -151,29 +156,15 @@ class Model:
 
     # --- facts ---------------------------------------------------------------------------
 
-    @property
-    def n_vocab(self) -> int:
-        return self._n_vocab
-
-    @property
-    def n_ctx_train(self) -> int:
-        return int(C.llama_model_n_ctx_train(self.handle))
-
-    @property
-    def n_embd(self) -> int:
-        return int(C.llama_model_n_embd(self.handle))
-
-    @property
-    def n_layer(self) -> int:
-        return int(C.llama_model_n_layer(self.handle))
-
-    @property
-    def n_params(self) -> int:
-        return int(C.llama_model_n_params(self.handle))
-
-    @property
-    def size_bytes(self) -> int:
-        return int(C.llama_model_size(self.handle))
+    n_vocab = property(lambda self: self._n_vocab)
+    n_ctx_train = property(lambda self: int(C.llama_model_n_ctx_train(self.handle)))
+    n_embd = property(lambda self: int(C.llama_model_n_embd(self.handle)))
+    n_layer = property(lambda self: int(C.llama_model_n_layer(self.handle)))
+    n_params = property(lambda self: int(C.llama_model_n_params(self.handle)))
+    size_bytes = property(lambda self: int(C.llama_model_size(self.handle)))
+    bos_token = property(lambda self: int(C.llama_vocab_bos(self.vocab_handle)))
+    eos_token = property(lambda self: int(C.llama_vocab_eos(self.vocab_handle)))
+    add_bos = property(lambda self: bool(C.llama_vocab_get_add_bos(self.vocab_handle)))
 
     @property
     def description(self) -> str:
@@ -196,28 +187,19 @@ class Model:
                 result[key] = val
         return result
 
-    @property
-    def bos_token(self) -> int:
-        return int(C.llama_vocab_bos(self.vocab_handle))
-
-    @property
-    def eos_token(self) -> int:
-        return int(C.llama_vocab_eos(self.vocab_handle))
-
-    @property
-    def add_bos(self) -> bool:
-        return bool(C.llama_vocab_get_add_bos(self.vocab_handle))
-
     # --- tokens --------------------------------------------------------------------------
 
     def valid_token(self, token: int) -> bool:
-        return isinstance(token, int) and 0 <= token < self._n_vocab
+        try:
+            return 0 <= operator.index(token) < self._n_vocab
+        except TypeError:
+            return False
 
     def _check_token(self, token: int) -> int:
         if not self.valid_token(token):
             raise errors.InvalidArgument(f"token id {token!r} is outside the vocabulary "
                                          f"[0, {self._n_vocab})")
-        return token
+        return operator.index(token)
 
     def tokenize(self, text: str | bytes, *, add_special: bool,
                  parse_special: bool) -> list[int]:
@@ -227,12 +209,14 @@ class Model:
                 data = text.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise errors.InvalidEncoding(f"text is not encodable as UTF-8: {exc}") from exc
-        else:
+        elif isinstance(text, (bytes, bytearray, memoryview)):
             data = bytes(text)
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise errors.InvalidEncoding(f"text is not valid UTF-8: {exc}") from exc
+        else:
+            raise errors.InvalidArgument(f"text must be str or bytes, not {type(text).__name__}")
         if len(data) > _MAX_TEXT_BYTES:
             raise errors.InvalidArgument(f"text too long to tokenize: {len(data)} bytes")
         vocab = self.vocab_handle
@@ -253,7 +237,7 @@ class Model:
         piece = self._pieces.get(key)
         if piece is not None:
             return piece
-        self._check_token(token)
+        token = self._check_token(token)
         vocab = self.vocab_handle
         size = 32
         while True:
@@ -270,7 +254,8 @@ class Model:
         return data.decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:
-        return self.valid_token(token) and bool(C.llama_vocab_is_eog(self.vocab_handle, token))
+        return self.valid_token(token) and bool(
+            C.llama_vocab_is_eog(self.vocab_handle, operator.index(token)))
 
     def eog_tokens(self) -> tuple[int, ...]:
         """Every end-of-generation token in the vocabulary (computed once)."""
@@ -281,7 +266,7 @@ class Model:
 
     def token_text(self, token: int) -> str:
         """The vocabulary's text for a token (e.g. '<s>'), as chat templates expect it."""
-        self._check_token(token)
+        token = self._check_token(token)
         raw = C.llama_vocab_get_text(self.vocab_handle, token)
         return (raw or b"").decode("utf-8", errors="replace")
 

@@ -46,7 +46,7 @@ def _make_guard(model: Model, params: SamplingParams) -> GrammarGuard | None:
         return None
     lazy = params.grammar_lazy
     triggers = trigger_regexes(params) if lazy else []
-    tokens = tuple(params.grammar_trigger_tokens) if lazy else ()
+    tokens = tuple(int(t) for t in params.grammar_trigger_tokens) if lazy else ()
     for token in tokens:
         if not model.valid_token(token):
             raise errors.InvalidArgument(f"grammar trigger token {token} is not in the vocabulary")
@@ -69,7 +69,7 @@ def _bias_entries(model: Model, params: SamplingParams) -> list[tuple[int, float
             raise errors.InvalidArgument(f"logit_bias token {token} is not in the vocabulary")
         if math.isnan(bias):
             raise errors.InvalidArgument(f"logit_bias for token {token} is NaN")
-        entries.append((token, _FORCE_BIAS if bias == math.inf else float(bias)))
+        entries.append((int(token), _FORCE_BIAS if bias == math.inf else float(bias)))
     if params.ignore_eos:
         entries += [(token, -math.inf) for token in model.eog_tokens()]
     return entries
@@ -164,8 +164,11 @@ class Sampler:
 
     def __init__(self, model: Model, params: SamplingParams, *, n_ctx: int) -> None:
         self._model = model
-        self._pre = self._chain = None
+        self._pre = self._chain = self._grammar = None
+        self._registered = False
         self._grammar = _make_guard(model, params)
+        model._register_dependent(self)
+        self._registered = True
         try:
             bias = _bias_entries(model, params)
             self._chain = _new_chain()
@@ -185,7 +188,6 @@ class Sampler:
         self._n_vocab = model.n_vocab
         self._ids = np.arange(self._n_vocab, dtype=np.int32)
         self._candidates = np.zeros(self._n_vocab, dtype=TOKEN_DATA) if self._grammar else None
-        model._register_dependent(self)
 
     @property
     def has_grammar(self) -> bool:
@@ -200,13 +202,16 @@ class Sampler:
         tail = list(tokens)[-self._history_n:]  # the samplers keep only this many
         for token in tail:
             if self._model.valid_token(token):
-                C.llama_sampler_accept(chain, token)
+                C.llama_sampler_accept(chain, int(token))
 
     def sample(self, ctx: Context, batch_index: int) -> int:
         """Pick the next token from the logits at ``batch_index`` and accept it."""
         if not ctx.has_logits(batch_index):
             raise errors.InvalidArgument(
                 f"batch index {batch_index} has no logits from the last decode")
+        if ctx.model is not self._model:
+            # logit_bias/penalty tables are sized for this model's vocabulary.
+            raise errors.InvalidArgument("sampler and context belong to different models")
         if self._grammar is None:
             return int(C.llama_sampler_sample(self._live(), ctx.handle, batch_index))
         return self._sample_guarded(ctx, batch_index)
@@ -268,6 +273,9 @@ class Sampler:
                 C.llama_sampler_free(handle)
         if self._grammar is not None:
             self._grammar.close()
+        if self._registered:
+            self._registered = False
+            self._model._dependent_closed()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down C

@@ -1,0 +1,1 @@
+"""The edges: bytes <-> API calls, exceptions -> codes. Nothing imports this package."""
