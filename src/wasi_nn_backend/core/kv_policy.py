@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..config import MemoryConfig
 from ..errors import PromptTooLong
-from .plan import Evict, KvAction, Shift, Trim
+from .plan import Evict, KvAction, Shift, SwapIn, SwapOut, Trim
 from .session import SessionState
 
 
@@ -30,10 +30,13 @@ def discard_count(n_tokens: int, n_keep: int, memory: MemoryConfig, at_least: in
 
 
 class SlotPool:
-    """The context's sequence slots. A resident session holds one; an idle one may lose it."""
+    """The context's sequence slots. A resident session holds one; an idle one may lose it:
+    swapped to host RAM when ``swap`` is on (restored bit-exact later), else evicted (its
+    tokens are prefilled again on its next use)."""
 
-    def __init__(self, n_slots: int) -> None:
+    def __init__(self, n_slots: int, *, swap: bool = False) -> None:
         self.n_slots = n_slots
+        self.swap = swap
         self._free = list(range(n_slots))
         self._owner: dict[int, SessionState] = {}
 
@@ -46,21 +49,32 @@ class SlotPool:
         is taken, None if every slot is busy."""
         if session.seq_id is not None:
             return []
+        actions: list[KvAction] = []
         if self._free:
-            self._assign(session, self._free.pop(0))
-            return []
-        idle = [s for s in self._owner.values() if not s.busy]
-        if not idle:
-            return None
-        victim = min(idle, key=lambda s: s.last_used)
-        seq_id = victim.seq_id
-        assert seq_id is not None
-        self._unassign(victim)
+            seq_id = self._free.pop(0)
+        else:
+            idle = [s for s in self._owner.values() if not s.busy]
+            if not idle:
+                return None
+            victim = min(idle, key=lambda s: s.last_used)
+            seq_id = victim.seq_id
+            assert seq_id is not None
+            if self.swap and victim.kv_tokens:
+                victim.swapped_tokens = victim.kv_tokens
+                actions.append(SwapOut(victim, seq_id))
+            else:
+                actions.append(Evict(victim, seq_id))
+            self._unassign(victim)
         self._assign(session, seq_id)
-        return [Evict(victim, seq_id)]
+        if session.swapped_tokens is not None:
+            # Planned as restored; the engine makes it so, or empties the sequence if it can't.
+            session.kv_tokens, session.swapped_tokens = session.swapped_tokens, None
+            actions.append(SwapIn(session, seq_id))
+        return actions
 
     def release(self, session: SessionState) -> list[KvAction]:
         """The session is gone: its sequence is dropped and the slot freed."""
+        session.swapped_tokens = None
         if session.seq_id is None:
             return []
         seq_id = session.seq_id

@@ -36,7 +36,23 @@ class Shift:
     discard: int
 
 
-KvAction = Evict | Trim | Shift
+@dataclass(frozen=True)
+class SwapOut:
+    """Save an idle session's sequence to host RAM, then free its slot."""
+
+    session: SessionState
+    seq_id: int
+
+
+@dataclass(frozen=True)
+class SwapIn:
+    """Restore a swapped session's sequence into ``seq_id`` (bit-exact; no re-prefill)."""
+
+    session: SessionState
+    seq_id: int
+
+
+KvAction = Evict | Trim | Shift | SwapOut | SwapIn
 
 
 @dataclass

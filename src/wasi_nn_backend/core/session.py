@@ -33,13 +33,14 @@ class FinishReason(str, Enum):
     ERROR = "error"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: one object per session
 class SessionState:
     """The engine-side view of one session: its KV sequence."""
 
     session_id: int
     seq_id: int | None = None                              # KV slot while resident
     kv_tokens: list[int] = field(default_factory=list)     # tokens in the sequence, pos 0..n-1
+    swapped_tokens: list[int] | None = None                # tokens of its state saved in RAM
     last_used: float = 0.0
     busy: bool = False                                     # a request of it is admitted
     closed: bool = False

@@ -13,6 +13,8 @@ class EngineCounters:
     reused_tokens: int = 0
     shifts: int = 0
     evictions: int = 0
+    swap_outs: int = 0
+    swap_ins: int = 0
     finished: int = 0
     failed: int = 0
 

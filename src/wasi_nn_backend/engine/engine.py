@@ -16,7 +16,7 @@ from typing import Any
 from ..config import Config, ModelSettings, RequestParams, SamplingParams
 from ..core.clock import Clock, MonotonicClock
 from ..core.kv_policy import SlotPool
-from ..core.plan import Evict, KvAction, Shift, StepPlan, Trim
+from ..core.plan import StepPlan
 from ..core.scheduler import Scheduler
 from ..core.session import FinishReason, Request, RequestState, SessionState
 from ..core.text import TextAssembler
@@ -28,8 +28,10 @@ from ..llm.model import Model
 from ..llm.grammar import GrammarRejected
 from ..llm.sampler import Sampler, check_grammar
 from .counters import EngineCounters
+from .kv_apply import KvApplier
 from .live import LiveRequest
 from .streams import Stream
+from .swap import SwapStore
 
 log = logging.getLogger("wasi_nn_backend.engine")
 
@@ -66,12 +68,15 @@ class Engine:
             type_v=settings.cache_type_v)
         n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
         self.batch = Batch(n_batch)
-        self.pool = SlotPool(settings.n_seq_max)
+        memory = config.memory
+        self.pool = SlotPool(settings.n_seq_max, swap=memory.max_memory_mb > 0)
         self.scheduler = Scheduler(
             n_batch=n_batch, n_ctx=settings.n_ctx, pool=self.pool,
             settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
             clock=self.clock)
         self.counters = EngineCounters()
+        self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
+        self.kv = KvApplier(self.ctx, self.swap, self.counters)
         self._live: dict[Request, LiveRequest] = {}
         self._inbox: deque[Callable[[], Any]] = deque()
         self._cond = threading.Condition()
@@ -189,8 +194,8 @@ class Engine:
         for request in [r for r in self._live if r.session is session]:
             self._finish(request, FinishReason.CANCELLED, ErrorCode.SUCCESS)
         session.closed = True
-        for action in self.pool.release(session):
-            self._apply(action)
+        self.swap.discard(session)
+        self.kv.apply_all(self.pool.release(session))
 
     def _step(self) -> None:
         self._expire_deadlines()
@@ -199,8 +204,8 @@ class Engine:
             self._fail(request, error)
         for request in plan.context_full:
             self._finish(request, FinishReason.LENGTH, ErrorCode.CONTEXT_FULL)
-        for action in plan.kv_actions:
-            self._apply(action)
+        for session in self.kv.apply_all(plan.kv_actions):
+            self._restart_prefill(session)
         self._start_samplers(plan)
         outputs = self._fill_batch(plan)
         if self.batch.n_tokens == 0:
@@ -211,6 +216,12 @@ class Engine:
             return
         self._commit(plan)
         self._sample(outputs)
+
+    def _restart_prefill(self, session: SessionState) -> None:
+        """Its swap-in failed: its admitted request prefills its whole prompt."""
+        for request in self._live:
+            if request.session is session and request.state is RequestState.PREFILL:
+                request.n_past = request.reused = 0
 
     def _start_samplers(self, plan: StepPlan) -> None:
         for request, _ in plan.prefill:
@@ -293,29 +304,12 @@ class Engine:
         if result == 1 and idle:
             victim = min(idle, key=lambda s: s.last_used)
             log.warning("KV cache full: evicting idle session %d", victim.session_id)
-            for action in self.pool.release(victim):
-                self._apply(action)
+            self.kv.apply_all(self.pool.release(victim))
             return
         error = BackendRuntimeError(
             "KV cache full" if result == 1 else f"llama_decode failed with code {result}")
         for request in involved:
             self._fail(request, error)
-
-    def _apply(self, action: KvAction) -> None:
-        session = action.session
-        if isinstance(action, Evict):
-            self.ctx.seq_rm(action.seq_id, -1, -1)  # the pool already emptied kv_tokens
-            self.counters.evictions += 1
-        elif isinstance(action, Trim):
-            self.ctx.seq_rm(session.seq_id, action.keep, -1)
-            del session.kv_tokens[action.keep:]
-        elif isinstance(action, Shift):
-            keep, discard, n_tokens = action.keep, action.discard, len(session.kv_tokens)
-            self.ctx.seq_rm(session.seq_id, keep, keep + discard)
-            self.ctx.seq_add(session.seq_id, keep + discard, n_tokens, -discard)
-            del session.kv_tokens[keep:keep + discard]
-            session.shifts += 1
-            self.counters.shifts += 1
 
     def _expire_deadlines(self) -> None:
         now = self.clock.now()

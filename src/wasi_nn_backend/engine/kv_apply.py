@@ -1,0 +1,72 @@
+"""Performing KvActions on the context, with their bookkeeping (engine thread only)."""
+from __future__ import annotations
+
+import logging
+
+from ..core.plan import Evict, KvAction, Shift, SwapIn, SwapOut, Trim
+from ..core.session import SessionState
+from ..llm.context import Context
+from .counters import EngineCounters
+from .swap import SwapStore
+
+log = logging.getLogger("wasi_nn_backend.engine")
+
+
+class KvApplier:
+    def __init__(self, ctx: Context, store: SwapStore, counters: EngineCounters) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.counters = counters
+        self._puts: list[tuple[SessionState, bytes]] = []
+        self.failed_swap_ins: set[SessionState] = set()
+
+    def apply_all(self, actions: list[KvAction]) -> set[SessionState]:
+        """Apply a plan's actions in order. Returns the sessions whose swap-in failed: their
+        sequence is empty and must be prefilled from the start."""
+        self.failed_swap_ins = set()
+        for action in actions:
+            if action.session in self.failed_swap_ins:
+                continue  # planned on tokens that did not come back
+            self.apply(action)
+        # Saved bytes enter the store after this plan's swap-ins took theirs, so one budget
+        # drop cannot take away what the same plan restores.
+        for session, data in self._puts:
+            self.store.put(session, data)
+        self._puts.clear()
+        return self.failed_swap_ins
+
+    def apply(self, action: KvAction) -> None:
+        session = action.session
+        if isinstance(action, Evict):
+            self.ctx.seq_rm(action.seq_id, -1, -1)  # the pool already emptied kv_tokens
+            self.counters.evictions += 1
+        elif isinstance(action, SwapOut):
+            self._puts.append((session, self.ctx.state_seq_get(action.seq_id)))
+            self.ctx.seq_rm(action.seq_id, -1, -1)
+            self.counters.swap_outs += 1
+        elif isinstance(action, SwapIn):
+            self._swap_in(action)
+        elif isinstance(action, Trim):
+            self.ctx.seq_rm(session.seq_id, action.keep, -1)
+            del session.kv_tokens[action.keep:]
+        elif isinstance(action, Shift):
+            keep, discard, n_tokens = action.keep, action.discard, len(session.kv_tokens)
+            self.ctx.seq_rm(session.seq_id, keep, keep + discard)
+            self.ctx.seq_add(session.seq_id, keep + discard, n_tokens, -discard)
+            del session.kv_tokens[keep:keep + discard]
+            session.shifts += 1
+            self.counters.shifts += 1
+
+    def _swap_in(self, action: SwapIn) -> None:
+        session = action.session
+        data = self.store.take(session)
+        restored = data is not None and self.ctx.state_seq_set(action.seq_id, data) \
+            and self.ctx.seq_pos_max(action.seq_id) == len(session.kv_tokens) - 1
+        if restored:
+            self.counters.swap_ins += 1
+            return
+        log.warning("session %d: KV state could not be restored; prefilling it again",
+                    session.session_id)
+        self.ctx.seq_rm(action.seq_id, -1, -1)
+        session.kv_tokens = []
+        self.failed_swap_ins.add(session)
