@@ -51,6 +51,7 @@ class Backend:
         self._graph_ids = itertools.count(1)
         self._session_ids = itertools.count(1)
         self._closed = False
+        self._janitor = _Janitor(self)
         log.info("backend ready (max_sessions=%d)", self.config.backend.max_sessions)
 
     # -- models ------------------------------------------------------------------------------
@@ -132,13 +133,7 @@ class Backend:
         """Before a new session: drop idle ones past idle_timeout_ms, then the least recently
         used if at max_sessions (auto_cleanup); without auto_cleanup the limit is an error."""
         settings = self.config.backend
-        if settings.auto_cleanup:
-            now = self.clock.now()
-            for session in list(self._sessions.values()):
-                if not session.running and \
-                        (now - session.last_activity) * 1000 > settings.idle_timeout_ms:
-                    log.info("closing session %d: idle", session.handle)
-                    self._forget(session)
+        self.cleanup_idle()
         if len(self._sessions) < settings.max_sessions:
             return
         idle = [s for s in self._sessions.values() if not s.running]
@@ -148,6 +143,26 @@ class Backend:
         victim = min(idle, key=lambda s: s.last_activity)
         log.info("closing session %d: least recently used at max_sessions", victim.handle)
         self._forget(victim)
+
+    def cleanup_idle(self) -> list[int]:
+        """Close sessions idle longer than idle_timeout_ms (when auto_cleanup is on); their
+        handles become not_found. Runs on a timer too. Returns the handles closed."""
+        settings = self.config.backend
+        if not settings.auto_cleanup:
+            return []
+        now = self.clock.now()
+        with self._lock:
+            idle = [s for s in self._sessions.values() if not s.running
+                    and (now - s.last_activity) * 1000 > settings.idle_timeout_ms]
+        for session in idle:
+            log.info("closing session %d: idle for over %d ms", session.handle,
+                     settings.idle_timeout_ms)
+            self._forget(session)
+        return [s.handle for s in idle]
+
+    def wait_cleanup_pass(self, timeout: float) -> bool:
+        """Wait for the idle-cleanup timer to run once more (tests with an injected clock)."""
+        return self._janitor.wait_pass(timeout)
 
     def _forget(self, session: Session) -> None:
         with self._lock:
@@ -181,6 +196,7 @@ class Backend:
                 return
             self._closed = True
             graphs = list(self._graphs.values())
+        self._janitor.stop()
         for graph in graphs:
             graph.close()
         self._logging.close()
@@ -194,6 +210,46 @@ class Backend:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _Janitor:
+    """The idle-cleanup timer: a thread that calls backend.cleanup_idle() every quarter of
+    idle_timeout_ms (between 50 ms and 1 s of real time); idleness itself is measured on the
+    backend's clock."""
+
+    def __init__(self, backend: Backend) -> None:
+        settings = backend.config.backend
+        self._backend = backend
+        self._interval = min(max(settings.idle_timeout_ms / 4000, 0.05), 1.0)
+        self._stopped = threading.Event()
+        self._cond = threading.Condition()
+        self._passes = 0
+        self._thread = threading.Thread(target=self._run, name="wasi-nn-idle-cleanup",
+                                        daemon=True)
+        if settings.auto_cleanup:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._backend.cleanup_idle()
+            except WasiNnError:
+                pass  # closed meanwhile
+            except Exception:
+                log.exception("idle cleanup failed")
+            with self._cond:
+                self._passes += 1
+                self._cond.notify_all()
+
+    def wait_pass(self, timeout: float) -> bool:
+        with self._cond:
+            target = self._passes + 1
+            return self._cond.wait_for(lambda: self._passes >= target, timeout)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
 
 
 class Graph:

@@ -34,7 +34,10 @@ class ModelSettings(_Frozen):
     n_gpu_layers: int = Field(0, ge=-1, le=100_000)
     use_mmap: bool = True
     flash_attn: Literal["auto", "on", "off"] = "auto"
-    kv_unified: bool = True
+    # One KV stream per sequence: a session's numbers never depend on what other sessions hold
+    # (unified KV makes attention run over every cell, so results shift with other sessions),
+    # and attention skips other sessions' cells. True allows cheap cross-session seq_cp.
+    kv_unified: bool = False
     cache_type_k: Literal["f32", "f16", "q8_0", "q4_0"] = "f16"
     cache_type_v: Literal["f32", "f16", "q8_0", "q4_0"] = "f16"
     chat_template: str | None = None                      # overrides the GGUF's template
