@@ -15,7 +15,6 @@ import logging
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, parse_config, request_params
@@ -24,15 +23,10 @@ from .engine.engine import Engine, load_model
 from .errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
 from .logs import configure_logging
 from .session import Session
+from .stats import BackendStats
+from .stats import collect as collect_stats
 
 log = logging.getLogger("wasi_nn_backend")
-
-
-@dataclass(frozen=True)
-class BackendStats:
-    graphs: int
-    sessions: int
-    engines: dict[int, dict[str, int]]
 
 
 class Backend:
@@ -180,10 +174,10 @@ class Backend:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stats(self) -> BackendStats:
+        """A frozen record: sessions, queue, KV cells, swap, token counts, throughput."""
         with self._lock:
-            return BackendStats(
-                graphs=len(self._graphs), sessions=len(self._sessions),
-                engines={h: g.engine.counters.snapshot() for h, g in self._graphs.items()})
+            graphs, sessions = list(self._graphs.values()), list(self._sessions.values())
+        return collect_stats(graphs, sessions)
 
     @property
     def closed(self) -> bool:

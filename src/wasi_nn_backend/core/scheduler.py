@@ -1,19 +1,45 @@
 """Admission and the per-step choice of work. Never sees the model.
 
-Each step: admit waiting requests (up to max_concurrent, one per session, each needs a KV slot),
-then pack ONE batch: a token for every generating request first, then prompt chunks of
-prefilling requests until n_batch tokens.
+Each step: admit waiting requests (up to max_concurrent, one per session, each needs a KV slot;
+in the order core/queue.py's WaitingQueue gives: priority, then fairness between sessions,
+then arrival), then pack ONE batch: a token for every generating request first, then prompt
+chunks of prefilling requests until n_batch tokens.
+
+The waiting queue is bounded by ``gate`` (a thread-safe QueueGate): callers enter() it on their
+own thread before posting a request to the engine, and the Scheduler calls ``gate.leave()``
+exactly once for each request that leaves the waiting queue, in these methods only:
+  - plan()           a request taken for admission (admitted, or failed at admission);
+  - remove()         a request that was still waiting (cancelled, session closed, failed);
+  - expire_waiting() each request it returns (deadline passed while waiting).
 """
 from __future__ import annotations
 
-from collections import deque
+from dataclasses import dataclass
 
 from ..config import BackendSettings, MemoryConfig
 from ..errors import WasiNnError
 from .clock import Clock
 from .kv_policy import SlotPool, plan_generation_room, plan_prompt
 from .plan import StepPlan
+from .queue import QueueGate, WaitingQueue
 from .session import Request, RequestState
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """A snapshot. submitted_total == waiting + admitted_total + failed_total + expired_total
+    + cancelled_total; rejected_total and queue_warnings_total come from the gate."""
+
+    waiting: int                # in the waiting queue now
+    running: int                # admitted, not yet removed
+    submitted_total: int        # entered the waiting queue (submit())
+    admitted_total: int         # left it to run
+    failed_total: int           # left it at admission with an error (prompt too long, ...)
+    expired_total: int          # left it through expire_waiting() (deadline passed)
+    cancelled_total: int        # left it through remove() while still waiting
+    rejected_total: int         # refused by gate.enter() with Busy
+    queue_warnings_total: int   # times the queue reached queue_warning_threshold
+    queue_peak: int             # most requests waiting at once (queued or on their way)
 
 
 class Scheduler:
@@ -26,17 +52,35 @@ class Scheduler:
         self.memory = memory
         self.can_shift = can_shift
         self.clock = clock
-        self.waiting: deque[Request] = deque()
+        self.gate = QueueGate.from_settings(settings)
+        self.queue = WaitingQueue(priority=settings.priority_scheduling_enabled,
+                                  fair=settings.fair_scheduling_enabled,
+                                  track_deadlines=settings.auto_queue_cleanup)
         self.running: list[Request] = []
         self._rotation = 0  # round-robin start when more generate than fit one batch
+        self._submitted_total = 0
+        self._admitted_total = 0
+        self._failed_total = 0
+        self._expired_total = 0
+        self._cancelled_total = 0
+        self._peak = 0
+
+    @property
+    def waiting(self) -> list[Request]:
+        """The waiting requests in arrival order (a copy)."""
+        return list(self.queue)
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.queue or self.running)
 
     def submit(self, request: Request) -> None:
+        """Queue ``request`` (engine thread). Never refuses: the gate did that on the caller's
+        thread."""
         request.state = RequestState.WAITING
-        self.waiting.append(request)
+        self.queue.push(request)
+        self._submitted_total += 1
+        self._peak = max(self._peak, len(self.queue))
 
     def remove(self, request: Request) -> None:
         """Forget a request (finished, failed or cancelled); its session becomes idle."""
@@ -44,9 +88,38 @@ class Scheduler:
             self.running.remove(request)
             request.session.busy = False
             request.session.last_used = self.clock.now()
-        elif request in self.waiting:
-            self.waiting.remove(request)
+        elif self._leave(request):
+            self._cancelled_total += 1
         request.state = RequestState.DONE
+
+    def expire_waiting(self, now: float | None = None) -> list[Request]:
+        """With auto_queue_cleanup on: remove the waiting requests whose deadline is <= now
+        and return them, for the engine to finish with a timeout. Off: always []; expired
+        requests then wait until admitted and the engine's deadline check ends them."""
+        if not self.settings.auto_queue_cleanup:
+            return []
+        expired = self.queue.pop_expired(self.clock.now() if now is None else now)
+        for request in expired:
+            self.gate.leave()
+            request.state = RequestState.DONE
+        self._expired_total += len(expired)
+        return expired
+
+    def stats(self) -> SchedulerStats:
+        """Counters; cheap, and safe to read from any thread (a snapshot may be a step old)."""
+        return SchedulerStats(
+            waiting=len(self.queue), running=len(self.running),
+            submitted_total=self._submitted_total, admitted_total=self._admitted_total,
+            failed_total=self._failed_total, expired_total=self._expired_total,
+            cancelled_total=self._cancelled_total, rejected_total=self.gate.rejected_total,
+            queue_warnings_total=self.gate.warnings_total,
+            queue_peak=max(self._peak, self.gate.peak))
+
+    def _leave(self, request: Request, *, served: bool = False) -> bool:
+        if not self.queue.remove(request, served=served):
+            return False
+        self.gate.leave()
+        return True
 
     def plan(self) -> StepPlan:
         plan = StepPlan()
@@ -56,16 +129,18 @@ class Scheduler:
         return plan
 
     def _admit(self, plan: StepPlan) -> None:
-        for request in list(self.waiting):
+        if len(self.running) >= self.settings.max_concurrent or not self.queue:
+            return  # the common case in a busy step: O(1)
+        # One request per session at a time, each session's in order: only heads of idle
+        # sessions are candidates.
+        for request in self.queue.admission_order(lambda session: not session.busy):
             if len(self.running) >= self.settings.max_concurrent:
                 return
-            if request.session.busy:
-                continue  # one request per session at a time, in order
             actions = self.pool.acquire(request.session)
             if actions is None:
                 return  # every slot is busy: wait for one
             plan.kv_actions.extend(actions)
-            self.waiting.remove(request)
+            self._leave(request, served=True)
             try:
                 prompt, reuse, prompt_actions = plan_prompt(
                     request.session, request.prompt_tokens, n_ctx=self.n_ctx, memory=self.memory,
@@ -73,6 +148,7 @@ class Scheduler:
             except WasiNnError as error:
                 request.state = RequestState.DONE
                 plan.failed.append((request, error))
+                self._failed_total += 1
                 continue
             plan.kv_actions.extend(prompt_actions)
             request.prompt_tokens = prompt
@@ -82,6 +158,7 @@ class Scheduler:
             request.started_at = self.clock.now()
             request.session.busy = True
             self.running.append(request)
+            self._admitted_total += 1
 
     def _plan_decode(self, plan: StepPlan) -> None:
         generating = [r for r in self.running if r.state is RequestState.GENERATING]

@@ -66,6 +66,7 @@ class Completion:
     probs: tuple[tuple[tuple[int, float], ...], ...] = ()
     seconds: float = 0.0
     first_token_seconds: float = 0.0
+    finished_at: float = 0.0         # on the engine's clock
 
     def __str__(self) -> str:
         return self.text

@@ -17,6 +17,9 @@ class EngineCounters:
     swap_ins: int = 0
     finished: int = 0
     failed: int = 0
+    timeouts: int = 0
+    cancelled: int = 0
+    decode_seconds: float = 0.0
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, int | float]:
         return asdict(self)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -99,7 +100,12 @@ class Engine:
                           deadline=now + timeout_ms / 1000 if timeout_ms else None)
         stream = Stream(cancel=lambda: self._post_quietly(lambda: self._cancel(request)))
         live = LiveRequest(request, stream, TextAssembler(params.stopping.stop))
-        self._post(lambda: self._admit(live))
+        self.scheduler.gate.enter()  # Busy at once, on the caller's thread, when full
+        try:
+            self._post(lambda: self._admit(live))
+        except BaseException:
+            self.scheduler.gate.leave()
+            raise
         return stream
 
     def check_sampling(self, sampling: SamplingParams) -> None:
@@ -129,6 +135,11 @@ class Engine:
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join()  # the context must be freed before anyone frees the model
+
+    def kv_cells(self) -> tuple[int, int]:
+        """(cells holding session tokens, cells in the context) — a reading, not a lock."""
+        used = sum(len(s.kv_tokens) for s in self.pool.resident)
+        return used, self.n_ctx * self.pool.n_slots
 
     @property
     def alive(self) -> bool:
@@ -210,7 +221,9 @@ class Engine:
         outputs = self._fill_batch(plan)
         if self.batch.n_tokens == 0:
             return
+        began = time.perf_counter()
         result = self.ctx.decode(self.batch)
+        self.counters.decode_seconds += time.perf_counter() - began
         if result != 0:
             self._decode_failed(result, plan)
             return
@@ -312,20 +325,28 @@ class Engine:
             self._fail(request, error)
 
     def _expire_deadlines(self) -> None:
+        """Requests past their deadline end with timeout: queued ones (auto_queue_cleanup)
+        and running ones, whose partial output stays readable."""
         now = self.clock.now()
-        for request in [r for r in self._live if r.deadline is not None and r.deadline <= now]:
+        for request in self.scheduler.expire_waiting(now):
+            self._finish(request, FinishReason.TIMEOUT, ErrorCode.TIMEOUT)
+        for request in [r for r in self.scheduler.running
+                        if r.deadline is not None and r.deadline <= now]:
             self._finish(request, FinishReason.TIMEOUT, ErrorCode.TIMEOUT)
 
     def _finish(self, request: Request, reason: FinishReason, code: ErrorCode) -> None:
         live = self._live.pop(request)
         self.scheduler.remove(request)
-        live.complete(reason, code, self.clock)
+        # Counters first: completing wakes the caller, who may read them at once.
         self.counters.finished += 1
+        self.counters.timeouts += reason is FinishReason.TIMEOUT
+        self.counters.cancelled += reason is FinishReason.CANCELLED
+        live.complete(reason, code, self.clock)
 
     def _fail(self, request: Request, error: WasiNnError) -> None:
         live = self._live.pop(request, None)
         self.scheduler.remove(request)
+        self.counters.failed += 1
         if live is not None:
             live.close_sampler()
             live.stream.fail(error)
-        self.counters.failed += 1

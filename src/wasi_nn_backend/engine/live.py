@@ -62,6 +62,7 @@ class LiveRequest:
             probs=tuple(request.probs),
             seconds=now - request.submitted_at,
             first_token_seconds=((request.first_token_at or now) - request.submitted_at),
+            finished_at=now,
         )
         self.stream.finish(completion)
         self.close_sampler()
