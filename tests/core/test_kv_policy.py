@@ -76,3 +76,25 @@ def test_generation_room_shift_or_full():
                              can_shift=True)
     assert plan_generation_room(SessionState(1, kv_tokens=[1]), n_ctx=16, memory=MEM,
                                 can_shift=True) is None
+
+
+def test_fifo_strategy_takes_the_longest_resident_slot():
+    pool = SlotPool(2, strategy="fifo")
+    a, b, c = (SessionState(i) for i in range(3))
+    pool.acquire(a)
+    pool.acquire(b)
+    a.last_used, b.last_used = 9.0, 5.0   # lru would pick b; a arrived first
+    assert pool.acquire(c) == [Evict(a, 0)]
+
+
+def test_swap_out_and_in_are_planned_for_idle_sessions():
+    from wasi_nn_backend.core.plan import SwapIn, SwapOut
+    pool = SlotPool(1, swap=True)
+    a, b = SessionState(0), SessionState(1)
+    pool.acquire(a)
+    a.kv_tokens = [1, 2, 3]
+    assert pool.acquire(b) == [SwapOut(a, 0)]
+    assert a.swapped_tokens == [1, 2, 3] and a.kv_tokens == []
+    b.kv_tokens = [7]
+    assert pool.acquire(a) == [SwapOut(b, 0), SwapIn(a, 0)]
+    assert a.kv_tokens == [1, 2, 3] and a.swapped_tokens is None and b.swapped_tokens == [7]

@@ -34,9 +34,12 @@ class SlotPool:
     swapped to host RAM when ``swap`` is on (restored bit-exact later), else evicted (its
     tokens are prefilled again on its next use)."""
 
-    def __init__(self, n_slots: int, *, swap: bool = False) -> None:
+    def __init__(self, n_slots: int, *, swap: bool = False, strategy: str = "lru") -> None:
         self.n_slots = n_slots
         self.swap = swap
+        self.strategy = strategy  # victim: "lru" least recently used, "fifo" longest resident
+        self._arrival: dict[int, int] = {}
+        self._arrivals = 0
         self._free = list(range(n_slots))
         self._owner: dict[int, SessionState] = {}
 
@@ -56,7 +59,7 @@ class SlotPool:
             idle = [s for s in self._owner.values() if not s.busy]
             if not idle:
                 return None
-            victim = min(idle, key=lambda s: s.last_used)
+            victim = self._victim(idle)
             seq_id = victim.seq_id
             assert seq_id is not None
             if self.swap and victim.kv_tokens:
@@ -82,15 +85,23 @@ class SlotPool:
         self._free.append(seq_id)
         return [Evict(session, seq_id)]
 
+    def _victim(self, idle: list[SessionState]) -> SessionState:
+        if self.strategy == "fifo":
+            return min(idle, key=lambda s: self._arrival[s.session_id])
+        return min(idle, key=lambda s: s.last_used)
+
     def _unassign(self, session: SessionState) -> None:
         # The bookkeeping changes here, at planning time, so that a later decision in the same
         # plan sees the session as empty; the engine only clears the sequence.
         assert session.seq_id is not None
         del self._owner[session.seq_id]
+        self._arrival.pop(session.session_id, None)
         session.seq_id = None
         session.kv_tokens = []
 
     def _assign(self, session: SessionState, seq_id: int) -> None:
+        self._arrivals += 1
+        self._arrival[session.session_id] = self._arrivals
         session.seq_id = seq_id
         self._owner[seq_id] = session
 
