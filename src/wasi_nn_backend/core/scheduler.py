@@ -44,8 +44,12 @@ class SchedulerStats:
 
 class Scheduler:
     def __init__(self, *, n_batch: int, n_ctx: int, pool: SlotPool, settings: BackendSettings,
-                 memory: MemoryConfig, can_shift: bool, clock: Clock) -> None:
+                 memory: MemoryConfig, can_shift: bool, clock: Clock,
+                 deterministic: bool = False) -> None:
         self.n_batch = n_batch
+        # One sequence per decode: what a request computes never depends on what it would have
+        # been batched with (quantized matmuls change with the batch's shape).
+        self.deterministic = deterministic
         self.n_ctx = n_ctx
         self.pool = pool
         self.settings = settings
@@ -124,8 +128,11 @@ class Scheduler:
     def plan(self) -> StepPlan:
         plan = StepPlan()
         self._admit(plan)
-        self._plan_decode(plan)
-        self._plan_prefill(plan)
+        if self.deterministic:
+            self._plan_one(plan)
+        else:
+            self._plan_decode(plan)
+            self._plan_prefill(plan)
         return plan
 
     def _admit(self, plan: StepPlan) -> None:
@@ -160,6 +167,36 @@ class Scheduler:
             self.running.append(request)
             self._admitted_total += 1
 
+    def _plan_one(self, plan: StepPlan) -> None:
+        """Deterministic mode: the next running request in turn decodes alone, one token or
+        one prompt chunk, exactly as it would with nothing else running."""
+        if not self.running:
+            return
+        start = self._rotation % len(self.running)
+        self._rotation += 1
+        for request in self.running[start:] + self.running[:start]:
+            if request.state is RequestState.GENERATING:
+                if self._room_for_token(request, plan):
+                    plan.decode.append(request)
+                    return
+            elif request.state is RequestState.PREFILL:
+                remaining = len(request.prompt_tokens) - request.n_past
+                if remaining > 0:
+                    plan.prefill.append((request, min(self.n_batch, remaining)))
+                    return
+
+    def _room_for_token(self, request: Request, plan: StepPlan) -> bool:
+        """Plan a context shift if one is needed; False (and context_full) if impossible."""
+        try:
+            shift = plan_generation_room(request.session, n_ctx=self.n_ctx,
+                                         memory=self.memory, can_shift=self.can_shift)
+        except LookupError:
+            plan.context_full.append(request)
+            return False
+        if shift is not None:
+            plan.kv_actions.append(shift)
+        return True
+
     def _plan_decode(self, plan: StepPlan) -> None:
         generating = [r for r in self.running if r.state is RequestState.GENERATING]
         if len(generating) > self.n_batch:
@@ -167,15 +204,8 @@ class Scheduler:
             generating = (generating[start:] + generating[:start])[:self.n_batch]
             self._rotation += self.n_batch
         for request in generating:
-            try:
-                shift = plan_generation_room(request.session, n_ctx=self.n_ctx,
-                                             memory=self.memory, can_shift=self.can_shift)
-            except LookupError:
-                plan.context_full.append(request)
-                continue
-            if shift is not None:
-                plan.kv_actions.append(shift)
-            plan.decode.append(request)
+            if self._room_for_token(request, plan):
+                plan.decode.append(request)
 
     def _plan_prefill(self, plan: StepPlan) -> None:
         budget = self.n_batch - len(plan.decode)

@@ -65,7 +65,8 @@ class Engine:
             model, n_ctx=settings.n_ctx * settings.n_seq_max, n_batch=settings.n_batch,
             n_ubatch=settings.n_ubatch, n_seq_max=settings.n_seq_max, n_threads=threads,
             n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn,
-            kv_unified=settings.kv_unified, type_k=settings.cache_type_k,
+            kv_unified=settings.kv_unified and not settings.deterministic,
+            type_k=settings.cache_type_k,
             type_v=settings.cache_type_v)
         n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
         self.batch = Batch(n_batch)
@@ -75,7 +76,7 @@ class Engine:
         self.scheduler = Scheduler(
             n_batch=n_batch, n_ctx=settings.n_ctx, pool=self.pool,
             settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
-            clock=self.clock)
+            clock=self.clock, deterministic=settings.deterministic)
         self.counters = EngineCounters()
         self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
         self.kv = KvApplier(self.ctx, self.swap, self.counters)
