@@ -32,6 +32,7 @@ class ContextIO:
 
     def set_input(self, index: int, data: bytes) -> None:
         if index == 0:
+            self.fini_single()  # a new prompt starts a new stream
             try:
                 prompt = data.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -55,12 +56,12 @@ class ContextIO:
 
     def compute_single(self) -> None:
         """One more piece of output; EndOfSequence when the generation has ended."""
-        with self._lock:
+        with self._lock:  # one stream even if two threads start it at once
             stream = self._stream
-        if stream is None:
-            prompt = self._require_prompt()
-            stream = self.session.complete_stream(prompt)
-            with self._lock:
+            if stream is None:
+                if self._prompt is None:
+                    raise InvalidArgument("no input is set: call set_input(index 0) first")
+                stream = self.session.complete_stream(self._prompt)
                 self._stream, self._completion, self._text = stream, None, b""
         try:
             piece = stream.get()

@@ -37,7 +37,9 @@ class Session:
             self._messages.append({"role": "system", "content": system})
         self._turn: Turn | None = None
         self._in_flight: tuple[list[dict[str, str]], str, Stream] | None = None
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()       # one chat turn / submit at a time
+        self._close_lock = threading.Lock()  # never held while waiting for the engine
+        self._streams: list[Stream] = []     # submitted, maybe not finished
         self._closed = False
 
     # -- chat --------------------------------------------------------------------------------
@@ -136,15 +138,17 @@ class Session:
 
     def _submit(self, tokens: list[int], params: RequestParams, *, truncate_ok: bool) -> Stream:
         self.touch()
-        return self.graph.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok)
+        stream = self.graph.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok)
+        self._streams = [s for s in self._streams if not s.done] + [stream]
+        return stream
 
     def touch(self) -> None:
         self.last_activity = self.graph.backend.clock.now()
 
     @property
     def running(self) -> bool:
-        return self._in_flight is not None and not self._in_flight[2].done \
-            or self.state.busy
+        """A request of it is queued or generating (idle cleanup and LRU leave it alone)."""
+        return self.state.busy or any(not stream.done for stream in list(self._streams))
 
     @property
     def closed(self) -> bool:
@@ -159,7 +163,9 @@ class Session:
         self.graph.backend._forget(self)
 
     def _shutdown(self) -> None:
-        with self._lock:
+        # Not self._lock: a chat turn holds it while it waits for its reply, and closing must
+        # cancel that reply (within one engine step), not wait for it.
+        with self._close_lock:
             if self._closed:
                 return
             self._closed = True

@@ -75,6 +75,11 @@ class _Entry:
         with self.lock:
             io = self.ios.get(session.handle)
             if io is None:
+                # Sessions also end by idle cleanup, eviction or unload: forget their I/O here.
+                for handle in [h for h, old in self.ios.items() if old.session.closed]:
+                    del self.ios[handle]
+                if session.closed:
+                    raise NotFound(f"execution context {session.handle} is closed")
                 io = self.ios[session.handle] = ContextIO(session, _BUILD_INFO)
             return io
 

@@ -172,7 +172,10 @@ class Engine:
                     commands = list(self._inbox)
                     self._inbox.clear()
                 for command in commands:
-                    command()
+                    try:
+                        command()
+                    except Exception:  # a bug in one command must not strand the others
+                        log.exception("engine command failed")
                 if self.scheduler.has_work:
                     self._step()
         except BaseException:  # a bug: fail every request rather than hang its waiters
