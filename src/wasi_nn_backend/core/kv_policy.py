@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from ..config import MemoryConfig
 from ..errors import PromptTooLong
-from .plan import Evict, KvAction, Shift, SwapIn, SwapOut, Trim
+from .plan import CopyPrefix, Evict, KvAction, Shift, SwapIn, SwapOut, Trim
+
+# A prefix shorter than this is prefilled rather than copied: a copy moves a whole KV stream.
+MIN_PREFIX_COPY = 16
 from .session import SessionState
 
 
@@ -107,9 +110,13 @@ class SlotPool:
 
 
 def plan_prompt(session: SessionState, prompt: list[int], *, n_ctx: int, memory: MemoryConfig,
-                can_shift: bool, truncate_ok: bool) -> tuple[list[int], int, list[KvAction]]:
+                can_shift: bool, truncate_ok: bool, donors: list[SessionState] | None = None
+                ) -> tuple[list[int], int, list[KvAction]]:
     """Fit ``prompt`` into the session's sequence: (prompt as it will be held, tokens reused,
-    actions). Over-long chat prompts are context-shifted when allowed; else PromptTooLong."""
+    actions). Over-long chat prompts are context-shifted when allowed; else PromptTooLong.
+    With ``donors`` (memory.enable_token_cache_reuse), a prefix another resident session
+    holds is copied instead of prefilled."""
+    donors = donors or []
     room = n_ctx - 1  # at least one token must be generated
     kv = session.kv_tokens
     lcp = common_prefix(kv, prompt)
@@ -135,10 +142,32 @@ def plan_prompt(session: SessionState, prompt: list[int], *, n_ctx: int, memory:
         prompt = shifted
         lcp = common_prefix(kv_after, prompt)
         kv = kv_after
+    else:
+        copy = _prefix_copy(session, prompt, lcp, donors)
+        if copy is not None:
+            actions.append(copy)
+            kv = session.kv_tokens = list(copy.tokens)  # planned; the engine makes it so
+            lcp = len(kv)
     reuse = min(lcp, len(prompt) - 1)
     if reuse < len(kv):
         actions.append(Trim(session, reuse))
     return prompt, reuse, actions
+
+
+def _prefix_copy(session: SessionState, prompt: list[int], own: int,
+                 donors: list[SessionState]) -> CopyPrefix | None:
+    """The resident session whose cache shares the longest prefix with ``prompt``, if that is
+    clearly better than what ``session`` holds itself."""
+    best, best_len = None, max(own, MIN_PREFIX_COPY - 1)
+    for donor in donors:
+        if donor is session or donor.seq_id is None:
+            continue
+        shared = common_prefix(donor.kv_tokens, prompt)
+        if shared > best_len:
+            best, best_len = donor, shared
+    if best is None:
+        return None
+    return CopyPrefix(session, best, tuple(prompt[:best_len]))
 
 
 def plan_generation_room(session: SessionState, *, n_ctx: int, memory: MemoryConfig,

@@ -52,7 +52,17 @@ class SwapIn:
     seq_id: int
 
 
-KvAction = Evict | Trim | Shift | SwapOut | SwapIn
+@dataclass(frozen=True)
+class CopyPrefix:
+    """Fill ``session``'s (empty) sequence with ``source``'s first len(tokens) tokens (seq_cp)
+    instead of prefilling them: a shared system prompt is computed once."""
+
+    session: SessionState
+    source: SessionState
+    tokens: tuple[int, ...]
+
+
+KvAction = Evict | Trim | Shift | SwapOut | SwapIn | CopyPrefix
 
 
 @dataclass

@@ -151,7 +151,8 @@ class Scheduler:
             try:
                 prompt, reuse, prompt_actions = plan_prompt(
                     request.session, request.prompt_tokens, n_ctx=self.n_ctx, memory=self.memory,
-                    can_shift=self.can_shift, truncate_ok=request.truncate_ok)
+                    can_shift=self.can_shift, truncate_ok=request.truncate_ok,
+                    donors=self.pool.resident if self.memory.enable_token_cache_reuse else None)
             except WasiNnError as error:
                 request.state = RequestState.DONE
                 plan.failed.append((request, error))

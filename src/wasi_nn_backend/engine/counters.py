@@ -15,6 +15,8 @@ class EngineCounters:
     evictions: int = 0
     swap_outs: int = 0
     swap_ins: int = 0
+    prefix_copies: int = 0
+    copied_tokens: int = 0
     finished: int = 0
     failed: int = 0
     timeouts: int = 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from ..core.plan import Evict, KvAction, Shift, SwapIn, SwapOut, Trim
+from ..core.plan import CopyPrefix, Evict, KvAction, Shift, SwapIn, SwapOut, Trim
 from ..core.session import SessionState
 from ..llm.context import Context
 from .counters import EngineCounters
@@ -18,22 +18,22 @@ class KvApplier:
         self.store = store
         self.counters = counters
         self._puts: list[tuple[SessionState, bytes]] = []
-        self.failed_swap_ins: set[SessionState] = set()
+        self.restarted: set[SessionState] = set()
 
     def apply_all(self, actions: list[KvAction]) -> set[SessionState]:
-        """Apply a plan's actions in order. Returns the sessions whose swap-in failed: their
-        sequence is empty and must be prefilled from the start."""
-        self.failed_swap_ins = set()
+        """Apply a plan's actions in order. Returns the sessions whose swap-in or prefix copy
+        failed: their sequence is empty and must be prefilled from the start."""
+        self.restarted = set()
         for action in actions:
-            if action.session in self.failed_swap_ins:
-                continue  # planned on tokens that did not come back
+            if action.session in self.restarted:
+                continue  # planned on tokens that did not arrive
             self.apply(action)
         # Saved bytes enter the store after this plan's swap-ins took theirs, so one budget
         # drop cannot take away what the same plan restores.
         for session, data in self._puts:
             self.store.put(session, data)
         self._puts.clear()
-        return self.failed_swap_ins
+        return self.restarted
 
     def apply(self, action: KvAction) -> None:
         session = action.session
@@ -46,6 +46,8 @@ class KvApplier:
             self.counters.swap_outs += 1
         elif isinstance(action, SwapIn):
             self._swap_in(action)
+        elif isinstance(action, CopyPrefix):
+            self._copy_prefix(action)
         elif isinstance(action, Trim):
             self.ctx.seq_rm(session.seq_id, action.keep, -1)
             del session.kv_tokens[action.keep:]
@@ -67,6 +69,28 @@ class KvApplier:
             return
         log.warning("session %d: KV state could not be restored; prefilling it again",
                     session.session_id)
-        self.ctx.seq_rm(action.seq_id, -1, -1)
+        self._restart(session)
+
+    def _copy_prefix(self, action: CopyPrefix) -> None:
+        session, source, count = action.session, action.source, len(action.tokens)
+        target = session.seq_id
+        self.ctx.seq_rm(target, -1, -1)
+        copied = source.seq_id is not None and tuple(source.kv_tokens[:count]) == action.tokens
+        if copied:
+            if self.ctx.kv_unified:
+                self.ctx.seq_cp(source.seq_id, target, 0, count)  # shares the cells
+            else:  # separate streams copy whole: copy all, keep the prefix
+                self.ctx.seq_cp(source.seq_id, target, -1, -1)
+                self.ctx.seq_rm(target, count, -1)
+            copied = self.ctx.seq_pos_max(target) == count - 1
+        if copied:
+            self.counters.prefix_copies += 1
+            self.counters.copied_tokens += count
+            return
+        self._restart(session)
+
+    def _restart(self, session: SessionState) -> None:
+        """The sequence did not get the planned tokens: empty it; it is prefilled from 0."""
+        self.ctx.seq_rm(session.seq_id, -1, -1)
         session.kv_tokens = []
-        self.failed_swap_ins.add(session)
+        self.restarted.add(session)
