@@ -31,6 +31,7 @@ def test_64_sessions_4_turns_32_threads_4_slots(tiny_model_path):
     expected = replies_alone(tiny_model_path)
     got = [[None] * TURNS for _ in range(SESSIONS)]
     errors = []
+    completions = []  # list.append is atomic: safe from the 32 threads
     with Backend(CONFIG) as backend:
         graph = backend.load(tiny_model_path, {"model": {"n_ctx": 512, "n_seq_max": 4}})
         sessions = [graph.session() for _ in range(SESSIONS)]
@@ -42,7 +43,9 @@ def test_64_sessions_4_turns_32_threads_4_slots(tiny_model_path):
             try:
                 for turn in range(TURNS):
                     for i in mine:
-                        got[i][turn] = sessions[i].chat(message(i, turn), **ASK).text
+                        done = sessions[i].chat(message(i, turn), **ASK)
+                        got[i][turn] = done.text
+                        completions.append(done)
             except Exception as error:  # reported below, with the thread's name
                 errors.append(error)
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
@@ -59,5 +62,17 @@ def test_64_sessions_4_turns_32_threads_4_slots(tiny_model_path):
         assert counters["swap_outs"] > 0 and counters["swap_ins"] > 0
         assert counters["swap_ins"] + counters["evictions"] <= counters["swap_outs"] \
             + counters["evictions"]
-        for s in sessions:  # every turn after the first reused its session's cache
+        for s in sessions:
             assert [m["role"] for m in s.history] == ["user", "assistant"] * TURNS
+        stats = backend.stats()  # the counters add up
+        assert stats.sessions == SESSIONS and stats.sessions_active == 0
+        assert stats.queue_depth == 0 and stats.rejections == 0 and stats.timeouts == 0
+        assert len(completions) == SESSIONS * TURNS
+        assert all(c.prefilled_tokens + c.reused_tokens == c.prompt_tokens for c in completions)
+        assert stats.prefill_tokens == sum(c.prefilled_tokens for c in completions)
+        assert stats.cache_hit_tokens == sum(c.reused_tokens for c in completions)
+        assert stats.decode_tokens == sum(len(c.generated_tokens) - 1 for c in completions)
+        assert stats.sessions_swapped == sum(s.state.swapped_tokens is not None for s in sessions)
+        assert stats.swap_bytes == engine.swap.bytes_used <= 4 * 1024 * 1024
+        later_turns = [c for c in completions if c.reused_tokens]  # turns 2-4 reuse the cache
+        assert len(later_turns) >= SESSIONS * (TURNS - 1)

@@ -79,7 +79,7 @@ def test_generation_room_shift_or_full():
 
 
 def test_fifo_strategy_takes_the_longest_resident_slot():
-    pool = SlotPool(2, strategy="fifo")
+    pool = SlotPool(2, strategy="fifo", deletion_strategy="fifo")
     a, b, c = (SessionState(i) for i in range(3))
     pool.acquire(a)
     pool.acquire(b)

@@ -37,10 +37,13 @@ class SlotPool:
     swapped to host RAM when ``swap`` is on (restored bit-exact later), else evicted (its
     tokens are prefilled again on its next use)."""
 
-    def __init__(self, n_slots: int, *, swap: bool = False, strategy: str = "lru") -> None:
+    def __init__(self, n_slots: int, *, swap: bool = False, strategy: str = "lru",
+                 deletion_strategy: str = "lru") -> None:
         self.n_slots = n_slots
         self.swap = swap
-        self.strategy = strategy  # victim: "lru" least recently used, "fifo" longest resident
+        # "lru": least recently used first; "fifo": longest resident first ("smart" = lru).
+        self.strategy = strategy                    # who gives up a slot to a new session
+        self.deletion_strategy = deletion_strategy  # who gives up cells under memory pressure
         self._arrival: dict[int, int] = {}
         self._arrivals = 0
         self._free = list(range(n_slots))
@@ -64,13 +67,7 @@ class SlotPool:
                 return None
             victim = self._victim(idle)
             seq_id = victim.seq_id
-            assert seq_id is not None
-            if self.swap and victim.kv_tokens:
-                victim.swapped_tokens = victim.kv_tokens
-                actions.append(SwapOut(victim, seq_id))
-            else:
-                actions.append(Evict(victim, seq_id))
-            self._unassign(victim)
+            actions.extend(self._take_back(victim))
         self._assign(session, seq_id)
         if session.swapped_tokens is not None:
             # Planned as restored; the engine makes it so, or empties the sequence if it can't.
@@ -88,10 +85,38 @@ class SlotPool:
         self._free.append(seq_id)
         return [Evict(session, seq_id)]
 
+    def give_back(self, session: SessionState) -> list[KvAction]:
+        """An idle session gives up its slot (swapped out or evicted); the slot is free."""
+        seq_id = session.seq_id
+        assert seq_id is not None and not session.busy
+        actions = self._take_back(session)
+        self._free.append(seq_id)
+        return actions
+
+    def victims(self) -> list[SessionState]:
+        """Idle resident sessions, the first to give up KV first (cache_deletion_strategy)."""
+        idle = [s for s in self._owner.values() if not s.busy]
+        return sorted(idle, key=self._order(self.deletion_strategy))
+
+    def _take_back(self, victim: SessionState) -> list[KvAction]:
+        seq_id = victim.seq_id
+        assert seq_id is not None
+        if self.swap and victim.kv_tokens:
+            victim.swapped_tokens = victim.kv_tokens
+            action: KvAction = SwapOut(victim, seq_id)
+        else:
+            victim.cut_from, victim.cuts = None, []  # nothing left to map a prompt onto
+            action = Evict(victim, seq_id)
+        self._unassign(victim)
+        return [action]
+
     def _victim(self, idle: list[SessionState]) -> SessionState:
-        if self.strategy == "fifo":
-            return min(idle, key=lambda s: self._arrival[s.session_id])
-        return min(idle, key=lambda s: s.last_used)
+        return min(idle, key=self._order(self.strategy))
+
+    def _order(self, strategy: str):
+        if strategy == "fifo":
+            return lambda s: self._arrival[s.session_id]
+        return lambda s: s.last_used
 
     def _unassign(self, session: SessionState) -> None:
         # The bookkeeping changes here, at planning time, so that a later decision in the same
@@ -117,6 +142,7 @@ def plan_prompt(session: SessionState, prompt: list[int], *, n_ctx: int, memory:
     With ``donors`` (memory.enable_token_cache_reuse), a prefix another resident session
     holds is copied instead of prefilled."""
     donors = donors or []
+    prompt = _map_through_cuts(session, prompt, truncate_ok)
     room = n_ctx - 1  # at least one token must be generated
     kv = session.kv_tokens
     lcp = common_prefix(kv, prompt)
@@ -152,6 +178,46 @@ def plan_prompt(session: SessionState, prompt: list[int], *, n_ctx: int, memory:
     if reuse < len(kv):
         actions.append(Trim(session, reuse))
     return prompt, reuse, actions
+
+
+def _map_through_cuts(session: SessionState, prompt: list[int], truncate_ok: bool
+                      ) -> list[int]:
+    """A chat prompt that continues a session whose middle was dropped under memory pressure
+    is cut the same way (as a context shift would), so its cache still matches."""
+    cut_from, cuts = session.cut_from, session.cuts
+    session.cut_from, session.cuts = None, []
+    if cut_from is None or not truncate_ok or prompt[:len(cut_from)] != cut_from:
+        return prompt
+    for keep, discard in cuts:
+        prompt = prompt[:keep] + prompt[keep + discard:]
+    return prompt
+
+
+def plan_pressure_relief(pool: SlotPool, *, n_ctx: int, memory: MemoryConfig,
+                         can_shift: bool) -> list[KvAction]:
+    """While the sessions' caches hold more than max_cache_tokens, or more than
+    memory_pressure_threshold of all cells, idle sessions give cells back: the oldest part of a
+    long one (enable_partial_cache_deletion), or the whole of it (swapped or evicted)."""
+    limit = min(memory.max_cache_tokens,
+                int(memory.memory_pressure_threshold * n_ctx * pool.n_slots))
+    used = sum(len(s.kv_tokens) for s in pool.resident)
+    actions: list[KvAction] = []
+    n_keep = keep_count(n_ctx, memory)
+    for victim in pool.victims():
+        if used <= limit:
+            break
+        n_tokens = len(victim.kv_tokens)
+        if memory.enable_partial_cache_deletion and can_shift and n_tokens >= 2 * n_keep + 8:
+            discard = (n_tokens - n_keep) // 2
+            if victim.cut_from is None:
+                victim.cut_from = list(victim.kv_tokens)
+            victim.cuts.append((n_keep, discard))
+            actions.append(Shift(victim, n_keep, discard))
+            used -= discard
+        else:
+            actions.extend(pool.give_back(victim))
+            used -= n_tokens
+    return actions
 
 
 def _prefix_copy(session: SessionState, prompt: list[int], own: int,

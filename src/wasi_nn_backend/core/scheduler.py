@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..config import BackendSettings, MemoryConfig
 from ..errors import WasiNnError
 from .clock import Clock
-from .kv_policy import SlotPool, plan_generation_room, plan_prompt
+from .kv_policy import SlotPool, plan_generation_room, plan_pressure_relief, plan_prompt
 from .plan import StepPlan
 from .queue import QueueGate, WaitingQueue
 from .session import Request, RequestState
@@ -128,6 +128,8 @@ class Scheduler:
     def plan(self) -> StepPlan:
         plan = StepPlan()
         self._admit(plan)
+        plan.kv_actions.extend(plan_pressure_relief(
+            self.pool, n_ctx=self.n_ctx, memory=self.memory, can_shift=self.can_shift))
         if self.deterministic:
             self._plan_one(plan)
         else:

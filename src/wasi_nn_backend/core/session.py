@@ -41,6 +41,8 @@ class SessionState:
     seq_id: int | None = None                              # KV slot while resident
     kv_tokens: list[int] = field(default_factory=list)     # tokens in the sequence, pos 0..n-1
     swapped_tokens: list[int] | None = None                # tokens of its state saved in RAM
+    cut_from: list[int] | None = None    # kv_tokens before memory pressure cut their middle
+    cuts: list[tuple[int, int]] = field(default_factory=list)  # (keep, discard) since then
     last_used: float = 0.0
     busy: bool = False                                     # a request of it is admitted
     closed: bool = False

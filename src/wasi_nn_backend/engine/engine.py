@@ -72,7 +72,8 @@ class Engine:
         self.batch = Batch(n_batch)
         memory = config.memory
         self.pool = SlotPool(settings.n_seq_max, swap=memory.max_memory_mb > 0,
-                             strategy=memory.cache_deletion_strategy)
+                             strategy=memory.cache_strategy,
+                             deletion_strategy=memory.cache_deletion_strategy)
         self.scheduler = Scheduler(
             n_batch=n_batch, n_ctx=settings.n_ctx, pool=self.pool,
             settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
