@@ -11,15 +11,13 @@ import ctypes
 import logging
 import operator
 import os
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-import jinja2
 import llama_cpp.llama_cpp as C
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .. import errors
+from .chat_template import CHATML_TEMPLATE, render_template  # noqa: F401 (re-exported)
 from .lib import check_model_file, ensure_backend
 
 log = logging.getLogger(__name__)
@@ -28,13 +26,6 @@ log = logging.getLogger(__name__)
 _MAX_TEXT_BYTES = (1 << 31) - 1
 
 ProgressFn = Callable[[float], "bool | None"]
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 def _read_string(fill: Callable[[ctypes.Array, int], int], initial: int = 256) -> str | None:
@@ -285,39 +276,3 @@ class Model:
         return render_template(template or self.chat_template, messages,
                                add_generation_prompt=add_generation_prompt,
                                bos_token=bos, eos_token=eos)
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.TemplateError(message)
-
-
-# Sandboxed: templates come from model files and callers, neither trusted.
-_JINJA = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                       autoescape=False)
-_JINJA.globals["raise_exception"] = _raise_exception
-# Some templates (Llama 3) print today's date.
-_JINJA.globals["strftime_now"] = lambda fmt: time.strftime(str(fmt))
-_COMPILED: dict[str, jinja2.Template] = {}
-
-
-def render_template(template: str | None, messages: Sequence[Mapping[str, str]], *,
-                    add_generation_prompt: bool, bos_token: str, eos_token: str) -> str:
-    """Render a Jinja chat template (ChatML when None); any template fault -> InvalidArgument."""
-    if not isinstance(messages, Sequence) or not all(
-            isinstance(m, Mapping) and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str) for m in messages):
-        raise errors.InvalidArgument("messages must be a list of {role: str, content: str}")
-    source = template if template is not None else CHATML_TEMPLATE
-    try:
-        compiled = _COMPILED.get(source)
-        if compiled is None:
-            compiled = _JINJA.from_string(source)
-            if len(_COMPILED) < 64:  # bounded: templates can arrive per request
-                _COMPILED[source] = compiled
-        return compiled.render(messages=[dict(m) for m in messages],
-                               add_generation_prompt=bool(add_generation_prompt),
-                               bos_token=bos_token, eos_token=eos_token)
-    except jinja2.TemplateError as exc:
-        raise errors.InvalidArgument(f"chat template error: {exc}") from exc
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-        raise errors.InvalidArgument(f"chat template failed: {exc!r}") from exc
