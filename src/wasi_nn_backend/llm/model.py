@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import llama_cpp.llama_cpp as C
 
 from .. import errors
-from .chat_template import CHATML_TEMPLATE, render_template  # noqa: F401 (re-exported)
+from .chat_template import render_template
 from .lib import check_model_file, ensure_backend
 
 log = logging.getLogger(__name__)
