@@ -184,3 +184,14 @@ def test_witx_codes():
     assert witx_code(E.BUSY) == 4 and witx_code(E.RUNTIME_ERROR) == 5
     assert witx_code(E.NOT_FOUND) == 8 and witx_code(E.TOO_LARGE) == 7
     assert witx_code(E.CONTEXT_FULL) == 101
+
+
+def test_unknown_tensor_type_is_invalid_argument(ctx, exec_ctx):
+    assert nn.set_input(ctx, exec_ctx, 0, nn.Tensor([1], 77, b"x")) == E.INVALID_ARGUMENT
+
+
+def test_usage_carries_the_build_keys_wasmedge_guests_read(ctx, exec_ctx):
+    set_prompt(ctx, exec_ctx, "Hello")
+    usage = json.loads(output(ctx, exec_ctx, 1))
+    assert {"input_tokens", "output_tokens", "llama_build_number", "llama_commit"} <= set(usage)
+    assert nn.backend_of(ctx).session(exec_ctx).handle == exec_ctx

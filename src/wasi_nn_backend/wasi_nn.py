@@ -84,6 +84,7 @@ class _Entry:
             return io
 
 
+USAGE_BUILD_KEYS = ("llama_build_number", "llama_commit", "llama_version", "llama_cpp_python")
 _BUILD_INFO: dict[str, Any] = {}
 _backends: dict[int, _Entry] = {}
 _backend_ids = itertools.count(1)
@@ -115,6 +116,12 @@ def _handle(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"the {what} handle must be an int, not {type(value).__name__}")
     return value
+
+
+def backend_of(ctx: Any) -> Backend:
+    """The Backend object behind a backend handle (NotFound if unknown), for hosts that need
+    its Python API (stats, sessions) next to the function API."""
+    return _entry(ctx).backend
 
 
 def _entry(ctx: Any) -> _Entry:
@@ -152,7 +159,8 @@ def _tensor_bytes(tensor: Any) -> bytes:
     if tensor.data is None:
         raise InvalidArgument("the tensor has no data")
     if tensor.type != TensorType.U8:
-        raise InvalidArgument(f"tensor type {TensorType(tensor.type).name} is not supported: "
+        name = TensorType(tensor.type).name if tensor.type in tuple(TensorType) else tensor.type
+        raise InvalidArgument(f"tensor type {name} is not supported: "
                               "prompts and metadata are U8 (UTF-8 bytes)")
     data = tensor.data.encode("utf-8") if isinstance(tensor.data, str) else bytes(tensor.data)
     if tensor.dimensions:
@@ -192,8 +200,9 @@ def init_backend() -> tuple[ErrorCode, Any]:
 def init_backend_with_config(config: Any, config_len: int | None = None, *,
                              clock: Clock | None = None) -> tuple[ErrorCode, Any]:
     """``clock`` (keyword only, not in the C API) injects time for idle and deadline tests."""
-    if not _BUILD_INFO:
-        _BUILD_INFO.update(build_info())
+    if not _BUILD_INFO:  # the build facts every usage JSON carries (as WasmEdge's does)
+        info = build_info()
+        _BUILD_INFO.update({key: info[key] for key in USAGE_BUILD_KEYS if key in info})
     backend = Backend(_text(config, config_len, "config"), clock=clock)
     with _lock:
         handle = next(_backend_ids)

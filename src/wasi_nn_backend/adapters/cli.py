@@ -3,6 +3,7 @@
     wasi-nn-backend demo                      several sessions at once on a small model
     wasi-nn-backend generate MODEL -p TEXT    one completion (or --chat), optionally streamed
     wasi-nn-backend info MODEL                what a GGUF model is
+    wasi-nn-backend run-wasm GUEST.wasm ...   a WebAssembly guest calling wasi_ephemeral_nn
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..backend import Backend
-from ..errors import WasiNnError
+from ..errors import InvalidArgument, WasiNnError
 
 DEMO_PROMPTS = ["The quick brown fox", "Once upon a time", "In the beginning",
                 "Hello world", "Beautiful is better than", "Simple is better than"]
@@ -54,6 +55,22 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a GGUF model")
     info.add_argument("model", help="GGUF file")
     info.set_defaults(run=_info)
+
+    wasm = commands.add_parser("run-wasm", help="run a WebAssembly (WASI) guest that calls the "
+                               "wasi_ephemeral_nn imports")
+    wasm.add_argument("--nn-preload", action="append", default=[], metavar="NAME:GGML:AUTO:PATH",
+                      help="a model the guest loads by NAME (repeatable)")
+    wasm.add_argument("--dir", action="append", default=[], metavar="HOST:GUEST",
+                      help="preopen HOST as GUEST (repeatable; guests may also load_by_name a "
+                      "model by its host path inside it)")
+    wasm.add_argument("--env", action="append", default=[], metavar="K=V",
+                      help="an environment variable for the guest (repeatable)")
+    wasm.add_argument("--max-time", type=float, metavar="SECONDS",
+                      help="stop the guest after this long (exit status 124)")
+    wasm.add_argument("--config", help="backend JSON settings, or @FILE to read them from a file")
+    wasm.add_argument("guest", help="the .wasm file (a WASI command)")
+    wasm.add_argument("args", nargs=argparse.REMAINDER, help="the guest's arguments")
+    wasm.set_defaults(run=_run_wasm)
     return parser
 
 
@@ -87,6 +104,33 @@ def _info(args: argparse.Namespace) -> int:
             text = str(value)
             print(f"{key:14} {text if len(text) < 200 else text[:200] + '...'}")
     return 0
+
+
+def _run_wasm(args: argparse.Namespace) -> int:
+    from .wasm import NnHost, run_guest  # wasmtime loads only for this command
+    dirs = [tuple(spec.split(":", 1)) if ":" in spec else (spec, spec) for spec in args.dir]
+    env = dict(_key_value(spec) for spec in args.env)
+    config = _read_config(args.config) or {"logging": {"level": "error"}}
+    with NnHost(config=config, preloads=args.nn_preload,
+                allowed_dirs=[host for host, _ in dirs]) as host:
+        result = run_guest(args.guest, args.args, host=host, dirs=dirs, env=env,
+                           max_time=args.max_time, on_output=_echo)
+    if result.trap:
+        print(f"wasi-nn-backend: {result.trap.splitlines()[0]}", file=sys.stderr)
+    return result.exit_code
+
+
+def _key_value(spec: str) -> tuple[str, str]:
+    key, sep, value = spec.partition("=")
+    if not sep or not key:
+        raise InvalidArgument(f"--env {spec!r} is not K=V")
+    return key, value
+
+
+def _echo(fd: int, data: bytes) -> None:
+    stream = sys.stdout if fd == 1 else sys.stderr
+    stream.buffer.write(data)
+    stream.flush()
 
 
 def _demo(args: argparse.Namespace) -> int:

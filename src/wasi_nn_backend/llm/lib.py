@@ -83,7 +83,12 @@ def ensure_backend() -> None:
 
 def build_info() -> dict[str, object]:
     """What the bindings say about the llama.cpp build (for usage JSON and diagnostics)."""
+    version = getattr(C, "llama_version", None)
     info: dict[str, object] = {
+        # WasmEdge guests read these two; the bindings expose neither, so they say so.
+        "llama_build_number": 0,
+        "llama_commit": "unknown",
+        "llama_version": _text(version()) if callable(version) else "unknown",
         "llama_cpp_python": getattr(_llama_pkg, "__version__", "unknown"),
         "state_seq_version": getattr(C, "LLAMA_STATE_SEQ_VERSION", None),
         "max_parallel_sequences": int(C.llama_max_parallel_sequences()),
@@ -94,6 +99,10 @@ def build_info() -> dict[str, object]:
     raw = C.llama_print_system_info()
     info["system_info"] = raw.decode("utf-8", errors="replace").strip() if raw else ""
     return info
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 GGUF_MAGIC = b"GGUF"

@@ -1,0 +1,269 @@
+"""The twelve ``wasi_ephemeral_nn`` imports for one guest: guest memory <-> wasi_nn calls.
+
+Every import takes i32 parameters and returns an i32 nn_errno in witx numbering. Nothing a
+guest passes makes an import raise or trap: a bad pointer is invalid_argument, an unknown
+handle not_found, a bug unknown (witx runtime_error), logged. (wasmtime-py keeps a Python
+exception raised in a host function in a process-wide slot, so raising from here could even
+surface in another thread's guest.)
+
+Guest handles are u32s counted per guest from 0 and never reused; they map to the host's
+shared graphs and to backend execution contexts, so a guest reaches only what it made.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from wasmtime import FuncType, Linker, ValType
+
+from ... import wasi_nn
+from ...errors import (ErrorCode, InvalidArgument, NotFound, TooLarge, UnsupportedOperation,
+                       WasiNnError, witx_code)
+from .host import NnHost, SharedGraph
+from .memory import WITX_MISSING_MEMORY, GuestMemory, MissingMemory, u32
+from .names import PRELOAD_PREFIX
+
+log = logging.getLogger("wasi_nn_backend.wasm")
+
+MODULE = "wasi_ephemeral_nn"
+ARITY = {
+    "load": 5, "load_by_name": 3, "load_by_name_with_config": 5, "init_execution_context": 2,
+    "set_input": 3, "compute": 1, "get_output": 5, "compute_single": 1, "get_output_single": 5,
+    "fini_single": 1, "unload": 1, "finalize_execution_context": 1,
+}
+FETCH_BYTES = 64 << 10   # first try at an output: most fit, larger ones take a second call
+
+
+@dataclass
+class _Context:
+    handle: int           # the backend's execution context
+    graph: SharedGraph
+
+
+def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., int]:
+    """An import body that returns an ErrorCode (or raises WasiNnError) -> a witx code."""
+    @functools.wraps(fn)
+    def call(caller: Any, *params: int) -> int:
+        try:
+            code = fn(caller, *(u32(p) for p in params))
+        except MissingMemory as error:
+            log.info("%s: %s", name, error.message)
+            return WITX_MISSING_MEMORY
+        except WasiNnError as error:
+            log.info("%s: %s (%s)", name, error.message, error.code.name.lower())
+            code = error.code
+        except Exception:
+            log.exception("%s failed unexpectedly", name)
+            code = ErrorCode.UNKNOWN
+        return witx_code(code)
+    return call
+
+
+class GuestNn:
+    """One guest's view of an NnHost: its handles, and what it holds in the backend."""
+
+    def __init__(self, host: NnHost) -> None:
+        self.host = host
+        self._graphs: dict[int, SharedGraph] = {}
+        self._contexts: dict[int, _Context] = {}
+        self._graph_ids = itertools.count()
+        self._context_ids = itertools.count()
+
+    def define(self, linker: Linker) -> None:
+        """All twelve imports on ``linker``: a guest importing any subset instantiates."""
+        for name, arity in ARITY.items():
+            ty = FuncType([ValType.i32()] * arity, [ValType.i32()])
+            body = getattr(self, f"_{name}")
+            linker.define_func(MODULE, name, ty, _guarded(name, body), access_caller=True)
+
+    def close(self) -> None:
+        """Finalize every context and drop every graph the guest still holds."""
+        contexts, self._contexts = list(self._contexts.values()), {}
+        graphs, self._graphs = list(self._graphs.values()), {}
+        for context in contexts:
+            wasi_nn.finalize_execution_context(self.host.ctx, context.handle)
+            self.host.release(context.graph)
+        for graph in graphs:
+            self.host.release(graph)
+
+    # -- graphs -------------------------------------------------------------------------------
+    def _load(self, caller: Any, builders_ptr: int, builders_len: int, encoding: int,
+              target: int, graph_out: int) -> ErrorCode:
+        memory = GuestMemory(caller)
+        memory.check(graph_out, 4, "graph_out")
+        pairs = memory.read_pairs(builders_ptr, builders_len, "builder array")
+        if not pairs:
+            raise InvalidArgument("the builder array is empty: builder[0] is the model")
+        model = memory.read(*pairs[0], "builder[0] (model)")
+        config = self._config(memory, *pairs[1]) if len(pairs) > 1 else None
+        if model.startswith(PRELOAD_PREFIX):
+            _check_encoding(encoding, target)
+            if len(model) - len(PRELOAD_PREFIX) > self.host.max_input_bytes:
+                raise TooLarge(f"the preload name is {len(model) - len(PRELOAD_PREFIX)} bytes; "
+                               f"this host accepts at most {self.host.max_input_bytes}")
+            name = self._name(model[len(PRELOAD_PREFIX):])
+            code, graph = self.host.load_name(name, config)
+        else:
+            code, graph = self.host.load_bytes(model, config, encoding, target)
+        return self._new_graph(memory, code, graph, graph_out)
+
+    def _load_by_name(self, caller: Any, name_ptr: int, name_len: int, graph_out: int
+                      ) -> ErrorCode:
+        return self._load_by_name_with_config(caller, name_ptr, name_len, 0, 0, graph_out)
+
+    def _load_by_name_with_config(self, caller: Any, name_ptr: int, name_len: int,
+                                  config_ptr: int, config_len: int, graph_out: int) -> ErrorCode:
+        memory = GuestMemory(caller)
+        memory.check(graph_out, 4, "graph_out")
+        name = self._name(memory.read(name_ptr, name_len, "model name",
+                                      limit=self.host.max_input_bytes))
+        config = self._config(memory, config_ptr, config_len)
+        code, graph = self.host.load_name(name, config)
+        return self._new_graph(memory, code, graph, graph_out)
+
+    def _new_graph(self, memory: GuestMemory, code: ErrorCode, graph: SharedGraph | None,
+                   graph_out: int) -> ErrorCode:
+        if graph is None:
+            return code
+        handle = next(self._graph_ids)
+        self._graphs[handle] = graph
+        memory.write_u32(graph_out, handle, "graph_out")
+        return ErrorCode.SUCCESS
+
+    def _unload(self, caller: Any, graph: int) -> ErrorCode:
+        self.host.release(self._pop(self._graphs, graph, "graph"))
+        return ErrorCode.SUCCESS
+
+    # -- execution contexts -------------------------------------------------------------------
+    def _init_execution_context(self, caller: Any, graph: int, ctx_out: int) -> ErrorCode:
+        memory = GuestMemory(caller)
+        memory.check(ctx_out, 4, "ctx_out")
+        shared = self._get(self._graphs, graph, "graph")
+        code, handle = wasi_nn.init_execution_context(self.host.ctx, shared.handle)
+        if code is not ErrorCode.SUCCESS:
+            return code
+        self.host.retain(shared)
+        guest_handle = next(self._context_ids)
+        self._contexts[guest_handle] = _Context(handle, shared)
+        memory.write_u32(ctx_out, guest_handle, "ctx_out")
+        return ErrorCode.SUCCESS
+
+    def _finalize_execution_context(self, caller: Any, ctx: int) -> ErrorCode:
+        context = self._pop(self._contexts, ctx, "execution context")
+        code = wasi_nn.finalize_execution_context(self.host.ctx, context.handle)
+        self.host.release(context.graph)
+        return code
+
+    def _set_input(self, caller: Any, ctx: int, index: int, tensor_ptr: int) -> ErrorCode:
+        context = self._get(self._contexts, ctx, "execution context")
+        memory = GuestMemory(caller)
+        dims, tensor_type, data_ptr, data_len = memory.read_tensor(tensor_ptr)
+        data = memory.read(data_ptr, data_len, f"input {index} data",
+                           limit=self.host.max_input_bytes)
+        if tensor_type not in _values(wasi_nn.TensorType):
+            raise InvalidArgument(f"tensor type {tensor_type} is not a witx tensor type (0..5)")
+        if dims == [1]:
+            dims = [len(data)]  # LlamaEdge and older examples send dims [1] for any prompt
+        tensor = wasi_nn.Tensor(dims or None, wasi_nn.TensorType(tensor_type), data)
+        return wasi_nn.set_input(self.host.ctx, context.handle, index, tensor)
+
+    def _compute(self, caller: Any, ctx: int) -> ErrorCode:
+        return wasi_nn.compute(self.host.ctx, self._get(self._contexts, ctx, "ctx").handle)
+
+    def _compute_single(self, caller: Any, ctx: int) -> ErrorCode:
+        return wasi_nn.compute_single(self.host.ctx,
+                                      self._get(self._contexts, ctx, "ctx").handle)
+
+    def _fini_single(self, caller: Any, ctx: int) -> ErrorCode:
+        return wasi_nn.fini_single(self.host.ctx, self._get(self._contexts, ctx, "ctx").handle)
+
+    def _get_output(self, caller: Any, ctx: int, index: int, out_ptr: int, out_max_len: int,
+                    written_ptr: int) -> ErrorCode:
+        return self._output(wasi_nn.get_output, caller, ctx, index, out_ptr, out_max_len,
+                            written_ptr)
+
+    def _get_output_single(self, caller: Any, ctx: int, index: int, out_ptr: int,
+                           out_max_len: int, written_ptr: int) -> ErrorCode:
+        return self._output(wasi_nn.get_output_single, caller, ctx, index, out_ptr,
+                            out_max_len, written_ptr)
+
+    def _output(self, fetch: Callable[..., tuple[ErrorCode, Any]], caller: Any, ctx: int,
+                index: int, out_ptr: int, out_max_len: int, written_ptr: int) -> ErrorCode:
+        """Copy output ``index`` to [out_ptr, out_ptr + out_max_len) and its size to
+        written_ptr; too small: too_large with the size needed written (nothing else), unless
+        lenient_output and the whole output fits in guest memory from out_ptr."""
+        context = self._get(self._contexts, ctx, "execution context")
+        memory = GuestMemory(caller)
+        memory.check(written_ptr, 4, "bytes_written")
+        memory.check(out_ptr, out_max_len, "output buffer")
+        code, data = _fetch(fetch, self.host.ctx, context.handle, index)
+        if code is not ErrorCode.SUCCESS:
+            return code
+        if len(data) > out_max_len and not (self.host.lenient_output
+                                            and memory.fits(out_ptr, len(data))):
+            memory.write_u32(written_ptr, len(data), "bytes_written")
+            raise TooLarge(f"output {index} needs {len(data)} bytes; the buffer holds "
+                           f"{out_max_len}", needed=len(data))
+        memory.write(out_ptr, data, "output buffer")
+        memory.write_u32(written_ptr, len(data), "bytes_written")
+        return ErrorCode.SUCCESS
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _name(self, raw: bytes) -> str:
+        raw = raw.rstrip(b"\0")  # C guests sometimes count the terminating NUL
+        if not raw:
+            raise InvalidArgument("the model name is empty")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("the model name is not UTF-8") from None
+
+    def _config(self, memory: GuestMemory, ptr: int, length: int) -> bytes | None:
+        config = memory.read(ptr, length, "config", limit=self.host.max_input_bytes)
+        return config.rstrip(b"\0") or None
+
+    @staticmethod
+    def _get(table: dict[int, Any], handle: int, what: str) -> Any:
+        try:
+            return table[handle]
+        except KeyError:
+            raise NotFound(f"this guest has no {what} {handle}") from None
+
+    @staticmethod
+    def _pop(table: dict[int, Any], handle: int, what: str) -> Any:
+        try:
+            return table.pop(handle)
+        except KeyError:
+            raise NotFound(f"this guest has no {what} {handle}") from None
+
+
+def _check_encoding(encoding: int, target: int) -> None:
+    """The checks wasi_nn.load makes, for a ``preload:`` builder that never reaches it."""
+    if encoding not in _values(wasi_nn.GraphEncoding):
+        raise UnsupportedOperation(f"graph encoding {encoding} is not GGML (5 or 6)")
+    if target not in _values(wasi_nn.ExecutionTarget):
+        raise InvalidArgument(f"execution target {target} is not one of 0..3")
+
+
+def _values(enum: Any) -> set[int]:
+    return {int(member) for member in enum}
+
+
+def _fetch(fetch: Callable[..., tuple[ErrorCode, Any]], ctx: int, exec_ctx: int, index: int
+           ) -> tuple[ErrorCode, bytes]:
+    """The whole output through the function API's buffer contract: too_large says the size
+    needed, so a second call with that size gets it (a third if it grew meanwhile)."""
+    size = FETCH_BYTES
+    for _ in range(3):
+        buffer = bytearray(size)
+        code, value = fetch(ctx, exec_ctx, index, buffer)
+        if code is ErrorCode.SUCCESS:
+            return code, bytes(buffer[:value])
+        if code is not ErrorCode.TOO_LARGE or value is None:
+            return code, b""
+        size = value
+    return ErrorCode.TOO_LARGE, b""

@@ -1,0 +1,184 @@
+"""Run one WebAssembly guest (a WASI command) against an NnHost.
+
+    with NnHost(preloads=["default:GGML:AUTO:model.gguf"]) as host:
+        result = run_guest("chat.wasm", ["Hello"], host=host, max_time=60)
+        print(result.exit_code, result.stdout.decode())
+
+Each call makes its own wasmtime Store, Linker and instance on the process's shared Engine, so
+any number of threads may run guests through one host at once. The guest sees only the
+preopened ``dirs``, the ``env`` given, ``args`` and ``stdin``; its stdout and stderr are
+captured (not inherited). Whatever happens, its graphs and contexts are closed when it ends.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasmtime import (ExitTrap, Func, Linker, Module, Store, Trap, TrapCode, WasiConfig,
+                      WasmtimeError)
+
+from ...errors import InvalidArgument, NotFound
+from .host import NnHost
+from .imports import GuestNn
+from .wasm_engine import ENGINE, TICKER, compile_module
+
+log = logging.getLogger("wasi_nn_backend.wasm")
+
+TRAP_EXIT_CODE = 134      # a trap ends the guest like SIGABRT (128 + 6), as wasmtime's CLI does
+TIMEOUT_EXIT_CODE = 124   # max_time passed (as timeout(1) exits)
+MAX_CAPTURE_BYTES = 64 << 20  # per stream; a guest printing more has the rest dropped
+OutputCallback = Callable[[int, bytes], None]
+
+
+@dataclass(frozen=True)
+class GuestResult:
+    exit_code: int          # the guest's WASI exit code; 0 when _start returns; non-zero on a trap
+    stdout: bytes
+    stderr: bytes
+    trap: str | None        # the trap / interruption message, None if it exited normally
+
+
+def run_guest(wasm: str | os.PathLike | bytes, args: Sequence[str] = (), *, host: NnHost,
+              dirs: Sequence[tuple[str, str]] = (), env: Mapping[str, str] | None = None,
+              max_time: float | None = None, stdin: bytes = b"",
+              on_output: OutputCallback | None = None) -> GuestResult:
+    """Run ``wasm`` (a path, or module bytes: binary or WAT text) with argv
+    ``[file name, *args]``; ``dirs`` are (host_path, guest_path) preopens; ``max_time`` bounds
+    its running time (seconds). ``on_output(fd, data)`` sees output as it is written (1 stdout,
+    2 stderr). Raises NotFound / InvalidEncoding / InvalidArgument for a guest that cannot
+    start (no file, not WebAssembly, an import nobody defines, no ``_start``)."""
+    host.check_open()
+    data, program = _wasm_bytes(wasm)
+    module = compile_module(data)
+    stdout, stderr = _Capture(1, on_output), _Capture(2, on_output)
+    guest = GuestNn(host)
+    stdin_path = _stdin_file(stdin) if stdin else None
+    try:
+        store = Store(ENGINE)
+        store.set_wasi(_wasi_config(program, args, dirs, env, stdout, stderr, stdin_path))
+        linker = Linker(ENGINE)
+        linker.define_wasi()
+        guest.define(linker)
+        with TICKER.deadline(store, max_time):
+            exit_code, trap = _run(linker, store, module, max_time)
+    finally:
+        guest.close()
+        if stdin_path is not None:
+            os.unlink(stdin_path)
+    return GuestResult(exit_code, bytes(stdout.data), bytes(stderr.data), trap)
+
+
+def _run(linker: Linker, store: Store, module: Module, max_time: float | None
+         ) -> tuple[int, str | None]:
+    instance = None
+    try:
+        instance = linker.instantiate(store, module)  # runs the module's start function
+        start = instance.exports(store).get("_start")
+        if not isinstance(start, Func):
+            raise InvalidArgument("the guest exports no _start function (not a WASI command)")
+        start(store)
+    except ExitTrap as exit_trap:
+        _drop_frames(exit_trap)
+        return exit_trap.code, None
+    except Trap as trap:
+        return _trapped(trap, max_time)
+    except WasmtimeError as error:
+        _drop_frames(error)
+        if instance is None:  # an import nobody defines, a bad memory or table, ...
+            raise InvalidArgument(f"cannot instantiate the guest: {_cause(error)}") from None
+        return TRAP_EXIT_CODE, _cause(error)  # e.g. proc_exit(>= 126), which WASI refuses
+    return 0, None
+
+
+def _trapped(trap: Trap, max_time: float | None) -> tuple[int, str]:
+    """(exit code, message): the message's first line says why, the rest is wasmtime's
+    report with the wasm backtrace."""
+    _drop_frames(trap)
+    report = str(trap).strip()
+    if trap.trap_code == TrapCode.INTERRUPT:
+        return TIMEOUT_EXIT_CODE, f"the guest ran past max_time ({max_time} s)\n{report}"
+    return TRAP_EXIT_CODE, f"{_cause(trap)}\n{report}"
+
+
+def _drop_frames(error: BaseException) -> None:
+    """wasmtime-py's trap keeps the frames that raised it, and with them the Store: clear them
+    so the store (and its memory) is freed now, not by a later GC or at interpreter exit."""
+    traceback.clear_frames(error.__traceback__)
+
+
+def _cause(error: BaseException) -> str:
+    """The last line of wasmtime's report: what went wrong, without the backtrace."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = lines[-1] if lines else type(error).__name__
+    number, _, rest = cause.partition(": ")
+    return rest if number.isdigit() and rest else cause
+
+
+def _wasm_bytes(wasm: str | os.PathLike | bytes) -> tuple[bytes, str]:
+    if isinstance(wasm, (bytes, bytearray, memoryview)):
+        return bytes(wasm), "guest.wasm"
+    path = Path(wasm)
+    try:
+        return path.read_bytes(), path.name
+    except OSError as error:
+        raise NotFound(f"cannot read the guest {str(path)!r}: {error.strerror}") from None
+
+
+def _wasi_config(program: str, args: Sequence[str], dirs: Sequence[tuple[str, str]],
+                 env: Mapping[str, str] | None, stdout: _Capture, stderr: _Capture,
+                 stdin_path: str | None) -> WasiConfig:
+    config = WasiConfig()
+    config.argv = [program, *[str(arg) for arg in args]]
+    pairs = []
+    for key, value in (env or {}).items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise InvalidArgument(f"environment variable {key!r} is not KEY=VALUE")
+        pairs.append((key, value))
+    config.env = pairs
+    for host_path, guest_path in dirs:
+        if not os.path.isdir(host_path):
+            raise NotFound(f"preopen {host_path!r} is not a directory")
+        try:
+            config.preopen_dir(str(host_path), str(guest_path))
+        except WasmtimeError as error:
+            raise InvalidArgument(f"cannot preopen {host_path!r} as {guest_path!r}: "
+                                  f"{_cause(error)}") from None
+    config.stdout_custom = stdout
+    config.stderr_custom = stderr
+    if stdin_path is not None:
+        config.stdin_file = stdin_path
+    return config
+
+
+def _stdin_file(data: bytes) -> str:
+    # WasiConfig reads stdin only from a file.
+    fd, path = tempfile.mkstemp(prefix="wasi-nn-stdin-")
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    return path
+
+
+class _Capture:
+    """A WASI output stream: wasmtime calls it (on one of its own threads, while the guest
+    waits in fd_write) with each chunk written."""
+
+    def __init__(self, fd: int, on_output: OutputCallback | None) -> None:
+        self.fd = fd
+        self.data = bytearray()
+        self.dropped = 0
+        self._on_output = on_output
+
+    def __call__(self, chunk: bytes) -> None:
+        room = MAX_CAPTURE_BYTES - len(self.data)
+        self.data += chunk[:room]
+        self.dropped += max(len(chunk) - room, 0)
+        if self._on_output is not None:
+            try:
+                self._on_output(self.fd, chunk)
+            except Exception:  # an exception here would reach wasmtime's C callback
+                log.exception("the on_output callback failed")
