@@ -1,11 +1,20 @@
 from wasi_nn_backend.adapters import cli
 
 
-def test_demo_runs_end_to_end(capsys):
-    assert cli.main(["demo", "--sessions", "3", "--max-tokens", "6"]) == 0
+def test_demo_recites_the_zen_one_session_per_line(capsys):
+    assert cli.main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "sessions: 3" in out and "total" in out
-    assert "18 tokens in" in out
+    assert "sessions: 19" in out
+    for line in ("[ 1] Beautiful is better than ugly.",
+                 "Special cases aren't special enough to break the rules.",
+                 "Namespaces are one honking great idea -- let's do more of those!"):
+        assert line in out
+    assert "19/19 lines exactly as in `import this`" in out
+
+
+def test_demo_with_fewer_sessions(capsys):
+    assert cli.main(["demo", "--sessions", "3"]) == 0
+    assert "3/3 lines exactly" in capsys.readouterr().out
 
 
 def test_generate_and_info(tiny_model_path, capsys):

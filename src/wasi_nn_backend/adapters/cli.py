@@ -1,6 +1,6 @@
 """The wasi-nn-backend command.
 
-    wasi-nn-backend demo                      several sessions at once on a small model
+    wasi-nn-backend demo                      the bundled model recites the Zen of Python, one session per line
     wasi-nn-backend generate MODEL -p TEXT    one completion (or --chat), optionally streamed
     wasi-nn-backend info MODEL                what a GGUF model is
     wasi-nn-backend run-wasm GUEST.wasm ...   a WebAssembly guest calling wasi_ephemeral_nn
@@ -10,16 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
 
 from ..backend import Backend
 from ..errors import InvalidArgument, WasiNnError
 
-DEMO_PROMPTS = ["The quick brown fox", "Once upon a time", "In the beginning",
-                "Hello world", "Beautiful is better than", "Simple is better than"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +33,11 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="serve several sessions at once on a small model")
-    demo.add_argument("--model", help="GGUF file (default: a generated tiny test model)")
-    demo.add_argument("--sessions", type=int, default=4, help="concurrent sessions (default 4)")
-    demo.add_argument("--max-tokens", type=int, default=32, help="tokens per session")
+    demo = commands.add_parser(
+        "demo", help="the bundled model recites the Zen of Python, one session per line")
+    demo.add_argument("--model", help="GGUF file (default: the bundled models/zen-demo.gguf)")
+    demo.add_argument("--sessions", type=int, default=19,
+                      help="concurrent sessions, one per line of the Zen (default: all 19)")
     demo.set_defaults(run=_demo)
 
     generate = commands.add_parser("generate", help="generate text for one prompt")
@@ -134,59 +130,8 @@ def _echo(fd: int, data: bytes) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory() as folder:
-        model = args.model or _tiny_model(Path(folder))
-        config = {"model": {"n_ctx": 512, "n_seq_max": max(args.sessions, 1)},
-                  "logging": {"level": "error"}}
-        with Backend(config) as backend:
-            graph = backend.load(model)
-            print(f"model: {Path(model).name}  sessions: {args.sessions}  "
-                  f"(one engine, continuous batching)\n")
-            rows = _run_sessions(graph, args.sessions, args.max_tokens)
-            steps = graph.engine.counters.steps
-    _print_table(rows, steps)
-    return 0
-
-
-def _tiny_model(folder: Path) -> str:
-    from .tiny_model import write_tiny_llama  # the gguf package is a test/tool extra
-    path = folder / "tiny-demo.gguf"
-    write_tiny_llama(path)
-    print("no --model given: generated a tiny random-weight llama model (its text is noise)")
-    return str(path)
-
-
-def _run_sessions(graph, count: int, max_tokens: int) -> list[tuple[str, int, float, str]]:
-    rows: list[tuple[str, int, float, str]] = [("", 0, 0.0, "")] * count
-    start = threading.Barrier(count)
-
-    def run(index: int) -> None:
-        prompt = DEMO_PROMPTS[index % len(DEMO_PROMPTS)]
-        with graph.session() as session:
-            start.wait()
-            began = time.perf_counter()
-            done = session.complete(prompt, temperature=0, max_tokens=max_tokens,
-                                    ignore_eos=True)
-            rows[index] = (prompt, len(done.generated_tokens), time.perf_counter() - began,
-                           done.text)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return rows
-
-
-def _print_table(rows: list[tuple[str, int, float, str]], steps: int) -> None:
-    for index, (prompt, _, _, text) in enumerate(rows, start=1):
-        print(f"[{index}] {prompt!r} -> {text.strip()[:60]!r}")
-    print(f"\n{'session':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>8}")
-    for index, (_, tokens, seconds, _) in enumerate(rows, start=1):
-        print(f"{index:>7} {tokens:>7} {seconds:>8.3f} {tokens / max(seconds, 1e-9):>8.1f}")
-    total_tokens = sum(r[1] for r in rows)
-    wall = max(r[2] for r in rows)
-    print(f"{'total':>7} {total_tokens:>7} {wall:>8.3f} {total_tokens / max(wall, 1e-9):>8.1f}")
-    print(f"\n{total_tokens} tokens in {steps} engine steps: sessions decoded together")
+    from .demo import run_demo
+    return run_demo(args.sessions, args.model)
 
 
 if __name__ == "__main__":

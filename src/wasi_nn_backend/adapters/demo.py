@@ -1,0 +1,128 @@
+"""`wasi-nn-backend demo`: the bundled model recites the Zen of Python, one session per line,
+all decoding together in one engine; their text streams side by side, then a table.
+
+models/zen-demo.gguf was trained (tools/train_demo_model.py) to reproduce the text Python's own
+`this` module holds, so every line it prints can be checked against that text.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from ..backend import Backend
+from ..engine.streams import Stream
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[3] / "models" / "zen-demo.gguf"
+
+
+def zen_lines() -> list[str]:
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
+        import this
+    text = "".join(this.d.get(c, c) for c in this.s)
+    return [line for line in text.split("\n") if line]
+
+
+def line_prompt(line: str, lines: list[str]) -> str:
+    """A line's first two words, or more while another line starts with the same words."""
+    words = line.split(" ")
+    count = 2
+    while count < len(words) - 1 and any(
+            other != line and (other + " ").startswith(" ".join(words[:count]) + " ")
+            for other in lines):
+        count += 1
+    return " ".join(words[:max(1, min(count, len(words) - 1))])
+
+
+@dataclass
+class Lane:
+    prompt: str
+    expected: str
+    stream: Stream
+    text: str = ""
+    tokens: int = 0
+    seconds: float = 0.0
+    done: bool = False
+    began: float = field(default_factory=time.perf_counter)
+
+    @property
+    def correct(self) -> bool:
+        return self.prompt + self.text == self.expected
+
+
+def run_demo(sessions: int, model: str | None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # looked up now: tests swap sys.stdout
+    lines = zen_lines()
+    path = model or str(BUNDLED_MODEL)
+    picked = lines[1:sessions + 1] if sessions < len(lines) else lines[1:]
+    config = {"model": {"n_ctx": 256, "n_seq_max": max(len(picked), 1)},
+              "logging": {"level": "error"}}
+    with Backend(config) as backend:
+        graph = backend.load(path)
+        out.write(f"model: {Path(path).name} ({graph.model.size_bytes / 1e6:.1f} MB)   "
+                  f"sessions: {len(picked)}, decoding together in one engine\n\n")
+        handles = [graph.session() for _ in picked]
+        lanes = []
+        for session, line in zip(handles, picked):
+            prompt = line_prompt(line, lines)
+            stream = session.complete_stream(prompt, temperature=0, max_tokens=64, stop=["\n"])
+            lanes.append(Lane(prompt, line, stream))
+        _follow(lanes, out, live=out.isatty())
+        steps = graph.engine.counters.steps
+    _table(lanes, steps, out)
+    return 0 if all(lane.correct for lane in lanes) else 1
+
+
+def _follow(lanes: list[Lane], out: TextIO, live: bool) -> None:
+    """Read every stream until all end; on a terminal, redraw the lanes as they grow."""
+    drawn = False
+    while not all(lane.done for lane in lanes):
+        changed = False
+        for lane in lanes:
+            if lane.done:
+                continue
+            try:
+                piece = lane.stream.get(timeout=0.05)
+            except (StopIteration, TimeoutError) as end:
+                if isinstance(end, StopIteration):
+                    _finish(lane)
+                    changed = True
+                continue
+            lane.text += piece
+            changed = True
+        if live and changed:
+            if drawn:
+                out.write(f"\x1b[{len(lanes)}F")  # back to the first lane
+            for index, lane in enumerate(lanes, start=1):
+                out.write(f"\x1b[2K[{index:>2}] {lane.prompt}\x1b[1m{lane.text}\x1b[0m\n")
+            out.flush()
+            drawn = True
+    if not live:
+        for index, lane in enumerate(lanes, start=1):
+            out.write(f"[{index:>2}] {lane.prompt + lane.text}\n")
+
+
+def _finish(lane: Lane) -> None:
+    result = lane.stream.result()
+    lane.text = result.text
+    lane.tokens = len(result.generated_tokens)
+    lane.seconds = time.perf_counter() - lane.began
+    lane.done = True
+
+
+def _table(lanes: list[Lane], steps: int, out: TextIO) -> None:
+    out.write(f"\n{'session':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>8}  line\n")
+    for index, lane in enumerate(lanes, start=1):
+        mark = "exact" if lane.correct else "DIFFERS"
+        out.write(f"{index:>7} {lane.tokens:>7} {lane.seconds:>8.3f} "
+                  f"{lane.tokens / max(lane.seconds, 1e-9):>8.1f}  {mark}\n")
+    total = sum(lane.tokens for lane in lanes)
+    wall = max((lane.seconds for lane in lanes), default=0.0)
+    out.write(f"{'total':>7} {total:>7} {wall:>8.3f} {total / max(wall, 1e-9):>8.1f}\n\n")
+    exact = sum(lane.correct for lane in lanes)
+    out.write(f"{exact}/{len(lanes)} lines exactly as in `import this`; {total} tokens in "
+              f"{steps} engine steps (sessions decoded together)\n")
