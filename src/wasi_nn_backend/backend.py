@@ -11,6 +11,7 @@ reused within a Backend; the function API (wasi_nn.py) and the adapters speak in
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 import logging
 import os
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 
 from .config import Config, parse_config, request_params
 from .core.clock import Clock, MonotonicClock
-from .engine.engine import Engine, load_model
+from .engine.engine import Engine, file_type_name, load_model
 from .errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
 from .logs import configure_logging
 from .session import Session
@@ -49,14 +50,15 @@ class Backend:
         log.info("backend ready (max_sessions=%d)", self.config.backend.max_sessions)
 
     # -- models ------------------------------------------------------------------------------
-    def load(self, path: str | os.PathLike, config: Config | str | bytes | dict | None = None
-             ) -> Graph:
-        """Load a GGUF file; ModelNotFound if it is missing, InvalidEncoding if not GGUF."""
+    def load(self, path: str | os.PathLike, config: Config | str | bytes | dict | None = None,
+             *, progress: Callable[[float], Any] | None = None) -> Graph:
+        """Load a GGUF file; ModelNotFound if it is missing, InvalidEncoding if not GGUF.
+        ``progress(fraction)`` hears how far loading is (return False to cancel)."""
         self._check_open()
         if path is None or str(path) == "":
             raise InvalidArgument("a model path is required")
         graph_config, _ = parse_config(config, base=self.config)  # warnings already logged
-        model = load_model(str(path), graph_config.model)
+        model = load_model(str(path), graph_config.model, progress)
         try:
             if graph_config.model.n_ctx > model.n_ctx_train:
                 log.warning("n_ctx %d exceeds the model's training context %d",
@@ -273,6 +275,7 @@ class Graph:
                 "size_bytes": model.size_bytes, "n_vocab": model.n_vocab,
                 "n_ctx_train": model.n_ctx_train, "n_ctx": self.config.model.n_ctx,
                 "n_seq_max": self.config.model.n_seq_max,
+                "file_type": file_type_name(model.metadata.get("general.file_type")),
                 "chat_template": model.chat_template}
 
     def close(self) -> None:

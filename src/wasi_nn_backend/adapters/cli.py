@@ -2,6 +2,7 @@
 
     wasi-nn-backend demo                      the bundled model recites the Zen of Python, one session per line
     wasi-nn-backend generate MODEL -p TEXT    one completion (or --chat), optionally streamed
+    wasi-nn-backend chat MODEL                talk with a model, the conversation kept
     wasi-nn-backend info MODEL                what a GGUF model is
     wasi-nn-backend run-wasm GUEST.wasm ...   a WebAssembly guest calling wasi_ephemeral_nn
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ..backend import Backend
 from ..errors import InvalidArgument, WasiNnError
+from . import terminal
 
 
 
@@ -48,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--stream", action="store_true", help="print pieces as they come")
     generate.set_defaults(run=_generate)
 
+    chat = commands.add_parser("chat", help="talk with a model (keeps the conversation)")
+    chat.add_argument("model", help="GGUF file")
+    chat.add_argument("--config", help="JSON settings, or @FILE to read them from a file")
+    chat.add_argument("--system", help="a system prompt")
+    chat.set_defaults(run=_chat)
+
     info = commands.add_parser("info", help="describe a GGUF model")
     info.add_argument("model", help="GGUF file")
     info.set_defaults(run=_info)
@@ -79,7 +87,7 @@ def _read_config(value: str | None) -> str | None:
 def _generate(args: argparse.Namespace) -> int:
     config = _read_config(args.config)
     with Backend({"logging": {"level": "error"}}) as backend:
-        session = backend.load(args.model, config).session()
+        session = terminal.load(backend, args.model, config).session()
         run = session.chat_stream if args.chat else session.complete_stream
         stream = run(args.prompt)
         if args.stream:
@@ -93,9 +101,15 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    with Backend({"logging": {"level": "error"}}) as backend:
+        graph = terminal.load(backend, args.model, _read_config(args.config))
+        return terminal.chat(graph, args.system, sys.stdout, sys.stdin)
+
+
 def _info(args: argparse.Namespace) -> int:
     with Backend({"logging": {"level": "error"}}) as backend:
-        graph = backend.load(args.model, {"model": {"n_ctx": 256, "n_seq_max": 1}})
+        graph = terminal.load(backend, args.model, {"model": {"n_ctx": 256, "n_seq_max": 1}})
         for key, value in graph.info().items():
             text = str(value)
             print(f"{key:14} {text if len(text) < 200 else text[:200] + '...'}")
