@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     except WasiNnError as error:
         print(f"wasi-nn-backend: {error.code.name.lower()}: {error.message}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. --config @FILE that cannot be read
+        print(f"wasi-nn-backend: {error.strerror or error}: {error.filename or ''}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
