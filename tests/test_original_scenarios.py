@@ -103,7 +103,7 @@ def test_05_enhanced_model_config(tiny_model_path):
 def test_06_basic_inference(tiny_model_path):
     ctx = init('{"max_concurrent":4}')
     load(ctx, tiny_model_path, '{"n_gpu_layers":98,"ctx_size":2048,"n_predict":100,'
-         '"sampling":{"temperature":0.7}}')
+         '"sampling":{"temperature":0.7,"seed":6}}')  # seeded: the test is deterministic
     exec_ctx = ok(nn.init_execution_context(ctx, 1))
     code, n, _ = infer(ctx, exec_ctx, "What is artificial intelligence?", 1024)
     assert code == E.SUCCESS and n > 0
@@ -142,7 +142,7 @@ def _usage(ctx, exec_ctx):
 def test_08_dynamic_runtime_parameters(tiny_model_path):
     ctx = init('{"max_concurrent":4}')
     graph = load(ctx, tiny_model_path, '{"n_gpu_layers":98,"ctx_size":2048,"n_predict":50,'
-                 '"sampling":{"temperature":0.7,"top_p":0.9}}')
+                 '"sampling":{"temperature":0.7,"top_p":0.9,"seed":8}}')  # seeded
     exec_ctx = ok(nn.init_execution_context(ctx, graph))
     story = "Generate a creative story about a robot."
     assert reply(infer(ctx, exec_ctx, story, 512)) is not None                           # (a)

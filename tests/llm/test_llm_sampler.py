@@ -55,7 +55,10 @@ def test_same_seed_same_tokens(ctx):
 
 
 def test_random_seed_runs(ctx):
-    assert len(generate(ctx, SamplingParams(seed=-1))) == 16
+    # seed -1 draws a random seed: assert only what holds for every draw (an end-of-generation
+    # token may come at any step, so generation does not stop at one here).
+    tokens = generate(ctx, SamplingParams(seed=-1), stop_at_eog=False)
+    assert len(tokens) == 16 and all(ctx.model.valid_token(t) for t in tokens)
 
 
 def test_logit_bias_forces_and_forbids(ctx):
