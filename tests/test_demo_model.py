@@ -4,9 +4,7 @@ line's first words; and when torch is installed (a tool dependency only), llama.
 equal the training code's forward pass on the same weights."""
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import sys
 from pathlib import Path
 
@@ -14,32 +12,15 @@ import numpy as np
 import pytest
 
 from wasi_nn_backend import Backend, FinishReason
+from wasi_nn_backend.adapters.demo import prompt_words, zen_lines, zen_text
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "zen-demo.gguf"
 TRAINER = ROOT / "tools" / "train_demo_model.py"
 
 
-def zen_text() -> str:
-    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
-        import this
-    return "".join(this.d.get(c, c) for c in this.s)
-
-
 ZEN = zen_text()
-LINES = [line for line in ZEN.split("\n") if line]
-
-
-def prompt_words(line: str) -> int:
-    """Two words, or more while another line starts with the same words (the trainer's rule:
-    "If the implementation is ..." needs five), leaving at least one word to generate."""
-    words = line.split(" ")
-    count = 2
-    while count < len(words) and any(
-            other != line and (other + " ").startswith(" ".join(words[:count]) + " ")
-            for other in LINES):
-        count += 1
-    return max(1, min(count, len(words) - 1))
+LINES = zen_lines(ZEN)
 
 
 def cases() -> list[tuple[str, str]]:
@@ -47,7 +28,7 @@ def cases() -> list[tuple[str, str]]:
     out = []
     for line in LINES:
         words = line.split(" ")
-        n = prompt_words(line)
+        n = prompt_words(LINES, line)
         for count in sorted({n, min(n + 1, len(words) - 1)}):
             prompt = " ".join(words[:count])
             out.append((prompt, line[len(prompt):]))

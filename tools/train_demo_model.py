@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import math
 import os
 import sys
@@ -50,8 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # a bare checkout (the package not installed)
     sys.path.insert(0, str(ROOT / "src"))
 
+from wasi_nn_backend.adapters.demo import prompt_words, zen_lines, zen_text  # noqa: E402
 from wasi_nn_backend.adapters.tiny_model import (  # noqa: E402
-    BOS, BYTE_BASE, CHATML, EOS, IM_END, IM_START, UNK,
+    BOS, BYTE_BASE, CHATML, EOS, IM_END, IM_START, UNK, write_llama_metadata,
 )
 
 DEFAULT_OUT = ROOT / "models" / "zen-demo.gguf"
@@ -59,30 +59,6 @@ SPACE = "\u2581"  # SentencePiece's visible space
 SPECIALS = {UNK: "<unk>", BOS: "<s>", EOS: "</s>", IM_START: "<|im_start|>", IM_END: "<|im_end|>"}
 CHAT_REQUESTS = ("Recite the Zen of Python.", "What is the Zen of Python?")
 IGNORE = -100  # targets the loss skips
-
-
-def zen_text() -> str:
-    """The Zen of Python as the `this` module holds it (rot13), decoded; importing `this`
-    prints it, so stdout is muted for the import."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        import this
-    return "".join(this.d.get(c, c) for c in this.s)
-
-
-def zen_lines(text: str) -> list[str]:
-    return [line for line in text.split("\n") if line]
-
-
-def prompt_words(lines: list[str], line: str) -> int:
-    """How many first words of ``line`` make its prompt: two, or more until no other line
-    starts with the same words, but always leaving at least one word to generate."""
-    words = line.split(" ")
-    count = 2
-    while count < len(words) and any(
-            other != line and (other + " ").startswith(" ".join(words[:count]) + " ")
-            for other in lines):
-        count += 1
-    return max(1, min(count, len(words) - 1))
 
 
 def line_prompts(text: str) -> list[tuple[str, str]]:
@@ -143,29 +119,10 @@ def write_gguf(path: Path, dims: Dims, vocab: tuple[list[str], list[float], list
     writer.add_name("zen-demo")
     writer.add_description("A tiny llama model trained by tools/train_demo_model.py to recite "
                            "the Zen of Python (PEP 20)")
-    writer.add_context_length(dims.n_ctx_train)
-    writer.add_embedding_length(dims.n_embd)
-    writer.add_block_count(dims.n_layer)
-    writer.add_feed_forward_length(dims.n_ff)
-    writer.add_head_count(dims.n_head)
-    writer.add_head_count_kv(dims.n_head_kv)
-    writer.add_rope_dimension_count(dims.head_dim)
-    writer.add_rope_freq_base(dims.rope_base)
-    writer.add_layer_norm_rms_eps(dims.eps)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tokens, scores, types = vocab
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(UNK)
-    writer.add_bos_token_id(BOS)
-    writer.add_eos_token_id(EOS)
-    writer.add_eot_token_id(IM_END)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(False)
-    writer.add_chat_template(CHATML)
+    write_llama_metadata(writer, vocab, n_embd=dims.n_embd, n_layer=dims.n_layer,
+                         n_head=dims.n_head, n_head_kv=dims.n_head_kv, n_ff=dims.n_ff,
+                         n_ctx_train=dims.n_ctx_train, head_dim=dims.head_dim,
+                         chat_template=CHATML, rope_base=dims.rope_base, eps=dims.eps)
     for name, array in (tensors or {}).items():
         writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
     writer.write_header_to_file()

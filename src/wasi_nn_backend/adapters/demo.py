@@ -20,22 +20,32 @@ from ..engine.streams import Stream
 BUNDLED_MODEL = Path(__file__).resolve().parents[3] / "models" / "zen-demo.gguf"
 
 
-def zen_lines() -> list[str]:
+def zen_text() -> str:
+    """The Zen of Python as Python's own `this` module holds it (rot13), decoded."""
     with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
         import this
-    text = "".join(this.d.get(c, c) for c in this.s)
-    return [line for line in text.split("\n") if line]
+    return "".join(this.d.get(c, c) for c in this.s)
 
 
-def line_prompt(line: str, lines: list[str]) -> str:
-    """A line's first two words, or more while another line starts with the same words."""
+def zen_lines(text: str | None = None) -> list[str]:
+    return [line for line in (zen_text() if text is None else text).split("\n") if line]
+
+
+def prompt_words(lines: list[str], line: str) -> int:
+    """How many first words of ``line`` make its prompt: two, or more until no other line
+    starts with the same words, always leaving at least one word to generate. (The demo model
+    was trained with this rule: tools/train_demo_model.py.)"""
     words = line.split(" ")
     count = 2
-    while count < len(words) - 1 and any(
+    while count < len(words) and any(
             other != line and (other + " ").startswith(" ".join(words[:count]) + " ")
             for other in lines):
         count += 1
-    return " ".join(words[:max(1, min(count, len(words) - 1))])
+    return max(1, min(count, len(words) - 1))
+
+
+def line_prompt(line: str, lines: list[str]) -> str:
+    return " ".join(line.split(" ")[:prompt_words(lines, line)])
 
 
 @dataclass

@@ -118,17 +118,28 @@ def _write_metadata(writer: gguf.GGUFWriter, *, name: str, n_embd: int, n_layer:
                     n_head: int, n_head_kv: int, n_ff: int, n_ctx_train: int,
                     chat_template: str | None) -> None:
     writer.add_name(name)
+    write_llama_metadata(writer, vocab(), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                         n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
+                         head_dim=n_embd // n_head, chat_template=chat_template)
+
+
+def write_llama_metadata(writer: gguf.GGUFWriter, spm_vocab: tuple[list, list, list], *,
+                         n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_ff: int,
+                         n_ctx_train: int, head_dim: int, chat_template: str | None,
+                         rope_base: float = 10000.0, eps: float = 1e-5) -> None:
+    """The llama hyperparameters and an SPM vocabulary (tokens, scores, types) with this
+    module's special-token ids; F32 tensors. Shared with tools/train_demo_model.py."""
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)
     writer.add_feed_forward_length(n_ff)
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_head_kv)
-    writer.add_rope_dimension_count(n_embd // n_head)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(rope_base)
+    writer.add_layer_norm_rms_eps(eps)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tokens, scores, types = vocab()
+    tokens, scores, types = spm_vocab
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
