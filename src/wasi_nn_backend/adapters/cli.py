@@ -5,6 +5,7 @@
     wasi-nn-backend chat MODEL                talk with a model, the conversation kept
     wasi-nn-backend info MODEL                what a GGUF model is
     wasi-nn-backend run-wasm GUEST.wasm ...   a WebAssembly guest calling wasi_ephemeral_nn
+    wasi-nn-backend erlang-port               the Erlang port program (frames on fds 3 and 4)
 """
 from __future__ import annotations
 
@@ -79,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     wasm.add_argument("guest", help="the .wasm file (a WASI command)")
     wasm.add_argument("args", nargs=argparse.REMAINDER, help="the guest's arguments")
     wasm.set_defaults(run=_run_wasm)
+
+    port = commands.add_parser(
+        "erlang-port", help="the Erlang port program: {packet,4} External Term Format frames on "
+        "fds 3 and 4 (open_port with nouse_stdio; docs/erlang-protocol.md)")
+    port.set_defaults(run=_erlang_port)
     return parser
 
 
@@ -145,6 +151,11 @@ def _echo(fd: int, data: bytes) -> None:
     stream = sys.stdout if fd == 1 else sys.stderr
     stream.buffer.write(data)
     stream.flush()
+
+
+def _erlang_port(args: argparse.Namespace) -> int:
+    from .erlang import run  # erlang_py loads only for this command
+    return run()
 
 
 def _demo(args: argparse.Namespace) -> int:

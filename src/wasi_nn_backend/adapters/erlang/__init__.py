@@ -1,0 +1,10 @@
+"""The Erlang port program: ``{packet,4}`` External Term Format frames on fds 3 (in) and 4 (out)
+(docs/erlang-protocol.md). Layout: ``terms`` (the ETF mapping, through erlang_py), ``frames``
+(length-prefixed frames on raw fds), ``ops`` (the requests, on the wasi_nn function API),
+``port`` (reader thread, a thread per request, the end on EOF).
+
+    wasi-nn-backend erlang-port          or      python -m wasi_nn_backend.adapters.erlang
+"""
+from .port import Port, run
+
+__all__ = ["Port", "run"]

@@ -1,0 +1,355 @@
+"""The Erlang port program without an Erlang VM: the test plays the VM. It starts the port
+with fds 3/4 on pipes (as open_port(..., [nouse_stdio, {packet, 4}]) does) and speaks
+External Term Format through erlang_py, the library the port itself uses."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import erlang
+import pytest
+
+from wasi_nn_backend.adapters.erlang import Port
+from wasi_nn_backend.adapters.erlang.frames import FrameReader, FrameTooLarge
+from wasi_nn_backend.backend import Backend
+
+CONFIG = '{"temperature":0,"max_tokens":8,"ignore_eos":true}'
+# long enough that a quick request lands mid-generation; no deadline, so a loaded machine
+# slows it down but never cuts it short
+LONG_CONFIG = '{"temperature":0,"max_tokens":1500,"ignore_eos":true,"timeout_ms":0}'
+MESSAGE = "Hello there"
+PORT_MODULE = ("-m", "wasi_nn_backend.adapters.erlang")
+CLI = ("-m", "wasi_nn_backend.adapters.cli", "erlang-port")
+# Puts the two pipe ends given by number on fds 3 and 4, then execs the port (pass_fds keeps
+# numbers, it does not move them; the VM's fork does the same dance).
+LAUNCH = """
+import fcntl, os, sys
+ends = [int(fd) for fd in sys.argv[1:3]]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in ends]
+os.dup2(high[0], 3)
+os.dup2(high[1], 4)
+for fd in ends:
+    if fd not in (3, 4):
+        os.close(fd)
+os.execv(sys.executable, [sys.executable, *sys.argv[3:]])
+"""
+
+
+def B(text: str | bytes) -> erlang.OtpErlangBinary:
+    return erlang.OtpErlangBinary(text.encode() if isinstance(text, str) else text)
+
+
+def A(name: str) -> erlang.OtpErlangAtom:
+    return erlang.OtpErlangAtom(name)
+
+
+def plain(term: Any) -> Any:
+    """Replies as plain Python: atoms -> str, binaries -> bytes, tuples stay tuples."""
+    if isinstance(term, erlang.OtpErlangAtom):
+        return term.value if isinstance(term.value, str) else term.value.decode("latin-1")
+    if isinstance(term, erlang.OtpErlangBinary):
+        return term.value
+    if term is None:
+        return "undefined"
+    if isinstance(term, tuple):
+        return tuple(plain(element) for element in term)
+    return term
+
+
+class PortProcess:
+    """A port program run the way the VM runs it; the test holds the VM's pipe ends."""
+
+    def __init__(self, workdir: Path, command: tuple[str, ...] = PORT_MODULE) -> None:
+        port_in, self.to_port = os.pipe()
+        self.from_port, port_out = os.pipe()
+        self.log_path = workdir / "port.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", LAUNCH, str(port_in), str(port_out), *command],
+                pass_fds=(port_in, port_out), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, cwd=workdir)
+        os.close(port_in)
+        os.close(port_out)
+        self._buffer = b""
+        self._ids = itertools.count(1)
+
+    def send_raw(self, payload: bytes) -> None:
+        frame = memoryview(struct.pack(">I", len(payload)) + payload)
+        while frame:
+            frame = frame[os.write(self.to_port, frame):]
+
+    def send(self, term: Any) -> None:
+        self.send_raw(erlang.term_to_binary(term))
+
+    def receive(self, timeout: float = 60) -> tuple[Any, Any]:
+        """The next reply, decoded: (Id as sent back, the rest as plain Python)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self._buffer) >= 4:
+                (size,) = struct.unpack(">I", self._buffer[:4])
+                if len(self._buffer) >= 4 + size:
+                    frame, self._buffer = self._buffer[4:4 + size], self._buffer[4 + size:]
+                    request_id, reply = erlang.binary_to_term(frame)
+                    return request_id, plain(reply)
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self.from_port], [], [], left)[0], \
+                f"no reply within {timeout} s; port log:\n{self.log()}"
+            chunk = os.read(self.from_port, 1 << 16)
+            assert chunk, f"the port closed fd 4; log:\n{self.log()}"
+            self._buffer += chunk
+
+    def request(self, op: str, *args: Any) -> Any:
+        """Send one request and return its reply (nothing else may be in flight)."""
+        request_id = next(self._ids)
+        self.send((request_id, A(op), tuple(args)))
+        got_id, reply = self.receive()
+        assert got_id == request_id
+        return reply
+
+    def ok(self, op: str, *args: Any) -> Any:
+        reply = self.request(op, *args)
+        assert reply == "ok" or reply[0] == "ok", reply
+        return None if reply == "ok" else reply[1]
+
+    def close_input(self) -> None:
+        os.close(self.to_port)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"the port did not exit; log:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.to_port, self.from_port):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def start_port(tmp_path):
+    ports = []
+
+    def start(command: tuple[str, ...] = PORT_MODULE) -> PortProcess:
+        ports.append(PortProcess(tmp_path, command))
+        return ports[-1]
+    yield start
+    for port in ports:
+        port.cleanup()
+
+
+@pytest.fixture(scope="module")
+def port(tmp_path_factory, tiny_model_path):
+    """One port with a backend (``port.ctx``) that has the tiny model loaded."""
+    process = PortProcess(tmp_path_factory.mktemp("port"))
+    process.ctx = process.ok("init_backend", B(""))
+    assert isinstance(process.ctx, int)
+    process.ok("load_by_name_with_config", process.ctx, B(tiny_model_path), B(""))
+    yield process
+    process.close_input()
+    assert process.wait() == 0
+    process.cleanup()
+
+
+@pytest.fixture(scope="module")
+def expected_reply(tiny_model_path) -> str:
+    """What the Python API answers MESSAGE with, on a fresh session."""
+    with Backend({"logging": {"level": "error"}}) as backend:
+        return backend.load(tiny_model_path).session().chat(MESSAGE, CONFIG).text
+
+
+def test_run_inference_matches_python_api(port, expected_reply):
+    exec_ctx = port.ok("init_execution_context", port.ctx, B("same-as-python"))
+    assert isinstance(exec_ctx, int)
+    reply = port.ok("run_inference", port.ctx, exec_ctx, B(MESSAGE), B(CONFIG))
+    assert reply.decode("utf-8") == expected_reply and expected_reply
+    assert port.ok("init_execution_context", port.ctx, B("same-as-python")) == exec_ctx
+    port.ok("close_execution_context", port.ctx, exec_ctx)
+    assert port.request("close_execution_context", port.ctx, exec_ctx)[1][0] == "not_found"
+
+
+def test_two_sessions_back_to_back_both_answer(port, expected_reply):
+    contexts = {request_id: port.ok("init_execution_context", port.ctx, B(f"pair-{request_id}"))
+                for request_id in (101, 102)}
+    for request_id, exec_ctx in contexts.items():
+        port.send((request_id, A("run_inference"), (port.ctx, exec_ctx, B(MESSAGE), B(CONFIG))))
+    replies = dict(port.receive() for _ in contexts)  # in whichever order they finish
+    assert replies == {request_id: ("ok", expected_reply.encode()) for request_id in contexts}
+
+
+def test_stream_tokens_join_to_the_reply(port, expected_reply):
+    exec_ctx = port.ok("init_execution_context", port.ctx, B("streamed"))
+    port.send((7, A("run_inference_stream"), (port.ctx, exec_ctx, B(MESSAGE), B(CONFIG))))
+    pieces = []
+    while True:
+        request_id, event = port.receive()
+        assert request_id == 7
+        if event[0] != "token":
+            break
+        pieces.append(event[1].decode("utf-8"))
+    assert event[0] == "done", event
+    assert "".join(pieces) == expected_reply and len(pieces) > 1
+    usage = json.loads(event[1])
+    assert usage["output_tokens"] == 8 and usage["finish_reason"] == "length"
+
+
+def test_a_long_generation_does_not_hold_up_other_requests(port):
+    exec_ctx = port.ok("init_execution_context", port.ctx, B("long"))
+    port.send((1, A("run_inference_stream"), (port.ctx, exec_ctx, B(MESSAGE), B(LONG_CONFIG))))
+    assert port.receive()[1][0] == "token"  # generating now
+    port.send((2, A("init_execution_context"), (port.ctx, B("quick"))))
+    order = []
+    while 1 not in order or order[-1] != 1:
+        request_id, reply = port.receive()
+        if reply[0] != "token":
+            order.append(request_id)
+            assert reply[0] == ("ok" if request_id == 2 else "done"), reply
+    assert order == [2, 1]
+
+
+def error_of(reply: Any) -> tuple[str, str]:
+    assert reply[0] == "error" and isinstance(reply[1][1], bytes), reply
+    return reply[1][0], reply[1][1].decode()
+
+
+@pytest.mark.parametrize("payload, needle", [
+    (b"", "not an Erlang term"),                            # a frame of length 0
+    (b"\x00garbage", "version byte 131"),                   # not ETF
+    (b"\x83\x68\x03\x61\x01", "cannot be decoded"),         # a term cut short
+    (erlang.term_to_binary(A("hello")), "{Id, Op, Args}"),  # a term, not a request
+    (erlang.term_to_binary((1, A("init_backend"))), "tuple of 2"),
+])
+def test_unreadable_frames_answer_undefined(port, payload, needle):
+    port.send_raw(payload)
+    request_id, reply = port.receive()
+    assert request_id is None  # undefined
+    code, message = error_of(reply)
+    assert code == "invalid_argument" and needle in message
+
+
+def test_each_bad_request_gets_its_own_reply(port, tiny_model_path):
+    ctx = port.ctx
+    live = port.ok("init_execution_context", ctx, B("bad-prompt"))
+    cases = {
+        501: (("bogus", ()), "invalid_argument", "unknown op bogus"),
+        502: (("init_backend", B("{}")), "invalid_argument", "Args must be a tuple"),
+        503: (("init_backend", (B(""), B(""))), "invalid_argument", "takes {ConfigJson}"),
+        504: (("load_by_name_with_config", (ctx, tiny_model_path.encode(), B(""))),
+              "invalid_argument",
+              "Path (element 2 of {Ctx, Path, ConfigJson}) must be a binary, not a charlist"),
+        505: (("run_inference", (ctx, B("1"), B("hi"), B(""))), "invalid_argument",
+              "Exec (element 2"),
+        506: (("run_inference", (ctx, 999_999, B("hi"), B(""))), "not_found",
+              "execution context 999999"),
+        507: (("init_execution_context", (ctx, B(""))), "invalid_argument", "session id"),
+        508: (("load_by_name_with_config", (ctx, B("/no/such/model.gguf"), B(""))),
+              "model_not_found", "/no/such/model.gguf"),
+        509: (("init_backend", (B("{bad json"),)), "invalid_encoding", "JSON"),
+        510: (("deinit_backend", (424242,)), "not_found", "424242"),
+        511: (("run_inference", (ctx, live, B(b"\xff\xfe"), B(""))), "invalid_argument",
+              "UTF-8"),
+    }
+    for number, ((op, args), _, _) in cases.items():
+        port.send((number, A(op), args))
+    replies = dict(port.receive() for _ in cases)
+    for number, (_, code, needle) in cases.items():
+        got_code, message = error_of(replies[number])
+        assert (got_code, needle in message) == (code, True), (number, message)
+    # ...and the port still works
+    exec_ctx = port.ok("init_execution_context", ctx, B("after-errors"))
+    assert port.ok("run_inference", ctx, exec_ctx, B(MESSAGE), B(CONFIG))
+
+
+def test_any_id_comes_back_unchanged(port):
+    ref = erlang.OtpErlangReference(A("vm@host"), b"\x00\x01\x02\x03" * 3, b"\x00\x00\x00\x07")
+    for request_id in [(B("caller"), ref), b"charlist-id", A("an_atom"), -5, 2**70, 1.5]:
+        port.send((request_id, A("bogus"), ()))
+        got_id, reply = port.receive()
+        assert erlang.term_to_binary(got_id) == erlang.term_to_binary(request_id)
+        assert error_of(reply)[0] == "invalid_argument"
+
+
+def test_latin1_atoms_from_older_encoders_are_read(port):
+    # erlang_py sends a bytes-valued atom as SMALL_ATOM_EXT, as term_to_binary did before OTP 26
+    op = erlang.OtpErlangAtom(b"init_execution_context")
+    port.send((3, op, (port.ctx, B("latin1-atom"))))
+    request_id, reply = port.receive()
+    assert request_id == 3 and reply[0] == "ok"
+
+
+def test_eof_on_fd3_deinitializes_and_exits_0(start_port, tiny_model_path):
+    port = start_port(CLI)  # the wasi-nn-backend erlang-port command
+    ctx = port.ok("init_backend", B(""))
+    port.ok("load_by_name_with_config", ctx, B(tiny_model_path), B(""))
+    exec_ctx = port.ok("init_execution_context", ctx, B("cut-off"))
+    port.send((9, A("run_inference_stream"), (ctx, exec_ctx, B(MESSAGE), B(LONG_CONFIG))))
+    assert port.receive()[1][0] == "token"
+    port.close_input()  # mid-generation: the VM closed the port
+    assert port.wait() == 0
+    assert "deinitializing 1 backend(s)" in port.log()
+
+
+def test_broken_fd4_exits_0(start_port):
+    port = start_port()
+    os.close(port.from_port)  # the VM side stops reading
+    port.send((1, A("init_backend"), (B(""),)))  # its reply cannot be written
+    assert port.wait() == 0
+
+
+def test_without_fds_3_and_4_it_says_how_to_run_it():
+    result = subprocess.run([sys.executable, *PORT_MODULE], capture_output=True, text=True,
+                            timeout=60, close_fds=True, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "nouse_stdio" in result.stderr
+
+
+def test_an_oversized_frame_is_skipped_and_reported():
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as pipe:
+        pipe.write(struct.pack(">I", 100) + b"x" * 100 + struct.pack(">I", 3) + b"abc")
+    reader = FrameReader(read_fd, max_bytes=10)
+    with pytest.raises(FrameTooLarge, match="100 bytes"):
+        reader.read()
+    assert reader.read() == b"abc" and reader.read() is None
+    os.close(read_fd)
+
+
+def test_port_in_process_answers_until_eof():
+    to_port_r, to_port_w = os.pipe()
+    from_port_r, from_port_w = os.pipe()
+    port = Port(to_port_r, from_port_w, max_frame_bytes=64)
+    status = []
+    server = threading.Thread(target=lambda: status.append(port.serve()), daemon=True)
+    server.start()
+    frames = [b"y" * 65, erlang.term_to_binary((1, A("deinit_backend"), (123456,)))]
+    os.write(to_port_w, b"".join(struct.pack(">I", len(f)) + f for f in frames))
+    replies = []
+    with os.fdopen(from_port_r, "rb") as pipe:
+        for _ in frames:
+            (size,) = struct.unpack(">I", pipe.read(4))
+            request_id, reply = erlang.binary_to_term(pipe.read(size))
+            replies.append((request_id, plain(reply)))
+        os.close(to_port_w)
+        server.join(timeout=30)
+    assert status == [0]
+    assert replies[0][0] is None and "65 bytes" in error_of(replies[0][1])[1]
+    assert replies[1][0] == 1 and error_of(replies[1][1])[0] == "not_found"
+    os.close(to_port_r)
+    os.close(from_port_w)
