@@ -1,0 +1,112 @@
+"""The Erlang toolchain for tests/erlang: erl + erlc + eunit (Debian: erlang-base, erlang-eunit,
+erlang-dev; eunit.hrl lives in erlang-dev).
+
+find_or_install() probes for a working erlc (one that compiles a module including eunit.hrl)
+and, when there is none and we run as root with apt-get, installs the packages once, quietly.
+It never skips: when it cannot get a toolchain it says why and the tests fail with that message.
+compile_modules() builds .erl files with plain erlc.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEBIAN_PACKAGES = ("erlang-base", "erlang-eunit", "erlang-dev")
+ERLC_FLAGS = ("+warnings_as_errors", "+debug_info")
+_PROBE = ('-module(wasi_nn_probe).\n-include_lib("eunit/include/eunit.hrl").\n'
+          'probe_test() -> ?assertEqual(2, 1 + 1).\n')
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    erl: str
+    erlc: str
+    otp_release: str
+
+
+def _probe() -> tuple[Toolchain | None, str]:
+    """(toolchain, "") when erl and erlc work and eunit.hrl is found; else (None, why)."""
+    erl, erlc = shutil.which("erl"), shutil.which("erlc")
+    if not erl or not erlc:
+        return None, "no erl/erlc on PATH"
+    with tempfile.TemporaryDirectory(prefix="erlang-probe-") as tmp:
+        source = Path(tmp) / "wasi_nn_probe.erl"
+        source.write_text(_PROBE)
+        try:
+            done = subprocess.run([erlc, "-o", tmp, str(source)], capture_output=True,
+                                  text=True, timeout=120)
+            if done.returncode != 0:
+                return None, f"erlc cannot build an eunit module: {done.stdout}{done.stderr}"
+            ran = subprocess.run(
+                [erl, "-noshell", "-pa", tmp, "-eval",
+                 'ok = eunit:test(wasi_nn_probe, []), '
+                 'io:format("~s~n", [erlang:system_info(otp_release)]), halt().'],
+                capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return None, str(error)
+        if ran.returncode != 0:
+            return None, f"erl cannot run eunit: {ran.stdout}{ran.stderr}"
+    return Toolchain(erl, erlc, ran.stdout.strip().splitlines()[-1]), ""
+
+
+def _apt_install() -> str | None:
+    """Install DEBIAN_PACKAGES quietly; None on success, else the reason it failed."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                     *DEBIAN_PACKAGES]):
+        log.warning("installing the Erlang toolchain: %s", " ".join(command))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env,
+                                  timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"{' '.join(command)}: {error}"
+        if done.returncode != 0:
+            return f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-500:]}"
+    return None
+
+
+def find_or_install() -> tuple[Toolchain | None, str]:
+    """(toolchain or None, what was found or done): probed, and installed if missing."""
+    found, problem = _probe()
+    if found:
+        return found, f"using {found.erl} (OTP {found.otp_release})"
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None, (f"no usable Erlang toolchain ({problem}); install the Debian packages "
+                      f"{' '.join(DEBIAN_PACKAGES)}, or run the tests as root with apt-get "
+                      "available so they install them")
+    failure = _apt_install()
+    if failure:
+        return None, f"no usable Erlang toolchain ({problem}) and installing it failed: {failure}"
+    found, after = _probe()
+    if found:
+        log.warning("installed %s; OTP %s", " ".join(DEBIAN_PACKAGES), found.otp_release)
+        return found, f"installed {' '.join(DEBIAN_PACKAGES)}; OTP {found.otp_release}"
+    return None, f"installed {' '.join(DEBIAN_PACKAGES)} but the toolchain still fails: {after}"
+
+
+@functools.lru_cache(maxsize=1)
+def toolchain_status() -> tuple[Toolchain | None, str]:
+    """find_or_install(), once per process."""
+    return find_or_install()
+
+
+def compile_modules(toolchain: Toolchain, sources: Iterable[Path], out_dir: Path) -> Path:
+    """erlc every source into out_dir (warnings are errors); RuntimeError with erlc's output."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = [toolchain.erlc, *ERLC_FLAGS, "-o", str(out_dir), *map(str, sources)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n"
+                           f"{done.stdout}{done.stderr}")
+    return out_dir
+
