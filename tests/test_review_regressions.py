@@ -83,3 +83,42 @@ def test_a_new_prompt_restarts_streaming(tiny_model_path):
     nn.set_input(ctx, ex, 0, b"Another prompt")
     assert nn.compute_single(ctx, ex) == ErrorCode.SUCCESS
     nn.deinit_backend(ctx)
+
+
+def test_a_turn_cut_short_leaves_the_history_and_reports_an_error(tiny_model_path):
+    config = '{"model": {"n_ctx": 32, "n_seq_max": 1}, "memory": {"context_shifting": false}}'
+    _, ctx = nn.init_backend()
+    _, graph = nn.load_by_name_with_config(ctx, tiny_model_path, None, config)
+    _, ex = nn.init_execution_context(ctx, graph)
+    out = bytearray(4096)
+    code, size = nn.run_inference(ctx, ex, 0, "hi", out, '{"max_tokens": 1000, "ignore_eos": true}')
+    assert code == ErrorCode.CONTEXT_FULL and size > 1      # the partial reply is written
+    assert nn.backend_of(ctx).session(ex).history == []    # but it is no turn to build on
+    code, _ = nn.run_inference(ctx, ex, 0, "hi", out, '{"max_tokens": 2, "temperature": 0}')
+    assert code == ErrorCode.SUCCESS                        # so the session goes on
+    assert len(nn.backend_of(ctx).session(ex).history) == 2
+    nn.deinit_backend(ctx)
+
+
+def test_closing_during_run_inference_is_not_success(tiny_model_path):
+    _, ctx = nn.init_backend_with_config('{"backend": {"default_task_timeout_ms": 0}}')
+    _, graph = nn.load_by_name(ctx, tiny_model_path)
+    _, ex = nn.init_execution_context(ctx, graph)
+    session = nn.backend_of(ctx).session(ex)
+    started = threading.Event()
+    submit = session._submit
+
+    def watched(*args, **kw):
+        stream = submit(*args, **kw)
+        started.set()
+        return stream
+    session._submit = watched
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("r", nn.run_inference(
+        ctx, ex, 0, "hi", bytearray(1 << 16), '{"max_tokens": -1, "ignore_eos": true}')))
+    worker.start()
+    assert started.wait(30)
+    assert nn.close_execution_context(ctx, ex) == ErrorCode.SUCCESS
+    worker.join(30)
+    assert result["r"][0] == ErrorCode.NOT_FOUND
+    nn.deinit_backend(ctx)

@@ -12,9 +12,7 @@ from typing import Any
 
 from .core.session import Completion
 from .engine.streams import Stream
-from .errors import (ContextFull, EndOfSequence, InvalidArgument, InvalidEncoding, Timeout,
-                     WasiNnError)
-from .errors import ErrorCode
+from .errors import EndOfSequence, InvalidArgument, InvalidEncoding, WasiNnError
 from .session import Session
 
 
@@ -121,7 +119,6 @@ class ContextIO:
 
 
 def _raise_for(completion: Completion) -> None:
-    if completion.code is ErrorCode.CONTEXT_FULL:
-        raise ContextFull("the context is full and context shifting is off; output is partial")
-    if completion.code is ErrorCode.TIMEOUT:
-        raise Timeout("the request passed its deadline; output is partial")
+    error = completion.error()
+    if error is not None:
+        raise error

@@ -75,7 +75,7 @@ class Session:
 
     def _settle(self) -> None:
         """Fold a finished (or wait for a running) chat turn into the history. A turn that
-        failed leaves the history as it was before it."""
+        failed or was cut short leaves the history as it was before it."""
         if self._in_flight is None:
             return
         messages, text, stream = self._in_flight
@@ -84,6 +84,8 @@ class Session:
             completion = stream.result()
         except WasiNnError:
             return
+        if completion.error() is not None:
+            return  # cut short (context full, deadline, closed): not a turn to build on
         self._messages = messages + [{"role": "assistant", "content": completion.text}]
         self._turn = Turn(text, completion)
 

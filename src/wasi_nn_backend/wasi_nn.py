@@ -361,6 +361,5 @@ def run_inference(ctx: Any, exec_ctx: Any, index: int, tensor: Any, out: Any,
     overrides = _text(runtime_config, runtime_config_len, "runtime config")
     completion = session.chat(text, overrides or None)
     size = _write(out, completion.text.encode("utf-8") + b"\0")
-    if completion.code is not ErrorCode.SUCCESS:
-        return completion.code, size
-    return ErrorCode.SUCCESS, size
+    error = completion.error()  # context full, timeout, closed: the partial text is written
+    return (error.code if error else ErrorCode.SUCCESS), size

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any
 
 from ..config import RequestParams
-from ..errors import ErrorCode
+from ..errors import ContextFull, ErrorCode, NotFound, Timeout, WasiNnError
 
 _request_ids = itertools.count(1)
 
@@ -72,6 +72,18 @@ class Completion:
 
     def __str__(self) -> str:
         return self.text
+
+    def error(self) -> WasiNnError | None:
+        """Why this generation did not finish as asked, as the error the function API and the
+        adapters report (its text stays readable); None when it did."""
+        partial = f"after {len(self.generated_tokens)} tokens; the output so far is readable"
+        if self.code is ErrorCode.CONTEXT_FULL:
+            return ContextFull(f"the context is full and context shifting is off ({partial})")
+        if self.code is ErrorCode.TIMEOUT:
+            return Timeout(f"the request passed its deadline ({partial})")
+        if self.finish_reason is FinishReason.CANCELLED:
+            return NotFound(f"the execution context was closed while it generated ({partial})")
+        return None
 
     def usage(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ from typing import Any
 
 from ... import wasi_nn
 from ...core.session import Completion
-from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument, WasiNnError
+from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument
 from ...session import Session
 from .terms import ERROR, OK, atom, atom_name, binary, binary_value, describe, is_integer
 
@@ -31,14 +31,6 @@ class BadRequest(InvalidArgument):
     def __init__(self, message: str, request_id: Any = None) -> None:
         super().__init__(message)
         self.request_id = request_id
-
-
-class Unfinished(WasiNnError):
-    """A generation that ended with a code other than success (context_full, timeout)."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def error_term(code: ErrorCode, message: str) -> tuple[Any, ...]:
@@ -104,10 +96,10 @@ def _message(prompt: bytes) -> str:
 
 
 def _finished(completion: Completion) -> Completion:
-    if completion.code is not ErrorCode.SUCCESS:
-        raise Unfinished(completion.code,
-                         f"generation ended early ({completion.finish_reason.value}) after "
-                         f"{len(completion.generated_tokens)} tokens")
+    """The completion, or its error (context full, deadline, closed while generating)."""
+    error = completion.error()
+    if error is not None:
+        raise error
     return completion
 
 
