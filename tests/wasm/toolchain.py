@@ -17,6 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+import apt_packages  # tests/apt_packages.py (tests/ is on sys.path)
+
 log = logging.getLogger(__name__)
 
 DEBIAN_PACKAGES = ("clang", "lld", "wasi-libc", "libclang-rt-dev-wasm32")
@@ -83,19 +85,7 @@ def _find_working_clang() -> tuple[str | None, list[str]]:
 
 def _apt_install() -> str | None:
     """Install DEBIAN_PACKAGES quietly; None on success, else the reason it failed."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                     *DEBIAN_PACKAGES]):
-        log.warning("installing the wasm C toolchain: %s", " ".join(command))
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env,
-                                  timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            return f"{' '.join(command)}: {error}"
-        if done.returncode != 0:
-            return f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-500:]}"
-    return None
+    return apt_packages.install(DEBIAN_PACKAGES, "the wasm C toolchain")
 
 
 @functools.lru_cache(maxsize=1)

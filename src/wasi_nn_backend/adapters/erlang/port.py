@@ -117,10 +117,10 @@ def _fds_ready() -> bool:
 def run() -> int:
     """The program: serve on fds 3/4, then leave at once (status 0)."""
     if not _fds_ready():
-        print("wasi-nn-backend erlang-port: file descriptors 3 (read) and 4 (write) are not "
-              "open; this is an "
-              "Erlang port program: open_port({spawn_executable, ...}, [{packet, 4}, "
-              "nouse_stdio, binary, exit_status])", file=sys.stderr)
+        sys.stderr.write("wasi-nn-backend erlang-port: file descriptors 3 (read) and 4 (write) "
+                         "are not open; this is an Erlang port program: open_port("
+                         "{spawn_executable, ...}, [{packet, 4}, nouse_stdio, binary, "
+                         "exit_status])\n")
         return 2
     # Ctrl-C in an erl shell reaches the whole process group; the VM decides when we end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
