@@ -6,7 +6,9 @@
 %%%
 %%% Every request gets an integer id; the server keeps a map from id to caller, so many callers
 %%% (many sessions) are in flight at once and replies may come back in any order. Each request
-%%% has its own timeout: the caller then gets `{error, timeout}' and a late reply is dropped.
+%%% has its own timeout: the caller then gets `{error, timeout}' and a late reply is dropped; a
+%%% generation that timed out (run_inference, a stream) is cancelled on the port, so its session
+%%% is free again at once.
 %%% When the port dies every pending caller gets `{error, {port_exit, Status}}' (or
 %%% `{error, port_closed}') and the server stops with reason `{port_exit, Status}', for its
 %%% supervisor to restart.
@@ -356,7 +358,7 @@ handle_info({request_timeout, Id}, State = #state{pending = Pending}) ->
     case maps:take(Id, Pending) of
         {Entry, Rest} ->
             finish(Entry, {error, timeout}),
-            {noreply, State#state{pending = Rest}};
+            {noreply, cancel(Id, Entry, State#state{pending = Rest})};
         error ->
             {noreply, State}
     end;
@@ -368,6 +370,18 @@ handle_info({'EXIT', Port, Reason}, State = #state{port = Port}) ->
     {stop, {port_closed, Reason}, State1};
 handle_info(_Msg, State) ->
     {noreply, State}.
+
+%% A generation that timed out: ask the port to stop it ({NewId, cancel, {Id}}), so its session
+%% is free for the next request. Nobody waits for the `ok'; it and the cancelled request's own
+%% error reply come for no pending request and are dropped.
+cancel(Id, #{op := Op}, State = #state{port = Port, next_id = CancelId})
+  when Port =/= undefined, (Op =:= run_inference orelse Op =:= run_inference_stream) ->
+    try port_command(Port, term_to_binary({CancelId, cancel, {Id}})) of
+        true -> State#state{next_id = CancelId + 1}
+    catch error:_ -> State
+    end;
+cancel(_Id, _Entry, State) ->
+    State.
 
 %% A frame {Id, Reply}: to the caller waiting for Id; dropped when none is (late, timed out).
 deliver(Id, Reply, State = #state{pending = Pending}) ->

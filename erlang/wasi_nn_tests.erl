@@ -26,6 +26,9 @@
 -define(SHORT, <<"{\"temperature\":0,\"max_tokens\":8,\"ignore_eos\":true}">>).
 -define(LONG, <<"{\"temperature\":0,\"max_tokens\":1000000,\"ignore_eos\":true,"
                 "\"max_time_ms\":3000}">>).
+%% a generation that never ends by itself (no token limit, no deadline): only a cancel stops it
+-define(ENDLESS, <<"{\"temperature\":0,\"max_tokens\":-1,\"ignore_eos\":true,"
+                   "\"timeout_ms\":0}">>).
 -define(REAL_TIMEOUT, 120).
 
 %%% ==========================================================================================
@@ -124,6 +127,27 @@ fake_stream_timeout_test() ->
     ?assert(is_reference(Ref)),
     ?assertEqual({error, timeout}, wait_end(Ref, 5000)),
     ok = wasi_nn:stop(S).
+
+fake_timeout_sends_cancel_test() ->
+    %% the port gets {2, cancel, {1}} after request 1 (a generation) timed out; {3, ...} next
+    File = filename:join(tmp_dir(), "wasi_nn_cancel_"
+                         ++ integer_to_list(erlang:unique_integer([positive]))),
+    S = fake("exec cat <&3 >" ++ File),
+    Ctx = {wasi_nn_ctx, S, 1},
+    ?assertEqual({error, timeout}, wasi_nn:run_inference(Ctx, 4, "hi", <<>>, 50)),
+    {ok, Ref} = wasi_nn:run_inference_stream(Ctx, 5, "hi", <<>>, 50),
+    ?assertEqual({error, timeout}, wait_end(Ref, 5000)),
+    ?assertEqual({error, timeout}, wasi_nn:init_backend(S, <<>>, 50)),  % not a generation
+    ok = wasi_nn:stop(S),
+    {ok, Bytes} = file:read_file(File),
+    file:delete(File),
+    ?assertEqual([{1, run_inference, {1, 4, <<"hi">>, <<>>}}, {2, cancel, {1}},
+                  {3, run_inference_stream, {1, 5, <<"hi">>, <<>>}}, {4, cancel, {3}},
+                  {5, init_backend, {<<>>}}],
+                 frames(Bytes)).
+
+frames(<<Size:32, Frame:Size/binary, Rest/binary>>) -> [binary_to_term(Frame) | frames(Rest)];
+frames(<<>>) -> [].
 
 fake_stream_messages_test() ->
     %% tokens, then done, to another process (the `to' option)
@@ -448,29 +472,36 @@ scenario(errors, #{ctx := Ctx}) ->
         ++ [{non_utf8_prompt, Utf8Code}];
 
 scenario(timeout, #{ctx := Ctx}) ->
-    %% a per-call timeout shorter than the generation: {error, timeout} at the deadline
+    %% a per-call timeout shorter than the generation: {error, timeout} at the deadline; the
+    %% generation is endless, so only the cancel sent at the timeout stops it
     {ok, E} = wasi_nn:init_execution_context(Ctx, sid("slow")),
     T0 = now_ms(),
-    ?assertEqual({error, timeout}, wasi_nn:run_inference(Ctx, E, msg(a), long(), 300)),
+    ?assertEqual({error, timeout}, wasi_nn:run_inference(Ctx, E, msg(a), ?ENDLESS, 300)),
     Waited = now_ms() - T0,
     ?assert(Waited >= 300 andalso Waited < 2500),
-    %% the next request of that session waits for the abandoned generation; the late reply
-    %% was dropped (nothing stray arrives)
+    %% the next request of that session answers (without the cancel it would wait for the
+    %% endless generation and time out itself); the late replies were dropped (nothing stray)
     T1 = now_ms(),
-    {ok, Next} = wasi_nn:run_inference(Ctx, E, msg(b), short(), [{timeout, 60000}]),
+    {ok, Next} = wasi_nn:run_inference(Ctx, E, msg(b), short(), [{timeout, 30000}]),
     Queued = now_ms() - T1,
     ?assert(is_binary(Next)),
     ?assertEqual([], flush()),
-    %% a stream's timeout ends it with {wasi_nn_error, Ref, timeout} and nothing after
+    %% a stream's timeout ends it with {wasi_nn_error, Ref, timeout} and nothing after; it is
+    %% cancelled too: the session answers the next request
     {ok, E2} = wasi_nn:init_execution_context(Ctx, sid("slow-stream")),
-    {ok, Ref} = wasi_nn:run_inference_stream(Ctx, E2, msg(a), long(), #{timeout => 300}),
+    {ok, Ref} = wasi_nn:run_inference_stream(Ctx, E2, msg(a), ?ENDLESS, #{timeout => 300}),
     {Pieces, End} = collect(Ref, 10000),
     ?assertEqual({error, timeout}, End),
+    T2 = now_ms(),
+    {ok, NextStream} = wasi_nn:run_inference(Ctx, E2, msg(b), short(), [{timeout, 30000}]),
+    StreamQueued = now_ms() - T2,
+    ?assert(is_binary(NextStream)),
     ok = wasi_nn:close_execution_context(Ctx, E2),
     timer:sleep(200),
     ?assertEqual([], [M || M <- flush(), element(2, M) =:= Ref]),
     ok = wasi_nn:close_execution_context(Ctx, E),
-    [{timeout_after_ms, Waited}, {next_waited_ms, Queued}, {stream_pieces, length(Pieces)}];
+    [{timeout_after_ms, Waited}, {next_waited_ms, Queued}, {stream_pieces, length(Pieces)},
+     {next_after_stream_ms, StreamQueued}];
 
 scenario(deinit, #{server := S}) ->
     {ok, Ctx} = wasi_nn:init_backend(S, backend_config()),

@@ -221,6 +221,9 @@ def test_timeout(erlang, code_dir, port_env):
     report = run_scenario(erlang, code_dir, port_env, "timeout")
     assert 300 <= report["timeout_after_ms"] < 2500
     assert report["stream_pieces"] >= 1
+    # the timed-out generations were endless: the session only answers because they were
+    # cancelled (the scenario's 30 s timeouts would fire otherwise)
+    assert report["next_waited_ms"] < 30000 and report["next_after_stream_ms"] < 30000
 
 
 def test_killed_port_fails_every_pending_caller(erlang, code_dir, port_env):

@@ -225,6 +225,53 @@ def test_a_long_generation_does_not_hold_up_other_requests(port):
     assert order == [2, 1]
 
 
+ENDLESS_CONFIG = '{"max_tokens":-1,"ignore_eos":true,"timeout_ms":0}'  # only a cancel ends it
+
+
+def test_cancel_stops_a_running_generation(port, expected_reply):
+    exec_ctx = port.ok("init_execution_context", port.ctx, B("cancelled"))
+    port.send((601, A("run_inference"), (port.ctx, exec_ctx, B(MESSAGE), B(ENDLESS_CONFIG))))
+    port.send((602, A("cancel"), (601,)))
+    replies = dict(port.receive(timeout=30) for _ in range(2))  # in whichever order
+    assert replies[602] == "ok"
+    code, message = error_of(replies[601])
+    assert code == "not_found" and "closed while it generated" in message
+    # cancelling again, or an Id that never ran, is still ok
+    assert port.request("cancel", 601) == "ok"
+    assert port.request("cancel", (B("no such"), A("request"))) == "ok"
+    # the session is free: a new request answers (as on a fresh session: the cancelled turn
+    # left the history as it was)
+    reply = port.ok("run_inference", port.ctx, exec_ctx, B(MESSAGE), B(CONFIG))
+    assert reply.decode("utf-8") == expected_reply
+    port.ok("close_execution_context", port.ctx, exec_ctx)
+
+
+def test_cancel_stops_a_stream(port):
+    exec_ctx = port.ok("init_execution_context", port.ctx, B("cancelled-stream"))
+    stream_id = (B("stream"), 7)  # any term is an Id, a cancel's argument too
+    port.send((stream_id, A("run_inference_stream"),
+               (port.ctx, exec_ctx, B(MESSAGE), B(ENDLESS_CONFIG))))
+    assert port.receive(timeout=30)[1][0] == "token"  # generating now
+    port.send((603, A("cancel"), (stream_id,)))
+    ended = cancelled = False
+    while not (ended and cancelled):
+        request_id, reply = port.receive(timeout=30)
+        if request_id == 603:
+            assert reply == "ok"
+            cancelled = True
+        elif reply[0] != "token":
+            assert plain(request_id) == (b"stream", 7)
+            assert error_of(reply)[0] == "not_found"
+            ended = True
+    assert port.ok("run_inference", port.ctx, exec_ctx, B(MESSAGE), B(CONFIG))
+    port.ok("close_execution_context", port.ctx, exec_ctx)
+
+
+def test_cancel_takes_one_request_id(port):
+    code, message = error_of(port.request("cancel", 1, 2))
+    assert code == "invalid_argument" and "{RequestId}" in message
+
+
 def error_of(reply: Any) -> tuple[str, str]:
     assert reply[0] == "error" and isinstance(reply[1][1], bytes), reply
     return reply[1][0], reply[1][1].decode()

@@ -16,11 +16,13 @@ from typing import Any
 from ... import wasi_nn
 from ...core.session import Completion
 from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument
+from ...engine.streams import Stream
 from ...session import Session
+from . import terms
 from .terms import ERROR, OK, atom, atom_name, binary, binary_value, describe, is_integer
 
 log = logging.getLogger("wasi_nn_backend.erlang")
-INTEGER, BINARY = "an integer", "a binary"
+INTEGER, BINARY, TERM = "an integer", "a binary", "any term"
 TOKEN, DONE = atom("token"), atom("done")
 
 
@@ -69,12 +71,84 @@ class Backends:
         return len(handles)
 
 
+def request_key(request_id: Any) -> bytes:
+    """A request Id as a dict key: its External Term Format encoding (erlang_py's binaries,
+    pids, references... are not all hashable, and equal terms encode the same)."""
+    try:
+        return terms.encode(request_id)
+    except Exception:  # an Id erlang_py decoded but cannot encode back: never found again
+        return repr(request_id).encode("utf-8", "replace")
+
+
+class Generation:
+    """One run_inference / run_inference_stream request of the port, from the moment the
+    reader took it: cancelling it before its Stream exists cancels the Stream once it does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stream: Stream | None = None
+        self._cancelled = False
+
+    def attach(self, stream: Stream) -> None:
+        with self._lock:
+            self._stream = stream
+            cancelled = self._cancelled
+        if cancelled:
+            stream.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()  # a no-op once it is done
+
+
+class Generations:
+    """The generations running now, by request Id (a thread-safe map), for ``cancel``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[bytes, list[Generation]] = {}
+
+    def start(self, request_id: Any) -> Generation:
+        generation = Generation()
+        with self._lock:
+            self._running.setdefault(request_key(request_id), []).append(generation)
+        return generation
+
+    def finish(self, request_id: Any, generation: Generation) -> None:
+        key = request_key(request_id)
+        with self._lock:
+            running = self._running.get(key, [])
+            if generation in running:
+                running.remove(generation)
+            if not running:
+                self._running.pop(key, None)
+
+    def cancel(self, request_id: Any) -> int:
+        """Cancel every running generation with this Id; how many there were."""
+        with self._lock:
+            running = list(self._running.get(request_key(request_id), []))
+        for generation in running:
+            generation.cancel()
+        return len(running)
+
+
 @dataclass(frozen=True)
 class Call:
     """What a handler may use besides its arguments."""
 
     backends: Backends
     emit: Callable[[Any], bool]   # send an extra reply with this request's Id; False: port gone
+    generations: Generations | None = None
+    generation: Generation | None = None   # this request's, for the ops that generate
+
+    def track(self, stream: Stream) -> Stream:
+        """Make ``cancel`` of this request's Id reach ``stream``."""
+        if self.generation is not None:
+            self.generation.attach(stream)
+        return stream
 
 
 def _api(fn: Callable[..., Any], *args: Any) -> Any:
@@ -125,15 +199,16 @@ def init_execution_context(call: Call, ctx: int, session_id: bytes) -> Any:
 
 
 def run_inference(call: Call, ctx: int, exec_ctx: int, prompt: bytes, config: bytes) -> Any:
-    # Session.chat, the call wasi_nn.run_inference makes, not run_inference itself: its caller
-    # buffer would make a too-long reply cost a second generation (and a second chat turn).
-    completion = _session(ctx, exec_ctx).chat(_message(prompt), config or None)
-    return (OK, binary(_finished(completion).text))
+    # Session.chat's stream (chat is chat_stream(...).result()), the call wasi_nn.run_inference
+    # makes, not run_inference itself: its caller buffer would make a too-long reply cost a
+    # second generation (and a second chat turn). The stream, not chat, so `cancel` can stop it.
+    stream = call.track(_session(ctx, exec_ctx).chat_stream(_message(prompt), config or None))
+    return (OK, binary(_finished(stream.result()).text))
 
 
 def run_inference_stream(call: Call, ctx: int, exec_ctx: int, prompt: bytes, config: bytes
                          ) -> Any:
-    stream = _session(ctx, exec_ctx).chat_stream(_message(prompt), config or None)
+    stream = call.track(_session(ctx, exec_ctx).chat_stream(_message(prompt), config or None))
     for piece in stream:
         if not call.emit((TOKEN, binary(piece))):
             stream.cancel()  # the VM is gone: stop generating for nobody
@@ -144,6 +219,14 @@ def run_inference_stream(call: Call, ctx: int, exec_ctx: int, prompt: bytes, con
 
 def close_execution_context(call: Call, ctx: int, exec_ctx: int) -> Any:
     _api(wasi_nn.close_execution_context, ctx, exec_ctx)
+    return OK
+
+
+def cancel(call: Call, request_id: Any) -> Any:
+    """Stop the generation of an earlier request (within one engine step); that request then
+    ends with its own error reply. ``ok`` also when it already ended or never was."""
+    if call.generations is not None:
+        call.generations.cancel(request_id)
     return OK
 
 
@@ -160,7 +243,9 @@ class Op:
             raise InvalidArgument(f"{self.name} takes {shape}; got a tuple of {len(args)}")
         values = []
         for position, ((name, kind), term) in enumerate(zip(self.params, args), 1):
-            if kind == INTEGER:
+            if kind == TERM:
+                value = term
+            elif kind == INTEGER:
                 value = term if is_integer(term) else None
             else:
                 value = binary_value(term)
@@ -182,7 +267,9 @@ OPS = {op.name: op for op in (
     Op("run_inference", _INFER, run_inference),
     Op("run_inference_stream", _INFER, run_inference_stream),
     Op("close_execution_context", (_CTX, _EXEC), close_execution_context),
+    Op("cancel", (("RequestId", TERM),), cancel),
 )}
+GENERATING = frozenset({"run_inference", "run_inference_stream"})  # what `cancel` can stop
 
 
 def parse(term: Any) -> tuple[Any, Op, list[Any]]:

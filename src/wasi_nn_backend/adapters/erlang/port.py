@@ -18,7 +18,8 @@ from typing import Any
 from ...errors import ErrorCode, WasiNnError
 from . import terms
 from .frames import MAX_FRAME_BYTES, FrameReader, FrameTooLarge, FrameWriter
-from .ops import Backends, BadRequest, Call, Op, error_term, parse
+from .ops import (GENERATING, Backends, BadRequest, Call, Generation, Generations, Op,
+                  error_term, parse)
 
 log = logging.getLogger("wasi_nn_backend.erlang")
 IN_FD, OUT_FD = 3, 4   # where open_port(..., [nouse_stdio, {packet, 4}]) puts the pipes
@@ -28,6 +29,7 @@ class Port:
     def __init__(self, in_fd: int = IN_FD, out_fd: int = OUT_FD,
                  max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         self.backends = Backends()
+        self.generations = Generations()
         self._reader = FrameReader(in_fd, max_frame_bytes)
         self._writer = FrameWriter(out_fd, on_broken=self._end)
         self._ended = threading.Event()
@@ -76,15 +78,22 @@ class Port:
         except BadRequest as error:
             self._send(error.request_id, error_term(error.code, error.message))
             return
-        worker = threading.Thread(target=self._run, args=(request_id, op, args),
+        # registered here, on the reader thread, so a `cancel` read after this request always
+        # finds it, even before its worker thread has started generating
+        generation = self.generations.start(request_id) if op.name in GENERATING else None
+        worker = threading.Thread(target=self._run, args=(request_id, op, args, generation),
                                   name=f"erlang-{op.name}", daemon=True)
         try:
             worker.start()
         except RuntimeError as error:  # out of threads: refuse this one, keep serving
+            if generation is not None:
+                self.generations.finish(request_id, generation)
             self._send(request_id, error_term(ErrorCode.BUSY, f"cannot start a thread: {error}"))
 
-    def _run(self, request_id: Any, op: Op, args: list[Any]) -> None:
-        call = Call(self.backends, emit=lambda term: self._send(request_id, term))
+    def _run(self, request_id: Any, op: Op, args: list[Any],
+             generation: Generation | None = None) -> None:
+        call = Call(self.backends, emit=lambda term: self._send(request_id, term),
+                    generations=self.generations, generation=generation)
         try:
             reply = op.handler(call, *args)
         except WasiNnError as error:
@@ -94,6 +103,9 @@ class Port:
             log.exception("%s failed unexpectedly", op.name)
             reply = error_term(ErrorCode.UNKNOWN,
                                f"internal error: {type(error).__name__}: {error}")
+        finally:
+            if generation is not None:
+                self.generations.finish(request_id, generation)
         self._send(request_id, reply)
 
     def _send(self, request_id: Any, reply: Any) -> bool:
