@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
+
+
+def can_install() -> bool:
+    """Whether these tests may install packages: running as root, with apt-get."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get") is not None
 
 
 def install(packages: Sequence[str], purpose: str) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
+import os  # noqa: F401 (tests patch os.geteuid through this module)
 import shutil
 import subprocess
 import tempfile
@@ -70,7 +70,7 @@ def find_or_install() -> tuple[Toolchain | None, str]:
     found, problem = _probe()
     if found:
         return found, f"using {found.erl} (OTP {found.otp_release})"
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not apt_packages.can_install():
         return None, (f"no usable Erlang toolchain ({problem}); install the Debian packages "
                       f"{' '.join(DEBIAN_PACKAGES)}, or run the tests as root with apt-get "
                       "available so they install them")

@@ -100,7 +100,7 @@ def find_or_install_clang() -> tuple[str | None, str]:
     if clang:
         return clang, f"using {clang}"
     tried = "; ".join(problems) or "no clang on PATH"
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not apt_packages.can_install():
         return None, (f"no clang that builds {TARGET} programs ({tried}); install the Debian "
                       f"packages {' '.join(DEBIAN_PACKAGES)} (or set WASI_SDK_PATH), or run "
                       "the tests as root with apt-get available so they install them")
