@@ -164,3 +164,28 @@ def test_reset_and_close(ctx):
     sampler.close()
     with pytest.raises(errors.BackendRuntimeError):
         sampler.accept_prompt([1, 2])
+
+
+@pytest.mark.parametrize("extra", [{}, {"ignore_eos": True},
+                                   {"logit_bias": ((IM_END, 50.0), (IM_END, 1.0), (700, -3.0))},
+                                   {"logit_bias": ((700, math.inf),)}])
+def test_fast_greedy_picks_what_the_c_chain_picks(ctx, extra, monkeypatch):
+    params = SamplingParams(**GREEDY, **extra)
+    with Sampler(ctx.model, params, n_ctx=ctx.n_ctx) as sampler:
+        assert sampler.fast_greedy
+    fast = generate(ctx, params, steps=24, stop_at_eog=False)
+    original = Sampler.__init__
+
+    def chain_only(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.fast_greedy = False
+    monkeypatch.setattr(Sampler, "__init__", chain_only)
+    assert generate(ctx, params, steps=24, stop_at_eog=False) == fast
+
+
+def test_fast_greedy_only_when_nothing_else_shapes_the_pick(ctx):
+    for params in (SamplingParams(temperature=0.5), SamplingParams(**GREEDY, repeat_penalty=1.2),
+                   SamplingParams(**GREEDY, mirostat=2), SamplingParams(**GREEDY, grammar='root ::= "a"'),
+                   SamplingParams(**GREEDY, dry_multiplier=0.5)):
+        with Sampler(ctx.model, params, n_ctx=ctx.n_ctx) as sampler:
+            assert not sampler.fast_greedy

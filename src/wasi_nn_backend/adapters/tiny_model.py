@@ -61,13 +61,30 @@ def _normal_tokens() -> list[str]:
     return list(pieces)
 
 
-def vocab() -> tuple[list[str], list[float], list[int]]:
-    """(tokens, scores, token types) of the tiny vocabulary."""
+def _padding(pieces: list[str], size: int) -> list[str]:
+    """More normal pieces until there are ``size``: lowercase letter pairs, then triples, with
+    and without a leading space (every prefix of a piece is itself a piece)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    seen = set(pieces)
+    pairs = [a + b for a in letters for b in letters]
+    extra = [p for p in pairs + [_SPACE + p for p in pairs] if p not in seen]
+    triples = [p + c for p in pairs for c in letters]
+    extra += [p for p in triples + [_SPACE + p for p in triples] if p not in seen]
+    if len(extra) < size - len(pieces):
+        raise ValueError(f"cannot pad the vocabulary to {size} pieces")
+    return pieces + extra[:size - len(pieces)]
+
+
+def vocab(size: int | None = None) -> tuple[list[str], list[float], list[int]]:
+    """(tokens, scores, token types) of the tiny vocabulary; ``size`` pads it with more
+    normal pieces (a benchmark model with a real-sized vocabulary)."""
     tokens = list(_SPECIALS)
     types = [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 4
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [gguf.TokenType.BYTE] * 256
     normals = _normal_tokens()
+    if size is not None:
+        normals = _padding(normals, size - len(tokens))
     tokens += normals
     types += [gguf.TokenType.NORMAL] * len(normals)
     # Longer pieces score higher so merges prefer whole words; specials and bytes never merge.
@@ -116,9 +133,9 @@ def _weights(rng: np.random.Generator, n_vocab: int, n_embd: int, n_layer: int,
 
 def _write_metadata(writer: gguf.GGUFWriter, *, name: str, n_embd: int, n_layer: int,
                     n_head: int, n_head_kv: int, n_ff: int, n_ctx_train: int,
-                    chat_template: str | None) -> None:
+                    chat_template: str | None, n_vocab: int | None) -> None:
     writer.add_name(name)
-    write_llama_metadata(writer, vocab(), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+    write_llama_metadata(writer, vocab(n_vocab), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                          n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
                          head_dim=n_embd // n_head, chat_template=chat_template)
 
@@ -158,11 +175,12 @@ def write_llama_metadata(writer: gguf.GGUFWriter, spm_vocab: tuple[list, list, l
 def write_tiny_llama(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int = 64,
                      n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
                      n_ctx_train: int = 4096, chat_template: str | None = CHATML,
-                     quant: str | None = None) -> Path:
+                     quant: str | None = None, n_vocab: int | None = None) -> Path:
     """Write a tiny random llama GGUF to ``path`` and return it.
 
     ``quant`` (e.g. "q8_0") writes F32 to a side file and quantizes it with llama.cpp
     (through the llm layer), for tests and benchmarks that need a quantized model.
+    ``n_vocab`` pads the vocabulary to that many tokens (bench/make_model.py: 32000).
     """
     path = Path(path)
     if quant is not None:
@@ -170,16 +188,16 @@ def write_tiny_llama(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int
         f32_path = path.with_name(path.stem + ".f32.gguf")
         write_tiny_llama(f32_path, seed=seed, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                          n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
-                         chat_template=chat_template)
+                         chat_template=chat_template, n_vocab=n_vocab)
         quantize_model(f32_path, path, quant)
         f32_path.unlink()
         return path
-    n_vocab = len(vocab()[0])
+    n_vocab = len(vocab(n_vocab)[0])
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), "llama")
     _write_metadata(writer, name=f"tiny-llama-seed{seed}", n_embd=n_embd, n_layer=n_layer,
                     n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
-                    chat_template=chat_template)
+                    chat_template=chat_template, n_vocab=n_vocab)
     for name, array in _weights(rng, n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff).items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()

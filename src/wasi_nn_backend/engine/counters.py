@@ -21,7 +21,8 @@ class EngineCounters:
     failed: int = 0
     timeouts: int = 0
     cancelled: int = 0
-    decode_seconds: float = 0.0
+    decode_seconds: float = 0.0   # inside llama_decode
+    step_seconds: float = 0.0     # whole engine steps (decode included)
 
     def snapshot(self) -> dict[str, int | float]:
         return asdict(self)

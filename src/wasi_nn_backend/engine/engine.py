@@ -195,7 +195,9 @@ class Engine:
                     except Exception:  # a bug in one command must not strand the others
                         log.exception("engine command failed")
                 if self.scheduler.has_work:
+                    began = time.perf_counter()
                     self._step()
+                    self.counters.step_seconds += time.perf_counter() - began
         except BaseException:  # a bug: fail every request rather than hang its waiters
             log.exception("engine thread failed")
         finally:
@@ -244,9 +246,8 @@ class Engine:
         outputs = self._fill_batch(plan)
         if self.batch.n_tokens == 0:
             return
-        began = time.perf_counter()
         result = self.ctx.decode(self.batch)
-        self.counters.decode_seconds += time.perf_counter() - began
+        self.counters.decode_seconds = self.ctx.decode_seconds
         if result != 0:
             self._decode_failed(result, plan)
             return

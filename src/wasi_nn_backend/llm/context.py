@@ -12,6 +12,7 @@ import ctypes
 import logging
 import operator
 import os
+import time
 
 import llama_cpp.llama_cpp as C
 import numpy as np
@@ -115,6 +116,7 @@ class Context:
         arch = model.architecture
         self._causal = model.metadata.get(f"{arch}.attention.causal", "true") != "false"
         self._outputs = _NO_OUTPUTS
+        self.decode_seconds = 0.0  # time inside llama_decode calls (for overhead benches)
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -184,7 +186,10 @@ class Context:
         if int(batch.seq_ids[:count].max()) >= self._n_seq_max:
             raise errors.InvalidArgument(f"batch has a sequence id >= n_seq_max={self._n_seq_max}")
         self._outputs = _NO_OUTPUTS  # logits of any earlier decode are gone from here on
-        code = int(C.llama_decode(handle, batch.c_struct()))
+        struct = batch.c_struct()
+        began = time.perf_counter()
+        code = int(C.llama_decode(handle, struct))
+        self.decode_seconds += time.perf_counter() - began
         if code == 0:
             self._outputs = batch.logits[:count].copy()
         return code

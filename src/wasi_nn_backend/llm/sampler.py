@@ -186,6 +186,13 @@ class Sampler:
             self.close()
             raise
         self._n_vocab = model.n_vocab
+        # Plain greedy (no grammar, no penalties/DRY, no mirostat): the chain would only add
+        # logit_bias to the logits and take the first maximum, so numpy does exactly that,
+        # without llama_sampler_sample building an n_vocab candidate array every token.
+        self.fast_greedy = (self._grammar is None and params.temperature <= 0
+                            and not params.mirostat and not self._has_history)
+        self._bias_ids = np.array([t for t, _ in bias], dtype=np.intp)
+        self._bias_values = np.array([b for _, b in bias], dtype=np.float32)
         self._ids = np.arange(self._n_vocab, dtype=np.int32)
         self._candidates = np.zeros(self._n_vocab, dtype=TOKEN_DATA) if self._grammar else None
 
@@ -212,6 +219,13 @@ class Sampler:
         if ctx.model is not self._model:
             # logit_bias/penalty tables are sized for this model's vocabulary.
             raise errors.InvalidArgument("sampler and context belong to different models")
+        if self.fast_greedy:
+            self._live()
+            logits = ctx.logits_view(batch_index)
+            if self._bias_ids.size:
+                logits = logits.copy()
+                np.add.at(logits, self._bias_ids, self._bias_values)  # repeats add up, as in C
+            return int(np.argmax(logits))  # the first maximum, as llama.cpp's greedy
         if self._grammar is None:
             return int(C.llama_sampler_sample(self._live(), ctx.handle, batch_index))
         return self._sample_guarded(ctx, batch_index)

@@ -1,0 +1,91 @@
+"""Shared by the bench scripts: the model, the two contenders' settings, timing statistics and
+the sections of bench/RESULTS.md (each script rewrites only its own section)."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+RESULTS = HERE / "RESULTS.md"
+THREADS = 2
+EOG = (2, 4)  # </s> and <|im_end|> of the bench vocabulary: banned so every run is full-length
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), linear between ranks; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class Timeline:
+    """When a request was sent and when each of its tokens (text pieces) arrived."""
+    sent: float = 0.0
+    arrivals: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+    @property
+    def ttft(self) -> float:
+        return self.arrivals[0] - self.sent
+
+    @property
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:])]
+
+
+def run_threads(work: list, target) -> float:
+    """Run ``target(item)`` for every item on its own thread, all released at once; the wall
+    seconds from the release to the last one's end."""
+    start = threading.Barrier(len(work) + 1)
+
+    def body(item) -> None:
+        start.wait()
+        target(item)
+    threads = [threading.Thread(target=body, args=(item,)) for item in work]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{THREADS} threads")
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) this script's section of RESULTS.md."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else \
+        text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
