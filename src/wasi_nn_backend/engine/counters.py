@@ -22,6 +22,10 @@ class EngineCounters:
     timeouts: int = 0
     cancelled: int = 0
     decode_seconds: float = 0.0
+    embed_decodes: int = 0       # embedding graphs: decodes, the texts and tokens in them
+    embedded_texts: int = 0
+    embedded_tokens: int = 0
+    embed_seconds: float = 0.0
 
     def snapshot(self) -> dict[str, int | float]:
         return asdict(self)
