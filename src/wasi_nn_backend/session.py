@@ -117,6 +117,7 @@ class Session:
             raise InvalidArgument(f"texts must be a string or a list of strings, "
                                   f"not {type(texts).__name__}")
         items = [texts] if single else list(texts)
+        self._check_open()
         tokens = []
         for index, text in enumerate(items):
             if not isinstance(text, (str, bytes)):
@@ -124,7 +125,6 @@ class Session:
             if not text:
                 raise InvalidArgument(f"text {index} is empty")
             tokens.append(self.tokenize_prompt(text))
-        self._check_open()
         self.touch()
         vectors = self.graph.engine.embed(tokens).result()
         result = [vector.tolist() for vector in vectors]
