@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from wasi_nn_backend import Backend
+from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
 from wasi_nn_backend.errors import (InvalidArgument, NotFound, PromptTooLong,
                                     UnsupportedOperation)
 
@@ -157,6 +158,14 @@ def test_an_embedding_models_own_pooling_is_used(backend, tiny_encoder_path):
     assert np.abs(np.subtract(vectors[0], vectors[1])).max() > 1e-2
 
 
+def test_rank_pooling_is_refused_unless_overridden(backend, tmp_path):
+    reranker = str(write_tiny_llama(tmp_path / "rank.gguf", pooling_type=4))
+    with pytest.raises(UnsupportedOperation, match="rank"):
+        backend.load(reranker, embed_config())
+    with backend.load(reranker, embed_config(pooling="mean")) as graph:
+        assert len(graph.session().embed("hello")) == N_EMBD
+
+
 @pytest.mark.parametrize("normalize, norm", [(False, None), (1, 1), (2, 2), (True, 2)])
 def test_normalize(backend, tiny_model_path, graph, normalize, norm):
     with backend.load(tiny_model_path, embed_config(normalize=normalize)) as other:
@@ -186,7 +195,7 @@ def test_bad_texts_are_refused_and_the_graph_goes_on(session, texts, error, word
 
 def test_the_limit_is_min_of_n_ctx_and_n_ubatch(backend, tiny_model_path):
     with backend.load(tiny_model_path, embed_config(n_ctx=64, n_batch=32)) as small:
-        assert small.engine.embed_limit == 32
+        assert small.engine.embedder.limit == 32
         with pytest.raises(PromptTooLong, match="at most 32"):
             small.session().embed("word " * 40)
         assert len(small.session().embed("word " * 30)) == N_EMBD

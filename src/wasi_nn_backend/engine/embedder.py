@@ -1,7 +1,7 @@
 """Embedding jobs: token lists -> one vector each (a matrix per text with pooling ``none``).
 
-A graph loaded with ``embedding: true`` gets an embedding Context instead of a generating one;
-its engine thread alone runs these jobs (Engine.embed posts them). Jobs that arrive together
+A graph loaded with ``embedding: true`` gets an embedding Context (contexts.py) instead of a
+generating one; its engine thread alone runs these jobs (Engine.embed posts them). Jobs that arrive together
 are served together: their texts are packed, in order, into as few decodes as fit, each text
 in its own sequence, at most n_seq_max texts and ``limit`` tokens per decode. ``limit`` is
 min(n_ctx, n_ubatch), so a decode is one llama.cpp micro-batch and every text is pooled whole
@@ -23,12 +23,10 @@ import numpy as np
 
 from ..config import ModelSettings
 from ..core.embedding import normalize, pack
-from ..errors import (BackendRuntimeError, InvalidArgument, PromptTooLong, UnsupportedOperation,
-                      WasiNnError)
+from ..errors import BackendRuntimeError, InvalidArgument, PromptTooLong, WasiNnError
 from ..llm.batch import Batch
 from ..llm.context import Context
-from ..llm.embeddings import gguf_pooling, pooled, token
-from ..llm.model import Model
+from ..llm.embeddings import pooled, token
 from .counters import EngineCounters
 
 log = logging.getLogger("wasi_nn_backend.engine")
@@ -38,21 +36,6 @@ log = logging.getLogger("wasi_nn_backend.engine")
 class EmbedJob:
     texts: list[list[int]]
     future: Future = field(default_factory=Future)
-
-
-def embedding_context(model: Model, settings: ModelSettings, threads: int) -> Context:
-    """The Context of an embedding graph: embeddings on, the pooling resolved (the setting,
-    else the GGUF's, else mean), a unified KV just big enough for one decode."""
-    pooling = settings.pooling or gguf_pooling(model) or "mean"
-    if pooling == "rank":
-        raise UnsupportedOperation("this GGUF pools with 'rank' (a reranking model), which is not "
-                                   "supported; set model.pooling to mean, cls, last or none")
-    n_ubatch = min(settings.n_ubatch or settings.n_batch, settings.n_ctx)
-    return Context(model, n_ctx=n_ubatch, n_batch=n_ubatch, n_ubatch=n_ubatch,
-                   n_seq_max=settings.n_seq_max, n_threads=threads,
-                   n_threads_batch=settings.threads_batch or threads,
-                   flash_attn=settings.flash_attn, kv_unified=True, type_k=settings.cache_type_k,
-                   type_v=settings.cache_type_v, embeddings=True, pooling=pooling)
 
 
 def check_texts(token_lists: list[list[int]], limit: int) -> None:

@@ -25,12 +25,12 @@ from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, Unsupport
                       WasiNnError)
 from ..llm import lib
 from ..llm.batch import Batch
-from ..llm.context import Context
 from ..llm.model import Model
 from ..llm.grammar import GrammarRejected
 from ..llm.sampler import Sampler, check_grammar
 from .counters import EngineCounters
-from .embedder import EmbedJob, Embedder, check_texts, embedding_context
+from .contexts import embedding_context, generation_context
+from .embedder import EmbedJob, Embedder, check_texts
 from .kv_apply import KvApplier
 from .live import LiveRequest
 from .streams import Stream
@@ -86,13 +86,7 @@ class Engine:
             self.ctx = embedding_context(model, settings, threads)
             self.embedder = Embedder(self.ctx, settings, self.counters)
         else:
-            self.ctx = Context(
-                model, n_ctx=settings.n_ctx * settings.n_seq_max, n_batch=settings.n_batch,
-                n_ubatch=settings.n_ubatch, n_seq_max=settings.n_seq_max, n_threads=threads,
-                n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn,
-                kv_unified=settings.kv_unified and not settings.deterministic,
-                type_k=settings.cache_type_k,
-                type_v=settings.cache_type_v)
+            self.ctx = generation_context(model, settings, threads)
         n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
         self.batch = Batch(n_batch)
         memory = config.memory
@@ -140,9 +134,9 @@ class Engine:
         return stream
 
     def embed(self, token_lists: list[list[int]]) -> Future:
-        """One vector per token list (float32 arrays), computed on the engine thread together
-        with other jobs that arrive at the same time. Raises InvalidArgument / PromptTooLong
-        for a text that is empty or too long, UnsupportedOperation on a generating graph."""
+        """One vector per token list (float32 arrays) on the Future, computed together with
+        other jobs that arrive meanwhile (embedder.py). InvalidArgument / PromptTooLong for a
+        text that is empty or too long; UnsupportedOperation on a generating graph."""
         if self.embedder is None:
             raise UnsupportedOperation("this graph generates text; load the model with "
                                        "embedding: true to compute embeddings")
@@ -150,11 +144,6 @@ class Engine:
         job = EmbedJob([list(tokens) for tokens in token_lists])
         self._post(lambda: self.embedder.submit(job))
         return job.future
-
-    @property
-    def embed_limit(self) -> int:
-        """The most tokens one text may have on this (embedding) graph; 0 on others."""
-        return self.embedder.limit if self.embedder is not None else 0
 
     def check_sampling(self, sampling: SamplingParams) -> None:
         """Raise InvalidArgument now for a grammar or JSON schema that cannot be used."""
