@@ -28,6 +28,14 @@ def tiny_model_path_b(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The seed-0 model made to look like an embedding model: bidirectional attention and the
+    GGUF naming cls pooling (llama.cpp's BERT-like path, without a BERT file)."""
+    return str(write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-encoder.gguf", seed=0,
+                                causal=False, pooling_type=2))
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_model_path: str):
     """The llm-layer Model for tiny_model_path, loaded once. Do not close it in a test."""
     from wasi_nn_backend.llm.model import Model

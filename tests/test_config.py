@@ -414,13 +414,17 @@ def test_legacy_flat_keys_and_aliases(doc, path, value):
     ("enable-log", True, "logging.level", "info"),
     ("enable-log", False, "logging.level", "error"),
     ("enable-debug-log", True, "logging.enable_debug", True),
+    ("embedding", True, "model.embedding", True),
+    ("pooling-type", 2, "model.pooling", "cls"),
+    ("pooling-type", -1, "model.pooling", None),
+    ("embd-normalize", -1, "model.normalize", -1),
 ])
 def test_kebab_keys(key, value, path, expected):
     cfg, warnings = parse_config({key: value})
     assert get(cfg, path) == expected and warnings == []
 
 
-@pytest.mark.parametrize("key", ["mmproj", "tts", "port", "embedding", "yarn-orig-ctx",
+@pytest.mark.parametrize("key", ["mmproj", "tts", "port", "reranking", "yarn-orig-ctx",
                                  "n-draft-speculative", "slot-save-path", "main-gpu",
                                  "stream-stdout"])
 def test_wasmedge_keys_without_meaning_warn(key):
@@ -694,3 +698,34 @@ def test_dump_is_json_and_reads_back():
 def test_sampling_defaults_are_unchanged_contract():
     # The parser must never change what a default means (other modules rely on them).
     assert SamplingParams().top_k == 40 and Config().model.n_ubatch is None
+
+
+# -- embeddings ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("doc, expected", [
+    ({"model": {"embedding": True, "pooling": "LAST", "normalize": False}}, (True, "last", -1)),
+    ({"embeddings": True, "pooling_type": 0, "embd_normalize": 1}, (True, "none", 1)),
+    ({"model": {"normalize": True, "pooling": None}}, (False, None, 2)),
+    ({"pooling-type": 1, "model": {"pooling": "cls"}}, (False, "cls", 2)),
+])
+def test_embedding_settings(doc, expected):
+    cfg, _ = parse_config(doc)
+    assert (cfg.model.embedding, cfg.model.pooling, cfg.model.normalize) == expected
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"pooling-type": 4}, "rank pooling"),
+    ({"model": {"pooling": "max"}}, '"mean", "cls", "last", "none"'),
+    ({"pooling-type": 9}, "out of range"),
+    ({"embd-normalize": 1.5}, "an integer in [-1, 100]"),
+    ({"embedding": 1}, "true or false"),
+])
+def test_bad_embedding_settings_are_named(doc, words):
+    with pytest.raises(errors.InvalidArgument) as caught:
+        parse_config(doc)
+    assert words in caught.value.message
+
+
+def test_embedding_is_a_load_time_setting():
+    _, warnings = parse_overrides({"embedding": True}, base=request_params(Config()))
+    assert warnings == ["embedding: a load-time setting; it has no effect on a single request; "
+                        "ignored"]

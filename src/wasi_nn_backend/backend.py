@@ -276,7 +276,8 @@ class Graph:
                 "n_ctx_train": model.n_ctx_train, "n_ctx": self.config.model.n_ctx,
                 "n_seq_max": self.config.model.n_seq_max,
                 "file_type": file_type_name(model.metadata.get("general.file_type")),
-                "chat_template": model.chat_template}
+                "chat_template": model.chat_template, "embedding": self.config.model.embedding,
+                "n_embd": model.n_embd_out}
 
     def close(self) -> None:
         """Unload: its sessions end, the engine stops, the model is freed; idempotent."""

@@ -2,7 +2,8 @@
 streaming calls compute_single -> get_output_single -> fini_single (WasmEdge semantics).
 
 Index 0 of set_input is the prompt (UTF-8 bytes), index 1 metadata JSON (this context's
-settings). Index 0 of get_output is the generated text, index 1 a usage JSON.
+settings). Index 0 of get_output is the generated text, index 1 a usage JSON. On a graph loaded
+with ``embedding: true``, compute embeds the prompt and index 0 is WasmEdge's embedding JSON.
 """
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ class ContextIO:
         """Generate for the prompt set; raises ContextFull / Timeout with the output readable."""
         prompt = self._require_prompt()
         self.fini_single()
+        if self.session.graph.config.model.embedding:
+            text = embedding_json(self.session.embed(prompt))
+            with self._lock:
+                self._completion, self._text = None, text
+            return
         completion = self.session.complete(prompt)
         with self._lock:
             self._completion, self._text = completion, completion.text.encode("utf-8")
@@ -116,6 +122,19 @@ class ContextIO:
             usage["output_tokens"] = None  # still generating
         usage.update(self._build_info)
         return json.dumps(usage).encode("utf-8")
+
+
+def embedding_json(vector: list) -> bytes:
+    """WasmEdge's GGML embedding output, byte for byte: ``{"n_embedding": N, "embedding":
+    [v0,v1,...]}`` with each value as fmt's ``{:.10}`` writes it (printf's %.10g, Python's
+    ``.10g``: 1.0 is "1"). With pooling none (a list of per-token vectors) ``embedding`` is a
+    list of vectors and ``n_tokens`` their count: WasmEdge has no per-token output."""
+    if vector and isinstance(vector[0], list):
+        rows = ",".join("[" + ",".join(format(v, ".10g") for v in row) + "]" for row in vector)
+        return (f'{{"n_embedding": {len(vector[0])}, "n_tokens": {len(vector)}, '
+                f'"embedding": [{rows}]}}').encode()
+    values = ",".join(format(v, ".10g") for v in vector)
+    return f'{{"n_embedding": {len(vector)}, "embedding": [{values}]}}'.encode()
 
 
 def _raise_for(completion: Completion) -> None:

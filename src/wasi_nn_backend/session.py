@@ -10,6 +10,7 @@ Two ways to drive it, both real:
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chat import Turn, continuation_tokens
@@ -103,6 +104,31 @@ class Session:
             self._check_open()
             self._settle()
             return self._submit(tokens, params, truncate_ok=False)
+
+    # -- embeddings --------------------------------------------------------------------------
+    def embed(self, texts: str | bytes | Sequence[str | bytes]) -> list[Any]:
+        """Embeddings of ``texts`` (a graph loaded with embedding: true): one vector (a list of
+        floats) per text, in order; one text (not in a list) gives one vector. With pooling
+        ``none`` each text gives a list of per-token vectors instead. All texts, and those of
+        other sessions' calls made meanwhile, share decodes. InvalidArgument for an empty
+        text, PromptTooLong for one over the graph's limit (min of n_ctx and n_ubatch)."""
+        single = isinstance(texts, (str, bytes))
+        if not single and not isinstance(texts, Sequence):
+            raise InvalidArgument(f"texts must be a string or a list of strings, "
+                                  f"not {type(texts).__name__}")
+        items = [texts] if single else list(texts)
+        self._check_open()
+        tokens = []
+        for index, text in enumerate(items):
+            if not isinstance(text, (str, bytes)):
+                raise InvalidArgument(f"text {index} must be a string, not {type(text).__name__}")
+            if not text:
+                raise InvalidArgument(f"text {index} is empty")
+            tokens.append(self.tokenize_prompt(text))
+        self.touch()
+        vectors = self.graph.engine.embed(tokens).result()
+        result = [vector.tolist() for vector in vectors]
+        return result[0] if single else result
 
     def tokenize_prompt(self, prompt: str | bytes) -> list[int]:
         if isinstance(prompt, bytes):

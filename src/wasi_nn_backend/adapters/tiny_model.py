@@ -133,11 +133,16 @@ def _weights(rng: np.random.Generator, n_vocab: int, n_embd: int, n_layer: int,
 
 def _write_metadata(writer: gguf.GGUFWriter, *, name: str, n_embd: int, n_layer: int,
                     n_head: int, n_head_kv: int, n_ff: int, n_ctx_train: int,
-                    chat_template: str | None, n_vocab: int | None) -> None:
+                    chat_template: str | None, n_vocab: int | None, causal: bool,
+                    pooling_type: int | None) -> None:
     writer.add_name(name)
     write_llama_metadata(writer, vocab(n_vocab), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                          n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
                          head_dim=n_embd // n_head, chat_template=chat_template)
+    if not causal:  # bidirectional attention, as embedding models (BERT-like) have
+        writer.add_causal_attention(False)
+    if pooling_type is not None:  # llama.cpp's number: 1 mean, 2 cls, 3 last, 4 rank
+        writer.add_pooling_type(gguf.PoolingType(pooling_type))
 
 
 def write_llama_metadata(writer: gguf.GGUFWriter, spm_vocab: tuple[list, list, list], *,
@@ -175,8 +180,12 @@ def write_llama_metadata(writer: gguf.GGUFWriter, spm_vocab: tuple[list, list, l
 def write_tiny_llama(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int = 64,
                      n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
                      n_ctx_train: int = 4096, chat_template: str | None = CHATML,
-                     quant: str | None = None, n_vocab: int | None = None) -> Path:
+                     quant: str | None = None, n_vocab: int | None = None, causal: bool = True,
+                     pooling_type: int | None = None) -> Path:
     """Write a tiny random llama GGUF to ``path`` and return it.
+
+    ``causal=False`` and ``pooling_type`` make it look like an embedding model (bidirectional
+    attention, the GGUF naming its pooling).
 
     ``quant`` (e.g. "q8_0") writes F32 to a side file and quantizes it with llama.cpp
     (through the llm layer), for tests and benchmarks that need a quantized model.
@@ -188,7 +197,8 @@ def write_tiny_llama(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int
         f32_path = path.with_name(path.stem + ".f32.gguf")
         write_tiny_llama(f32_path, seed=seed, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                          n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
-                         chat_template=chat_template, n_vocab=n_vocab)
+                         chat_template=chat_template, n_vocab=n_vocab, causal=causal,
+                         pooling_type=pooling_type)
         quantize_model(f32_path, path, quant)
         f32_path.unlink()
         return path
@@ -197,7 +207,8 @@ def write_tiny_llama(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int
     writer = gguf.GGUFWriter(str(path), "llama")
     _write_metadata(writer, name=f"tiny-llama-seed{seed}", n_embd=n_embd, n_layer=n_layer,
                     n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
-                    chat_template=chat_template, n_vocab=n_vocab)
+                    chat_template=chat_template, n_vocab=n_vocab, causal=causal,
+                    pooling_type=pooling_type)
     for name, array in _weights(rng, n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff).items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()

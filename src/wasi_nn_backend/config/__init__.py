@@ -50,6 +50,7 @@ Aliases (alias -> canonical):
     auto_cleanup_enabled, auto_cleanup_sessions -> backend.auto_cleanup
     cache_prompt -> memory.enable_token_cache_reuse    n_keep / n_discard -> memory.n_*_tokens
     root enable_debug -> logging.enable_debug
+    embeddings -> model.embedding   pooling_type -> model.pooling   embd_normalize -> model.normalize
     performance.batch_size -> performance.batch_size AND model.n_batch (weakest spelling of n_batch)
   Kebab: ctx-size, batch-size, ubatch-size, threads-batch, n-gpu-layers, n-predict (<0 -> -1),
     reverse-prompt (appended to stopping.stop), top-p, top-k, min-p, typ-p, xtc-*, *-penalty,
@@ -59,7 +60,9 @@ Aliases (alias -> canonical):
     (on/off/auto or bool), cache-type-k/-v, kv-unified, chat-template, grammar-lazy, and the
     llama.cpp spellings top-n-sigma, repeat-last-n, mirostat-lr/-ent, dry-sequence-breakers;
     enable-log (true -> level info, false -> level error), enable-debug-log ->
-    logging.enable_debug. WasmEdge keys with no
+    logging.enable_debug, pooling-type (llama.cpp's numbers: -1 the model's, 0 none, 1 mean,
+    2 cls, 3 last; 4 rank is refused) -> model.pooling, embd-normalize -> model.normalize;
+    embedding is a flat key (model.embedding). WasmEdge keys with no
     meaning here (mmproj, tts, port, rope-*, yarn-*, ...) give a warning. Hyphen-free WasmEdge
     keys (temp, threads, seed, grammar, mirostat) are the same strings as legacy flat keys and
     count as flat.
@@ -89,7 +92,8 @@ Cross-field rules: queue_warning_threshold <= queue_reject_threshold <= queue_si
 queue_size is given and a threshold is not, reject = queue_size and warning = 80 % of it);
 n_ubatch <= n_batch; grammar and json_schema are exclusive (both in one document is an error;
 setting one clears the other from ``base``). top_k -1 is read as 0 (off); level names are
-case-insensitive and "warning" = "warn", "critical" = "fatal".
+case-insensitive and "warning" = "warn", "critical" = "fatal"; model.normalize true = 2 (L2),
+false = -1 (none).
 
 parse_config reads only Config settings; priority and timeout_ms there give a warning.
 parse_overrides reads only sampling, stopping, priority and timeout_ms; load-time keys there

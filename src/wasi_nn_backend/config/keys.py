@@ -109,6 +109,8 @@ SECTIONS["model"].update(
     n_parallel=_r("model.n_seq_max"), n_threads=_r("model.threads"),
     n_threads_batch=_r("model.threads_batch"),
     n_predict=_r("stopping.max_tokens"), max_tokens=_r("stopping.max_tokens"),
+    embeddings=_r("model.embedding"), pooling_type=_r("model.pooling"),
+    embd_normalize=_r("model.normalize"),
     path=Ignored("the model file is the one load_by_name names"),
     name=_NO_EFFECT, description=_NO_EFFECT, use_mlock=_NO_EFFECT, numa=_NO_EFFECT,
     main_gpu=_NO_EFFECT, tensor_split=_NO_EFFECT, split_mode=_NO_EFFECT)
@@ -154,6 +156,7 @@ KEBAB: dict[str, Entry] = {
     "flash-attn": _r("model.flash_attn"), "cache-type-k": _r("model.cache_type_k"),
     "cache-type-v": _r("model.cache_type_v"), "kv-unified": _r("model.kv_unified"),
     "chat-template": _r("model.chat_template"),
+    "pooling-type": _r("model.pooling"), "embd-normalize": _r("model.normalize"),
     "n-parallel": _r("model.n_seq_max", pref=1), "n-sequences": _r("model.n_seq_max"),
     "n-predict": _r("stopping.max_tokens", convert=n_predict_kebab),
     "reverse-prompt": _r("stopping.reverse_prompt"),
@@ -186,9 +189,8 @@ KEBAB: dict[str, Entry] = {
 _WASMEDGE_NO_EFFECT = frozenset("""
     stream-stdout verbosity main-gpu tensor-split split-mode use-mlock cpu-moe n-cpu-moe
     check-tensors numa mmproj model-alias model-url hf-repo hf-file hf-token rope-freq-base
-    rope-freq-scale rope-scaling-type pooling-type attention-type no-kv-offload warmup embedding
-    reranking embd-normalize n-prev image always-regenerate-image-embd tts model-vocoder
-    tts-output-file tts-speaker-file port hostname cont-batching n-cache-reuse""".split())
+    rope-freq-scale rope-scaling-type attention-type no-kv-offload warmup reranking n-prev image
+    always-regenerate-image-embd tts model-vocoder tts-output-file tts-speaker-file port hostname cont-batching n-cache-reuse""".split())
 
 
 def wasmedge_no_effect(key: str) -> bool:

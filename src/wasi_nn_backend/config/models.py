@@ -42,6 +42,12 @@ class ModelSettings(_Frozen):
     cache_type_v: Literal["f32", "f16", "q8_0", "q4_0"] = "f16"
     chat_template: str | None = None                      # overrides the GGUF's template
     deterministic: bool = False
+    # Embedding graphs (WasmEdge's ``embedding``): compute returns a pooled vector, not text.
+    embedding: bool = False
+    pooling: Literal["mean", "cls", "last", "none"] | None = None  # None: the GGUF's, else mean
+    # llama.cpp's embd_normalize: -1 none, 0 max-abs to int16 range, 1 taxicab, 2 euclidean
+    # (L2, the default of llama.cpp and WasmEdge), p > 2 p-norm. true = 2, false = -1.
+    normalize: int = Field(2, ge=-1, le=100)
 
 
 class SamplingParams(_Frozen):

@@ -52,6 +52,30 @@ def _top_k(value: Any) -> Any:
     return 0 if type(value) is int and value == -1 else value
 
 
+# llama.cpp's llama_pooling_type numbers (WasmEdge's pooling-type takes these).
+_POOLING_NUMBERS = {-1: None, 0: "none", 1: "mean", 2: "cls", 3: "last"}
+_POOLING_RANK = 4
+
+
+def _pooling(value: Any) -> Any:
+    if type(value) is int:
+        if value == _POOLING_RANK:
+            raise Bad(value, "mean, cls, last or none: rank pooling (reranking) is not "
+                      "supported", kind="not an allowed value")
+        if value in _POOLING_NUMBERS:
+            return _POOLING_NUMBERS[value]
+        raise Bad(value, "one of -1 (the model's), 0 none, 1 mean, 2 cls, 3 last",
+                  kind="out of range")
+    return value.lower() if isinstance(value, str) else value
+
+
+def _normalize(value: Any) -> Any:
+    # true / false as well as llama.cpp's embd_normalize numbers.
+    if isinstance(value, bool):
+        return 2 if value else -1
+    return value
+
+
 def _level(value: Any) -> Any:
     if isinstance(value, str):
         return {"warning": "warn", "critical": "fatal"}.get(value.lower(), value.lower())
@@ -133,7 +157,7 @@ def _bias_value(bias: Any, sub: str) -> float:
 NORMALIZE: dict[str, Callable[[Any], Any]] = {
     "sampling.top_k": _top_k, "logging.level": _level, "model.flash_attn": _flash_attn,
     "sampling.json_schema": _json_schema, "sampling.logit_bias": _logit_bias,
-    "stopping.stop": _stop,
+    "stopping.stop": _stop, "model.pooling": _pooling, "model.normalize": _normalize,
 }
 
 

@@ -23,6 +23,10 @@ class EngineCounters:
     cancelled: int = 0
     decode_seconds: float = 0.0   # inside llama_decode
     step_seconds: float = 0.0     # whole engine steps (decode included)
+    embed_decodes: int = 0       # embedding graphs: decodes, the texts and tokens in them
+    embedded_texts: int = 0
+    embedded_tokens: int = 0
+    embed_seconds: float = 0.0
 
     def snapshot(self) -> dict[str, int | float]:
         return asdict(self)

@@ -21,14 +21,16 @@ from ..core.plan import StepPlan
 from ..core.scheduler import Scheduler
 from ..core.session import FinishReason, Request, RequestState, SessionState
 from ..core.text import TextAssembler
-from ..errors import BackendRuntimeError, ErrorCode, InvalidArgument, WasiNnError
+from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, UnsupportedOperation,
+                      WasiNnError)
 from ..llm import lib
 from ..llm.batch import Batch
-from ..llm.context import Context
 from ..llm.model import Model
 from ..llm.grammar import GrammarRejected
 from ..llm.sampler import Sampler, check_grammar
 from .counters import EngineCounters
+from .contexts import embedding_context, generation_context
+from .embedder import EmbedJob, Embedder, check_texts
 from .kv_apply import KvApplier
 from .live import LiveRequest
 from .streams import Stream
@@ -78,13 +80,13 @@ class Engine:
         self.clock = clock or MonotonicClock()
         self.n_ctx = settings.n_ctx
         threads = settings.threads or os.cpu_count() or 1
-        self.ctx = Context(
-            model, n_ctx=settings.n_ctx * settings.n_seq_max, n_batch=settings.n_batch,
-            n_ubatch=settings.n_ubatch, n_seq_max=settings.n_seq_max, n_threads=threads,
-            n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn,
-            kv_unified=settings.kv_unified and not settings.deterministic,
-            type_k=settings.cache_type_k,
-            type_v=settings.cache_type_v)
+        self.counters = EngineCounters()
+        self.embedder: Embedder | None = None
+        if settings.embedding:  # an embedding graph: embed jobs only, no generation
+            self.ctx = embedding_context(model, settings, threads)
+            self.embedder = Embedder(self.ctx, settings, self.counters)
+        else:
+            self.ctx = generation_context(model, settings, threads)
         n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
         self.batch = Batch(n_batch)
         memory = config.memory
@@ -95,7 +97,6 @@ class Engine:
             n_batch=n_batch, n_ctx=settings.n_ctx, pool=self.pool,
             settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
             clock=self.clock, deterministic=settings.deterministic)
-        self.counters = EngineCounters()
         self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
         self.kv = KvApplier(self.ctx, self.swap, self.counters)
         self._live: dict[Request, LiveRequest] = {}
@@ -109,6 +110,10 @@ class Engine:
     def submit(self, session: SessionState, prompt_tokens: list[int], params: RequestParams,
                *, truncate_ok: bool = False) -> Stream:
         """Queue a generation on ``session``; its output arrives on the returned Stream."""
+        if self.embedder is not None:
+            raise UnsupportedOperation(
+                "this graph was loaded with embedding: true: it computes embeddings (compute, "
+                "session.embed), not text; load the model without it to generate")
         if not prompt_tokens:
             raise InvalidArgument("the prompt is empty (no tokens)")
         now = self.clock.now()
@@ -127,6 +132,18 @@ class Engine:
             self.scheduler.gate.leave()
             raise
         return stream
+
+    def embed(self, token_lists: list[list[int]]) -> Future:
+        """One vector per token list (float32 arrays) on the Future, computed together with
+        other jobs that arrive meanwhile (embedder.py). InvalidArgument / PromptTooLong for a
+        text that is empty or too long; UnsupportedOperation on a generating graph."""
+        if self.embedder is None:
+            raise UnsupportedOperation("this graph generates text; load the model with "
+                                       "embedding: true to compute embeddings")
+        check_texts(token_lists, self.embedder.limit)
+        job = EmbedJob([list(tokens) for tokens in token_lists])
+        self._post(lambda: self.embedder.submit(job))
+        return job.future
 
     def check_sampling(self, sampling: SamplingParams) -> None:
         """Raise InvalidArgument now for a grammar or JSON schema that cannot be used."""
@@ -158,6 +175,8 @@ class Engine:
 
     def kv_cells(self) -> tuple[int, int]:
         """(cells holding session tokens, cells in the context) — a reading, not a lock."""
+        if self.embedder is not None:
+            return 0, 0  # nothing is held between embedding decodes
         used = sum(len(s.kv_tokens) for s in self.pool.resident)
         return used, self.n_ctx * self.pool.n_slots
 
@@ -194,6 +213,8 @@ class Engine:
                         command()
                     except Exception:  # a bug in one command must not strand the others
                         log.exception("engine command failed")
+                if self.embedder is not None and self.embedder.pending:
+                    self.embedder.flush()  # every job that arrived with this wake-up, together
                 if self.scheduler.has_work:
                     began = time.perf_counter()
                     self._step()
@@ -215,6 +236,8 @@ class Engine:
         error = BackendRuntimeError("the backend was closed while the request ran")
         for live in list(self._live.values()):
             self._fail(live.request, error)
+        if self.embedder is not None:
+            self.embedder.close(error)
         self.batch.close()
         self.ctx.close()
 

@@ -83,9 +83,10 @@ class Batch:
         return index
 
     def add_sequence(self, tokens: Sequence[int] | np.ndarray, start_pos: int, seq_id: int,
-                     *, logits_last: bool = True) -> int:
+                     *, logits_last: bool = True, logits_all: bool = False) -> int:
         """Append consecutive tokens of one sequence at start_pos, start_pos+1, ... (vectorised
-        prompt prefill). Returns the batch index of the last token, or -1 when none added."""
+        prompt prefill). Returns the batch index of the last token, or -1 when none added.
+        ``logits_all`` marks every token as an output (embedding contexts need that)."""
         array = np.asarray(tokens, dtype=np.int64)
         count = int(array.size)
         if count == 0:
@@ -98,7 +99,7 @@ class Batch:
         self.tokens[begin:end] = array
         self.positions[begin:end] = np.arange(start_pos, start_pos + count, dtype=np.int32)
         self.seq_ids[begin:end] = seq_id
-        self.logits[begin:end] = 0
+        self.logits[begin:end] = 1 if logits_all else 0
         if logits_last:
             self.logits[end - 1] = 1
         self._n_tokens = end

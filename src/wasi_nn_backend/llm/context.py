@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import errors
 from .batch import Batch
+from .embeddings import pooling_name, pooling_param
 from .model import Model
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def _index(name: str, value: object) -> int:
 def _context_params(*, n_ctx: int, n_batch: int, n_ubatch: int | None,
                     n_seq_max: int, n_threads: int | None, n_threads_batch: int | None,
                     flash_attn: str | bool, kv_unified: bool, type_k: str, type_v: str,
-                    no_perf: bool) -> C.llama_context_params:
+                    no_perf: bool, embeddings: bool, pooling: str | None
+                    ) -> C.llama_context_params:
     """Validated llama_context_params (InvalidArgument / BackendRuntimeError if impossible)."""
     max_seq = int(C.llama_max_parallel_sequences())
     if not 1 <= _index("n_seq_max", n_seq_max) <= max_seq:
@@ -71,7 +73,8 @@ def _context_params(*, n_ctx: int, n_batch: int, n_ubatch: int | None,
     params.type_k, params.type_v = KV_TYPES[type_k], KV_TYPES[type_v]
     params.kv_unified = bool(kv_unified)
     params.no_perf = bool(no_perf)
-    params.embeddings = False
+    params.embeddings = bool(embeddings)
+    params.pooling_type = pooling_param(pooling)
     return params
 
 
@@ -86,13 +89,14 @@ class Context:
                  n_seq_max: int = 1, n_threads: int | None = None,
                  n_threads_batch: int | None = None, flash_attn: str | bool = "auto",
                  kv_unified: bool = True, type_k: str = "f16", type_v: str = "f16",
-                 no_perf: bool = False) -> None:
+                 no_perf: bool = False, embeddings: bool = False,
+                 pooling: str | None = None) -> None:
         self._handle = None
         params = _context_params(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                                  n_seq_max=n_seq_max, n_threads=n_threads,
                                  n_threads_batch=n_threads_batch, flash_attn=flash_attn,
                                  kv_unified=kv_unified, type_k=type_k, type_v=type_v,
-                                 no_perf=no_perf)
+                                 no_perf=no_perf, embeddings=embeddings, pooling=pooling)
         if C.llama_model_has_encoder(model.handle):
             raise errors.UnsupportedOperation("encoder(-decoder) models are not supported")
         handle = C.llama_init_from_model(model.handle, params)
@@ -103,8 +107,9 @@ class Context:
         self._handle = handle
         self._model = model
         model._register_dependent(self)
-        self._mem = C.llama_get_memory(handle)
-        if not self._mem:
+        # Encoder-only embedding models (BERT) have no KV memory: llama_decode encodes.
+        self._mem = C.llama_get_memory(handle) or None
+        if self._mem is None and not embeddings:
             self.close()
             raise errors.UnsupportedOperation("this model has no KV memory (not generative)")
         self._kv_unified = bool(kv_unified)
@@ -155,6 +160,12 @@ class Context:
     n_ubatch = property(lambda self: self._n_ubatch)
     n_seq_max = property(lambda self: self._n_seq_max)
     kv_unified = property(lambda self: self._kv_unified)
+    has_memory = property(lambda self: self._mem is not None)
+
+    @property
+    def pooling(self) -> str:
+        """The pooling llama.cpp applies to embeddings (none, mean, cls, last, rank)."""
+        return pooling_name(C.llama_pooling_type(self.handle))
 
     @property
     def n_ctx(self) -> int:
@@ -216,6 +227,11 @@ class Context:
 
     # --- KV memory -----------------------------------------------------------------------
 
+    def _memory(self) -> ctypes.c_void_p:
+        if self._mem is None:
+            raise errors.UnsupportedOperation("this model has no KV memory")
+        return self._mem
+
     def _seq(self, seq: object) -> int:
         seq = _index("sequence id", seq)
         if not 0 <= seq < self._n_seq_max:
@@ -227,6 +243,8 @@ class Context:
         """Remove positions [p0, p1) (negative = open end). False if a partial removal is
         impossible for this memory type (recurrent/SWA)."""
         seq = self._seq(seq)
+        if self._mem is None:
+            return True  # no memory: nothing is held
         return bool(C.llama_memory_seq_rm(self._mem, seq, _index("p0", p0), _index("p1", p1)))
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
@@ -234,6 +252,7 @@ class Context:
         streams, and llama.cpp asserts on a partial range there, so that is refused."""
         src, dst = self._seq(src), self._seq(dst)
         p0, p1 = _index("p0", p0), _index("p1", p1)
+        self._memory()
         if not self._kv_unified and src != dst and (p0 > 0 or p1 > 0):
             raise errors.InvalidArgument("partial seq_cp needs kv_unified=True")
         C.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
@@ -249,34 +268,39 @@ class Context:
 
     def seq_keep(self, seq: int) -> None:
         """Remove every sequence except ``seq``."""
-        C.llama_memory_seq_keep(self._mem, self._seq(seq))
+        C.llama_memory_seq_keep(self._memory(), self._seq(seq))
 
     def seq_pos_min(self, seq: int) -> int:
         """Smallest position in ``seq``; -1 when empty."""
-        return int(C.llama_memory_seq_pos_min(self._mem, self._seq(seq)))
+        seq = self._seq(seq)
+        return -1 if self._mem is None else int(C.llama_memory_seq_pos_min(self._mem, seq))
 
     def seq_pos_max(self, seq: int) -> int:
         """Largest position in ``seq``; -1 when empty. The next token goes at this + 1."""
-        return int(C.llama_memory_seq_pos_max(self._mem, self._seq(seq)))
+        seq = self._seq(seq)
+        return -1 if self._mem is None else int(C.llama_memory_seq_pos_max(self._mem, seq))
 
     def can_shift(self) -> bool:
         self.handle  # raises when closed
-        return bool(C.llama_memory_can_shift(self._mem))
+        return self._mem is not None and bool(C.llama_memory_can_shift(self._mem))
 
     def clear(self, *, zero_data: bool = False) -> None:
         """Empty every sequence (zero_data also zeroes the buffers, which is slow)."""
         self.handle  # raises when closed
-        C.llama_memory_clear(self._mem, bool(zero_data))
+        if self._mem is not None:
+            C.llama_memory_clear(self._mem, bool(zero_data))
         self._outputs = _NO_OUTPUTS
 
     # --- per-sequence state (swap to host RAM) -------------------------------------------
 
     def state_seq_size(self, seq: int) -> int:
+        self._memory()
         return int(C.llama_state_seq_get_size(self.handle, self._seq(seq)))
 
     def state_seq_get(self, seq: int) -> bytes:
         """The KV cells of ``seq`` as bytes (restorable into any sequence of this context)."""
         seq = self._seq(seq)
+        self._memory()
         size = int(C.llama_state_seq_get_size(self.handle, seq))
         if size == 0:
             raise errors.BackendRuntimeError(f"llama.cpp could not size the state of seq {seq}")
@@ -291,6 +315,7 @@ class Context:
         with the same model and KV settings. False (and ``seq`` left empty) on failure,
         e.g. when the KV has no room."""
         seq = self._seq(seq)
+        self._memory()
         data = bytes(data)
         if not data:
             raise errors.InvalidArgument("empty sequence state")

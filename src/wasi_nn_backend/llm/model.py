@@ -150,6 +150,7 @@ class Model:
     n_vocab = property(lambda self: self._n_vocab)
     n_ctx_train = property(lambda self: int(C.llama_model_n_ctx_train(self.handle)))
     n_embd = property(lambda self: int(C.llama_model_n_embd(self.handle)))
+    n_embd_out = property(lambda self: int(C.llama_model_n_embd_out(self.handle)))
     n_layer = property(lambda self: int(C.llama_model_n_layer(self.handle)))
     n_params = property(lambda self: int(C.llama_model_n_params(self.handle)))
     size_bytes = property(lambda self: int(C.llama_model_size(self.handle)))

@@ -1,0 +1,33 @@
+"""Which llama_context a graph gets: a generating one (a KV sequence of n_ctx tokens per slot)
+or, for ``embedding: true``, an embedding one (see embedder.py for why it looks as it does)."""
+from __future__ import annotations
+
+from ..config import ModelSettings
+from ..errors import UnsupportedOperation
+from ..llm.context import Context
+from ..llm.embeddings import gguf_pooling
+from ..llm.model import Model
+
+
+def generation_context(model: Model, settings: ModelSettings, threads: int) -> Context:
+    return Context(
+        model, n_ctx=settings.n_ctx * settings.n_seq_max, n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch, n_seq_max=settings.n_seq_max, n_threads=threads,
+        n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn,
+        kv_unified=settings.kv_unified and not settings.deterministic,
+        type_k=settings.cache_type_k, type_v=settings.cache_type_v)
+
+
+def embedding_context(model: Model, settings: ModelSettings, threads: int) -> Context:
+    """Embeddings on, the pooling resolved (the setting, else the GGUF's, else mean), a unified
+    KV just big enough for one decode of min(n_ctx, n_ubatch) tokens."""
+    pooling = settings.pooling or gguf_pooling(model) or "mean"
+    if pooling == "rank":
+        raise UnsupportedOperation("this GGUF pools with 'rank' (a reranking model), which is not "
+                                   "supported; set model.pooling to mean, cls, last or none")
+    n_ubatch = min(settings.n_ubatch or settings.n_batch, settings.n_ctx)
+    return Context(model, n_ctx=n_ubatch, n_batch=n_ubatch, n_ubatch=n_ubatch,
+                   n_seq_max=settings.n_seq_max, n_threads=threads,
+                   n_threads_batch=settings.threads_batch or threads,
+                   flash_attn=settings.flash_attn, kv_unified=True, type_k=settings.cache_type_k,
+                   type_v=settings.cache_type_v, embeddings=True, pooling=pooling)

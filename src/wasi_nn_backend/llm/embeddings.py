@@ -1,0 +1,74 @@
+"""Embeddings out of a Context made with ``embeddings=True``, and llama.cpp's pooling names.
+
+llama.cpp pools inside llama_decode, per sequence (mean / cls / last), and keeps the pooled
+vectors until the next decode: llama_get_embeddings_seq. With pooling ``none`` it keeps one
+vector per output token instead: llama_get_embeddings_ith. Both answer NULL (they never abort)
+for a sequence or index the last decode did not produce; that is raised here.
+
+Pooling happens per micro-batch: a sequence split over two ubatches is pooled over the last one
+only, so callers must keep every decode within n_ubatch tokens (one ubatch) on a unified KV
+(split KV streams cut sequences of unequal lengths into equal parts per ubatch).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import llama_cpp.llama_cpp as C
+import numpy as np
+
+from .. import errors
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .model import Model
+
+POOLING = {"none": C.LLAMA_POOLING_TYPE_NONE, "mean": C.LLAMA_POOLING_TYPE_MEAN,
+           "cls": C.LLAMA_POOLING_TYPE_CLS, "last": C.LLAMA_POOLING_TYPE_LAST}
+_NAMES = {number: name for name, number in POOLING.items()}
+_NAMES[C.LLAMA_POOLING_TYPE_RANK] = "rank"
+
+
+def pooling_param(name: str | None) -> int:
+    """llama_context_params.pooling_type for a pooling name (None: the model's own)."""
+    if name is None:
+        return C.LLAMA_POOLING_TYPE_UNSPECIFIED
+    if name not in POOLING:
+        raise errors.InvalidArgument(f"pooling must be one of {', '.join(POOLING)}, got {name!r}")
+    return POOLING[name]
+
+
+def pooling_name(number: int) -> str:
+    return _NAMES.get(int(number), f"type {number}")
+
+
+def gguf_pooling(model: Model) -> str | None:
+    """The pooling the GGUF names (``{arch}.pooling_type``: embedding models have one; a
+    generative model has none, and an explicit ``none`` counts as none), or None."""
+    value = model.metadata.get(f"{model.architecture}.pooling_type")
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise errors.InvalidEncoding(f"the GGUF's pooling_type {value!r} is not a number") from None
+    return None if number == C.LLAMA_POOLING_TYPE_NONE else pooling_name(number)
+
+
+def pooled(ctx: Context, seq: int) -> np.ndarray:
+    """A float32 copy of sequence ``seq``'s pooled embedding from the last decode."""
+    pointer = C.llama_get_embeddings_seq(ctx.handle, int(seq))
+    if not pointer:
+        raise errors.BackendRuntimeError(
+            f"llama.cpp has no pooled embedding for sequence {seq} (pooling is "
+            f"{ctx.pooling}; was the sequence in the last decode?)")
+    return np.ctypeslib.as_array(pointer, shape=(ctx.model.n_embd_out,)).copy()
+
+
+def token(ctx: Context, batch_index: int) -> np.ndarray:
+    """A float32 copy of the embedding of the token at ``batch_index`` in the last decode."""
+    if not ctx.has_logits(batch_index):
+        raise errors.InvalidArgument(f"batch index {batch_index} has no output from the last decode")
+    pointer = C.llama_get_embeddings_ith(ctx.handle, int(batch_index))
+    if not pointer:
+        raise errors.BackendRuntimeError(f"llama.cpp has no embedding for index {batch_index}")
+    return np.ctypeslib.as_array(pointer, shape=(ctx.model.n_embd_out,)).copy()
