@@ -98,3 +98,20 @@ def test_swap_out_and_in_are_planned_for_idle_sessions():
     b.kv_tokens = [7]
     assert pool.acquire(a) == [SwapOut(b, 0), SwapIn(a, 0)]
     assert a.kv_tokens == [1, 2, 3] and a.swapped_tokens is None and b.swapped_tokens == [7]
+
+
+def test_new_sessions_take_the_slot_that_keeps_busy_ids_consecutive():
+    pool = SlotPool(6)
+    sessions = [SessionState(session_id=i) for i in range(6)]
+    for s in sessions[:4]:
+        pool.acquire(s)
+        s.busy = True
+    assert [s.seq_id for s in sessions[:4]] == [0, 1, 2, 3]
+    pool.release(sessions[1])  # slot 1 free; busy ids 0, 2, 3: two runs
+    sessions[0].busy = False   # idle sessions do not count: busy ids 2, 3
+    pool.acquire(sessions[4])  # 1 or 4 join the run 2..3; 1 is lower
+    assert sessions[4].seq_id == 1
+    sessions[4].busy = True
+    sessions[2].busy = False   # busy 1, 3: free slot 4 joins 3 (two runs), 5 would make three
+    pool.acquire(sessions[5])
+    assert sessions[5].seq_id == 4

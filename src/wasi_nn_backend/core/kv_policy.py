@@ -60,7 +60,7 @@ class SlotPool:
             return []
         actions: list[KvAction] = []
         if self._free:
-            seq_id = self._free.pop(0)
+            seq_id = self._pick_free(session)
         else:
             idle = [s for s in self._owner.values() if not s.busy]
             if not idle:
@@ -92,6 +92,19 @@ class SlotPool:
         actions = self._take_back(session)
         self._free.append(seq_id)
         return actions
+
+    def _pick_free(self, session: SessionState) -> int:
+        """The free slot that keeps the busy sequences' ids in the fewest runs of consecutive
+        ids (lowest id on ties): with one KV stream per sequence llama.cpp decodes each run
+        as a separate ubatch, a separate pass over the weights."""
+        busy = {s.seq_id for s in self._owner.values() if s.busy and s is not session}
+
+        def runs(slot: int) -> int:
+            ids = busy | {slot}
+            return sum(1 for i in ids if i - 1 not in ids)
+        best = min(self._free, key=lambda slot: (runs(slot), slot))
+        self._free.remove(best)
+        return best
 
     def victims(self) -> list[SessionState]:
         """Idle resident sessions, the first to give up KV first (cache_deletion_strategy)."""

@@ -296,19 +296,25 @@ class Engine:
         plan.prefill = [(r, n) for r, n in plan.prefill if r in self._live]
 
     def _fill_batch(self, plan: StepPlan) -> list[tuple[Request, int]]:
+        """One batch, its sequences in increasing seq_id order: with one KV stream per
+        sequence llama.cpp puts a run of consecutive ids in one ubatch and splits at every
+        other boundary (each ubatch is a full pass over the weights)."""
         self.batch.clear()
         outputs: list[tuple[Request, int]] = []
-        for request in plan.decode:
-            session = request.session
-            index = self.batch.add(request.pending_token, len(session.kv_tokens),
-                                   session.seq_id, True)
-            outputs.append((request, index))
-        for request, count in plan.prefill:
-            session = request.session
+        work: list[tuple[int, Request, int | None]] = [
+            (r.session.seq_id, r, None) for r in plan.decode]
+        work += [(r.session.seq_id, r, count) for r, count in plan.prefill]
+        work.sort(key=lambda item: item[0])
+        for seq_id, request, count in work:
+            if count is None:  # a decode token
+                index = self.batch.add(request.pending_token, len(request.session.kv_tokens),
+                                       seq_id, True)
+                outputs.append((request, index))
+                continue
             start = request.n_past
             ends_prompt = start + count == len(request.prompt_tokens)
             index = self.batch.add_sequence(request.prompt_tokens[start:start + count], start,
-                                            session.seq_id, logits_last=ends_prompt)
+                                            seq_id, logits_last=ends_prompt)
             if ends_prompt:
                 outputs.append((request, index))
         return outputs
