@@ -2,7 +2,8 @@
 streaming calls compute_single -> get_output_single -> fini_single (WasmEdge semantics).
 
 Index 0 of set_input is the prompt (UTF-8 bytes), index 1 metadata JSON (this context's
-settings). Index 0 of get_output is the generated text, index 1 a usage JSON.
+settings). Index 0 of get_output is the generated text, index 1 a usage JSON: token counts,
+llama.cpp build facts (WasmEdge's keys) and ``model``, what the context runs on.
 """
 from __future__ import annotations
 
@@ -115,6 +116,7 @@ class ContextIO:
         elif self._stream is not None:
             usage["output_tokens"] = None  # still generating
         usage.update(self._build_info)
+        usage["model"] = self.session.loaded.usage_facts()   # the model this context runs on
         return json.dumps(usage).encode("utf-8")
 
 
