@@ -171,3 +171,13 @@ def test_function_api_unload(ctx, tiny_model_path, tiny_model_path_b):
     assert nn.unload(ctx, "1") == E.INVALID_ARGUMENT
     assert nn.load_by_name_with_config(ctx, None, None, None)[0] == E.INVALID_ARGUMENT
     assert load(ctx, tiny_model_path, '{"model": {"n_ctx": "big"}}')[0] == E.INVALID_ARGUMENT
+
+
+def test_bad_model_paths_get_codes(backend, tmp_path):
+    from wasi_nn_backend.errors import InvalidArgument, ModelNotFound
+    for path in (None, "", b"", 5, "a\0b"):
+        with pytest.raises(InvalidArgument):
+            backend.load(path)
+    with pytest.raises(ModelNotFound):
+        backend.load(tmp_path)            # a directory
+    assert backend.graphs == [] and backend.model_memory_bytes == 0

@@ -16,17 +16,15 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from .budget import MemoryBudget
 from .config import Config, parse_config
 from .core.clock import Clock, MonotonicClock
-from .errors import BackendRuntimeError, NotFound, WasiNnError
+from .errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
 from .graph import Graph
 from .janitor import Janitor
-from .loaded import ModelKey
-from .loading import LoadRequest, open_loaded, prepare
+from .loading import LoadRequest, SingleFlight, open_loaded, prepare
 from .logs import configure_logging
 from .session import Session
 from .stats import BackendStats
@@ -51,7 +49,7 @@ class Backend:
         self._graph_ids = itertools.count(1)
         self._session_ids = itertools.count(1)
         self._swap_ids = itertools.count(1)
-        self._pending: list[tuple[ModelKey | None, Future]] = []   # loads under way
+        self._loads = SingleFlight()   # concurrent loads of one model: one load
         self._budget = MemoryBudget(self.config.memory.max_model_memory_mb)
         self._closed = False
         self._janitor = Janitor(self)
@@ -120,27 +118,13 @@ class Backend:
 
     def _load_shared(self, request: LoadRequest) -> Graph:
         """Load once even when several threads ask for the same file and config at once."""
-        with self._lock:
-            graph = self._find(request)
-            if graph is not None:
-                return graph
-            pending = next((f for k, f in self._pending if k == request.key), None)
-            mine = pending is None
-            if mine:
-                pending = Future()
-                self._pending.append((request.key, pending))
-        if not mine:
-            return pending.result()
-        try:
-            graph = self._new_graph(request)
-            pending.set_result(graph)
-            return graph
-        except BaseException as error:
-            pending.set_exception(error)
-            raise
-        finally:
+        def load() -> Graph:
             with self._lock:
-                self._pending.remove((request.key, pending))
+                graph = self._find(request)
+            return graph if graph is not None else self._new_graph(request)
+        if request.key is None:
+            return self._new_graph(request)
+        return self._loads.run(request.key, load)
 
     def _new_graph(self, request: LoadRequest) -> Graph:
         with self._lock:
@@ -158,6 +142,8 @@ class Backend:
         return graph
 
     def _swap(self, graph: Graph, request: LoadRequest) -> Graph:
+        if graph.backend is not self:
+            raise InvalidArgument(f"graph {graph.handle} belongs to another backend")
         with graph.swap_lock:
             if graph.closed:
                 raise NotFound(f"graph {graph.handle} is unloaded")
@@ -169,18 +155,14 @@ class Backend:
             with self._lock:
                 gone = graph.closed or self._closed
                 if not gone:
-                    old, graph.current = graph.current, loaded
-                    free_old = old.retire()
-                    if not free_old:
-                        graph.retired.append(old)
+                    old = graph._install(loaded)
                     self._graphs[graph.handle] = self._graphs.pop(graph.handle)
             if gone:
                 loaded.free()
                 raise NotFound(f"graph {graph.handle} was unloaded during the swap")
-        log.info("graph %d now serves %s (loaded in %.3f s); %s", graph.handle, request.path,
-                 loaded.load_seconds, "the old model is freed" if free_old else
-                 f"the old model serves its {old.sessions} session(s) until they close")
-        if free_old:
+        log.info("graph %d now serves %s (loaded in %.3f s)", graph.handle, request.path,
+                 loaded.load_seconds)
+        if old is not None:
             old.free()
         return graph
 

@@ -7,6 +7,7 @@ session closes (closed by the caller, idle cleanup or LRU eviction).
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from .backend import Backend
     from .loaded import LoadedModel
     from .session import Session
+
+log = logging.getLogger("wasi_nn_backend")
 
 
 class Graph:
@@ -58,6 +61,18 @@ class Graph:
         and n_seq_max; ``old_models_serving``: swapped-out models still finishing sessions."""
         return {"handle": self.handle, **self.current.info(),
                 "old_models_serving": len(self.retired)}
+
+    def _install(self, loaded: LoadedModel) -> LoadedModel | None:
+        """Serve ``loaded`` from now on (under the backend's lock). Returns the old model when
+        no session holds it (the caller frees it); else it stays, retired, until its last
+        session closes."""
+        old, self.current = self.current, loaded
+        if old.retire():
+            return old
+        self.retired.append(old)
+        log.info("graph %d: the old model %s serves its %d session(s) until they close",
+                 self.handle, old.path, old.sessions)
+        return None
 
     def loaded_models(self) -> list[LoadedModel]:
         return [self.current, *self.retired]

@@ -1,13 +1,17 @@
-"""The steps of a load, shared by Backend.load and Backend.swap: check the path and config, read
-the GGUF header, estimate the footprint (all before anything is loaded, so a bad file or a model
-over the memory limit costs nothing and disturbs nothing), then reserve memory and load."""
+"""The steps of a load, shared by Backend.load and Backend.swap: check the path and config and
+make the key that finds an identical graph; when there is none, read the GGUF header and
+estimate the footprint (before anything is loaded, so a bad file or a model over the memory
+limit costs nothing and disturbs nothing), then reserve memory and load."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .budget import MemoryBudget
 from .config import Config, parse_config
@@ -20,22 +24,30 @@ from .loaded import LoadedModel, ModelKey, model_key
 log = logging.getLogger("wasi_nn_backend")
 
 Progress = Callable[[float], Any]
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoadRequest:
     path: str
     config: Config
-    header: GgufHeader
-    footprint: Footprint
-    key: ModelKey | None        # None: never shared (a model given as bytes)
+    key: ModelKey | None        # None: never shared (a model given as bytes, or not stat-able)
     progress: Progress | None = None
+
+    @functools.cached_property
+    def header(self) -> GgufHeader:
+        """Read only when something is to be loaded (a load that finds its graph never does):
+        ModelNotFound, InvalidEncoding."""
+        return read_gguf_header(self.path)
+
+    @functools.cached_property
+    def footprint(self) -> Footprint:
+        return estimate_footprint(self.header, self.config.model)
 
 
 def prepare(path: Any, config: Any, base: Config, *, share: bool = True,
             progress: Progress | None = None) -> LoadRequest:
-    """InvalidArgument / InvalidEncoding for a bad path or config, ModelNotFound for a missing
-    file, InvalidEncoding for one that is not GGUF."""
+    """InvalidArgument / InvalidEncoding for a bad path or config."""
     if path is None or (isinstance(path, (str, bytes)) and len(path) == 0):
         raise InvalidArgument("a model path is required")
     try:
@@ -49,15 +61,14 @@ def prepare(path: Any, config: Any, base: Config, *, share: bool = True,
     if graph_config.memory.max_model_memory_mb != limit:
         log.warning("memory.max_model_memory_mb applies from the backend's config (%d); a "
                     "load config cannot change it", limit)
-    header = read_gguf_header(path)
-    footprint = estimate_footprint(header, graph_config.model)
     key = model_key(path, graph_config) if share else None
-    return LoadRequest(path, graph_config, header, footprint, key, progress)
+    return LoadRequest(path, graph_config, key, progress)
 
 
 def open_loaded(request: LoadRequest, budget: MemoryBudget, *, clock: Clock, name: str
                 ) -> LoadedModel:
-    """Reserve the request's footprint (TooLarge over the limit), load, start the engine."""
+    """Read the header (ModelNotFound, InvalidEncoding), reserve the footprint (TooLarge over
+    the limit), load, start the engine."""
     reservation = budget.reserve(request.footprint, request.path)
     try:
         started = start_model(request.path, request.header, request.config, clock=clock,
@@ -70,3 +81,31 @@ def open_loaded(request: LoadRequest, budget: MemoryBudget, *, clock: Clock, nam
         log.warning("n_ctx %d exceeds the model's training context %d", n_ctx, n_ctx_train)
     return LoadedModel(request.path, request.config, started, request.footprint, request.key,
                        reservation)
+
+
+class SingleFlight:
+    """Calls with equal keys that overlap run once: the first runs ``fn``, the others wait for
+    its result (or its exception)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[Hashable, Future] = {}
+
+    def run(self, key: Hashable, fn: Callable[[], T]) -> T:
+        with self._lock:
+            future = self._running.get(key)
+            mine = future is None
+            if mine:
+                future = self._running[key] = Future()
+        if not mine:
+            return future.result()
+        try:
+            result = fn()
+            future.set_result(result)
+            return result
+        except BaseException as error:
+            future.set_exception(error)
+            raise
+        finally:
+            with self._lock:
+                del self._running[key]
