@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backend import Graph
+    from .graph import Graph
     from .session import Session
 
 
