@@ -2,12 +2,11 @@
 
 Guests load models by name; the backend returns the graph already loaded for the same file and
 config (one engine, continuous batching for every guest that loads it), and the host counts the
-references to each backend graph: a guest's graph handle and each of its execution contexts hold
-one. When a guest ends (or traps) its
-contexts are closed and its references dropped, so its sessions leave the backend. A graph
-whose last reference goes is unloaded, except that the most recent graph of each preload alias
-stays loaded (warm, as a server keeps its preloaded models) until the host closes: at most one
-idle graph per alias.
+references to each backend graph: a guest's graph handle and each of its execution contexts
+hold one. When a guest ends (or traps) its contexts are closed and its references dropped, so
+its sessions leave the backend. A graph whose last reference goes is unloaded, except that the
+most recent graph of each preload alias stays loaded (warm, as a server keeps its preloaded
+models) until the host closes: at most one idle graph per alias.
 """
 from __future__ import annotations
 
