@@ -13,7 +13,8 @@ from wasi_nn_backend import Backend
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.adapters.tiny_model import write_not_gguf
 from wasi_nn_backend.errors import ErrorCode as E
-from wasi_nn_backend.errors import InvalidEncoding, ModelNotFound, NotFound, TooLarge
+from wasi_nn_backend.errors import (InvalidArgument, InvalidEncoding, ModelNotFound, NotFound,
+                                    TooLarge)
 
 CONFIG = {"model": {"n_ctx": 512, "n_seq_max": 4}, "logging": {"level": "error"}}
 GREEDY = {"temperature": 0, "max_tokens": 10}
@@ -153,6 +154,10 @@ def test_failed_swaps_leave_the_old_model_serving(tiny_model_path, tmp_path, alo
                 graph.swap(path, config)
             assert graph.current is old and not old.freed and old.engine.alive
         assert [session.chat(m, **GREEDY).text for m in turns(0)] == alone(tiny_model_path, 0)
+        with pytest.raises(InvalidArgument):
+            backend.swap(graph.handle, tiny_model_path, CONFIG)   # a handle is not a Graph
+        with pytest.raises(InvalidArgument):
+            graph.swap(None, CONFIG)
         graph.close()
         with pytest.raises(NotFound):
             graph.swap(tiny_model_path, CONFIG)

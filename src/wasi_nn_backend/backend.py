@@ -142,8 +142,8 @@ class Backend:
         return graph
 
     def _swap(self, graph: Graph, request: LoadRequest) -> Graph:
-        if graph.backend is not self:
-            raise InvalidArgument(f"graph {graph.handle} belongs to another backend")
+        if not isinstance(graph, Graph) or graph.backend is not self:
+            raise InvalidArgument(f"{graph!r} is not a graph of this backend")
         with graph.swap_lock:
             if graph.closed:
                 raise NotFound(f"graph {graph.handle} is unloaded")
