@@ -13,6 +13,7 @@ LAYER_OF = {
     "errors": "base", "config": "base", "logs": "base",
     "core": "core", "llm": "llm", "engine": "engine",
     "backend": "api", "session": "api", "chat": "api", "io_context": "api", "wasi_nn": "api", "stats": "api",
+    "graph": "api", "loaded": "api", "loading": "api", "budget": "api", "janitor": "api",
     "adapters": "adapters", "__init__": "root",
 }
 ALLOWED = {

@@ -11,17 +11,20 @@ reused within a Backend; the function API (wasi_nn.py) and the adapters speak in
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from .config import Config, parse_config, request_params
+from .budget import MemoryBudget
+from .config import Config, parse_config
 from .core.clock import Clock, MonotonicClock
-from .engine.engine import Engine, file_type_name, load_model
 from .errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
+from .graph import Graph
+from .janitor import Janitor
+from .loading import LoadRequest, SingleFlight, open_loaded, prepare
 from .logs import configure_logging
 from .session import Session
 from .stats import BackendStats
@@ -45,49 +48,123 @@ class Backend:
         self._named: dict[tuple[int, str], Session] = {}
         self._graph_ids = itertools.count(1)
         self._session_ids = itertools.count(1)
+        self._swap_ids = itertools.count(1)
+        self._loads = SingleFlight()   # concurrent loads of one model: one load
+        self._budget = MemoryBudget(self.config.memory.max_model_memory_mb)
         self._closed = False
-        self._janitor = _Janitor(self)
+        self._janitor = Janitor(self)
         log.info("backend ready (max_sessions=%d)", self.config.backend.max_sessions)
 
     # -- models ------------------------------------------------------------------------------
     def load(self, path: str | os.PathLike, config: Config | str | bytes | dict | None = None,
              *, progress: Callable[[float], Any] | None = None) -> Graph:
-        """Load a GGUF file; ModelNotFound if it is missing, InvalidEncoding if not GGUF.
+        """Load a GGUF file and serve it as a new graph.
+
+        A file already loaded with the same config (equal once parsed: ``{"ctx_size": 512}``
+        and ``{"model": {"n_ctx": 512}}`` are the same) returns that graph, shared, not a
+        second copy; a different config loads a second graph. With ``backend.hot_swap`` (in
+        the backend's config or this load's) the model is swapped into the graph returned
+        last instead (see swap). ModelNotFound if the file is missing, InvalidEncoding if it
+        is not GGUF, TooLarge if it would pass memory.max_model_memory_mb.
         ``progress(fraction)`` hears how far loading is (return False to cancel)."""
         self._check_open()
-        if path is None or str(path) == "":
-            raise InvalidArgument("a model path is required")
-        graph_config, _ = parse_config(config, base=self.config)  # warnings already logged
-        model = load_model(str(path), graph_config.model, progress)
-        try:
-            if graph_config.model.n_ctx > model.n_ctx_train:
-                log.warning("n_ctx %d exceeds the model's training context %d",
-                            graph_config.model.n_ctx, model.n_ctx_train)
-            with self._lock:
-                handle = next(self._graph_ids)
-            engine = Engine(model, graph_config, clock=self.clock, name=f"graph{handle}")
-        except BaseException:
-            model.close()
-            raise
-        graph = Graph(self, handle, str(path), model, engine, graph_config)
+        request = prepare(path, config, self.config, progress=progress)
         with self._lock:
-            if self._closed:
-                graph._shutdown()
-                raise BackendRuntimeError("the backend was closed during the load")
-            self._graphs[handle] = graph
-        log.info("loaded %s as graph %d", path, handle)
-        return graph
+            graph = self._find(request)
+            target = None
+            if graph is None and request.config.backend.hot_swap and self._graphs:
+                target = list(self._graphs.values())[-1]
+        if graph is not None:
+            if progress is not None:
+                progress(1.0)
+            return graph
+        if target is not None:
+            return self._swap(target, request)
+        return self._load_shared(request)
 
     def load_bytes(self, data: bytes, config: Config | str | bytes | dict | None = None
                    ) -> Graph:
-        """Load a model given as bytes (the WASI-NN ``load`` call)."""
+        """Load a model given as bytes (the WASI-NN ``load`` call): always a new graph."""
+        self._check_open()
         fd, path = tempfile.mkstemp(suffix=".gguf", prefix="wasi-nn-")
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
-            return self.load(path, config)  # llama.cpp maps the file; unlinking later is safe
+            # llama.cpp maps the file; unlinking it later is safe
+            return self._new_graph(prepare(path, config, self.config, share=False))
         finally:
             os.unlink(path)
+
+    def swap(self, graph: Graph, path: str | os.PathLike,
+             config: Config | str | bytes | dict | None = None, *,
+             progress: Callable[[float], Any] | None = None) -> Graph:
+        """Hot swap: load ``path`` while ``graph``'s model keeps serving; once it is ready,
+        new sessions of ``graph`` (same handle) get it, sessions opened before finish on the
+        old model, which is freed when its last session closes. The same file and config as
+        served now changes nothing. A failed load (ModelNotFound, InvalidEncoding, TooLarge,
+        ...) raises and leaves the old model serving, untouched. Both models are in memory
+        until the old one's sessions close: memory.max_model_memory_mb counts both."""
+        self._check_open()
+        return self._swap(graph, prepare(path, config, self.config, progress=progress))
+
+    def _find(self, request: LoadRequest) -> Graph | None:
+        """The live graph serving this request's file and config (moved to the end: it is the
+        graph returned last). Under self._lock."""
+        for handle, graph in list(self._graphs.items()):
+            if graph.current.same_as(request.key):
+                self._graphs[handle] = self._graphs.pop(handle)
+                return graph
+        return None
+
+    def _load_shared(self, request: LoadRequest) -> Graph:
+        """Load once even when several threads ask for the same file and config at once."""
+        def load() -> Graph:
+            with self._lock:
+                graph = self._find(request)
+            return graph if graph is not None else self._new_graph(request)
+        if request.key is None:
+            return self._new_graph(request)
+        return self._loads.run(request.key, load)
+
+    def _new_graph(self, request: LoadRequest) -> Graph:
+        with self._lock:
+            handle = next(self._graph_ids)
+        loaded = open_loaded(request, self._budget, clock=self.clock, name=f"graph{handle}")
+        graph = Graph(self, handle, loaded)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._graphs[handle] = graph
+        if closed:
+            loaded.free()
+            raise BackendRuntimeError("the backend was closed during the load")
+        log.info("loaded %s as graph %d in %.3f s", request.path, handle, loaded.load_seconds)
+        return graph
+
+    def _swap(self, graph: Graph, request: LoadRequest) -> Graph:
+        if not isinstance(graph, Graph) or graph.backend is not self:
+            raise InvalidArgument(f"{graph!r} is not a graph of this backend")
+        with graph.swap_lock:
+            if graph.closed:
+                raise NotFound(f"graph {graph.handle} is unloaded")
+            if graph.current.same_as(request.key):
+                return graph
+            swaps = next(self._swap_ids)
+            loaded = open_loaded(request, self._budget, clock=self.clock,
+                                 name=f"graph{graph.handle}-swap{swaps}")
+            with self._lock:
+                gone = graph.closed or self._closed
+                if not gone:
+                    old = graph._install(loaded)
+                    self._graphs[graph.handle] = self._graphs.pop(graph.handle)
+            if gone:
+                loaded.free()
+                raise NotFound(f"graph {graph.handle} was unloaded during the swap")
+        log.info("graph %d now serves %s (loaded in %.3f s)", graph.handle, request.path,
+                 loaded.load_seconds)
+        if old is not None:
+            old.free()
+        return graph
 
     def graph(self, handle: int) -> Graph:
         with self._lock:
@@ -99,8 +176,15 @@ class Backend:
 
     @property
     def graphs(self) -> list[Graph]:
+        """The loaded graphs, the one a load returned last at the end."""
         with self._lock:
             return list(self._graphs.values())
+
+    @property
+    def model_memory_bytes(self) -> int:
+        """The estimated footprint of every model loaded (or loading) now, old ones still
+        serving sessions after a swap included: what memory.max_model_memory_mb limits."""
+        return self._budget.used_bytes
 
     # -- sessions ----------------------------------------------------------------------------
     def session(self, handle: int) -> Session:
@@ -114,12 +198,15 @@ class Backend:
     def _open_session(self, graph: Graph, name: str | None, system: str | None) -> Session:
         with self._lock:
             self._check_open()
+            if graph.closed:
+                raise NotFound(f"graph {graph.handle} is unloaded")
             if name is not None and (graph.handle, name) in self._named:
                 session = self._named[(graph.handle, name)]
                 session.touch()
                 return session
             self._make_room()
-            session = Session(graph, next(self._session_ids), name, system)
+            session = Session(graph, graph.current, next(self._session_ids), name, system)
+            graph.current.pin()
             self._sessions[session.handle] = session
             if name is not None:
                 self._named[(graph.handle, name)] = session
@@ -162,24 +249,40 @@ class Backend:
 
     def _forget(self, session: Session) -> None:
         with self._lock:
-            self._sessions.pop(session.handle, None)
+            known = self._sessions.pop(session.handle, None) is session
             if session.name is not None:
                 self._named.pop((session.graph.handle, session.name), None)
         session._shutdown()
+        if known and session.loaded.unpin():   # the last session of a swapped-out model
+            with self._lock:
+                if session.loaded in session.graph.retired:
+                    session.graph.retired.remove(session.loaded)
+            session.loaded.free()
 
-    def _forget_graph(self, graph: Graph) -> None:
+    def _close_graph(self, graph: Graph) -> None:
+        """Unload: refuse new sessions, end the graph's sessions (their requests cancelled),
+        free every model it holds."""
         with self._lock:
-            self._graphs.pop(graph.handle, None)
+            if graph.closed:
+                return
+            graph._closed = True
+            if self._graphs.get(graph.handle) is graph:
+                del self._graphs[graph.handle]
             sessions = [s for s in self._sessions.values() if s.graph is graph]
         for session in sessions:
             self._forget(session)
+        # A swap under way finds the graph closed when its load is done and frees that load.
+        for loaded in graph.loaded_models():
+            loaded.free()
+        graph.retired.clear()
+        log.info("unloaded graph %d", graph.handle)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stats(self) -> BackendStats:
         """A frozen record: sessions, queue, KV cells, swap, token counts, throughput."""
         with self._lock:
             graphs, sessions = list(self._graphs.values()), list(self._sessions.values())
-        return collect_stats(graphs, sessions)
+        return collect_stats(graphs, sessions, self._budget.used_bytes)
 
     @property
     def closed(self) -> bool:
@@ -202,97 +305,6 @@ class Backend:
             raise BackendRuntimeError("the backend is closed")
 
     def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-class _Janitor:
-    """The idle-cleanup timer: a thread that calls backend.cleanup_idle() every quarter of
-    idle_timeout_ms (between 50 ms and 1 s of real time); idleness itself is measured on the
-    backend's clock."""
-
-    def __init__(self, backend: Backend) -> None:
-        settings = backend.config.backend
-        self._backend = backend
-        self._interval = min(max(settings.idle_timeout_ms / 4000, 0.05), 1.0)
-        self._stopped = threading.Event()
-        self._cond = threading.Condition()
-        self._passes = 0
-        self._thread = threading.Thread(target=self._run, name="wasi-nn-idle-cleanup",
-                                        daemon=True)
-        if settings.auto_cleanup:
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
-            try:
-                self._backend.cleanup_idle()
-            except WasiNnError:
-                pass  # closed meanwhile
-            except Exception:
-                log.exception("idle cleanup failed")
-            with self._cond:
-                self._passes += 1
-                self._cond.notify_all()
-
-    def wait_pass(self, timeout: float) -> bool:
-        with self._cond:
-            target = self._passes + 1
-            return self._cond.wait_for(lambda: self._passes >= target, timeout)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join()
-
-
-class Graph:
-    """A loaded model with its engine."""
-
-    def __init__(self, backend: Backend, handle: int, path: str, model: Any, engine: Engine,
-                 config: Config) -> None:
-        self.backend = backend
-        self.handle = handle
-        self.path = path
-        self.model = model
-        self.engine = engine
-        self.config = config
-        self.defaults = request_params(config)
-        self._closed = False
-
-    def session(self, id: str | None = None, *, system: str | None = None) -> Session:
-        """A new session, or the existing one with this id (its history kept)."""
-        if self._closed:
-            raise NotFound(f"graph {self.handle} is unloaded")
-        return self.backend._open_session(self, id, system)
-
-    def info(self) -> dict[str, Any]:
-        model = self.model
-        return {"path": self.path, "architecture": model.architecture,
-                "description": model.description, "n_params": model.n_params,
-                "size_bytes": model.size_bytes, "n_vocab": model.n_vocab,
-                "n_ctx_train": model.n_ctx_train, "n_ctx": self.config.model.n_ctx,
-                "n_seq_max": self.config.model.n_seq_max,
-                "file_type": file_type_name(model.metadata.get("general.file_type")),
-                "chat_template": model.chat_template, "embedding": self.config.model.embedding,
-                "n_embd": model.n_embd_out}
-
-    def close(self) -> None:
-        """Unload: its sessions end, the engine stops, the model is freed; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self.backend._forget_graph(self)
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        self._closed = True
-        self.engine.close()
-        self.model.close()
-
-    def __enter__(self) -> Graph:
         return self
 
     def __exit__(self, *exc: Any) -> None:

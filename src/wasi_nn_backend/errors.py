@@ -102,7 +102,8 @@ class UnsupportedOperation(WasiNnError):
 
 
 class TooLarge(WasiNnError):
-    """Raised when an output does not fit the caller's buffer; ``needed`` is the size it needs."""
+    """Raised when an output does not fit the caller's buffer, or a model does not fit the memory
+    limit (memory.max_model_memory_mb); ``needed`` is the size it needs in bytes."""
 
     code = ErrorCode.TOO_LARGE
 

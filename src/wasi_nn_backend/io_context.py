@@ -2,8 +2,10 @@
 streaming calls compute_single -> get_output_single -> fini_single (WasmEdge semantics).
 
 Index 0 of set_input is the prompt (UTF-8 bytes), index 1 metadata JSON (this context's
-settings). Index 0 of get_output is the generated text, index 1 a usage JSON. On a graph loaded
-with ``embedding: true``, compute embeds the prompt and index 0 is WasmEdge's embedding JSON.
+settings). Index 0 of get_output is the generated text, index 1 a usage JSON: token counts,
+llama.cpp build facts (WasmEdge's keys) and ``model``, what the context runs on.
+On a graph loaded with ``embedding: true``, compute embeds the prompt and index 0 is
+WasmEdge's embedding JSON.
 """
 from __future__ import annotations
 
@@ -121,6 +123,7 @@ class ContextIO:
         elif self._stream is not None:
             usage["output_tokens"] = None  # still generating
         usage.update(self._build_info)
+        usage["model"] = self.session.loaded.usage_facts()   # the model this context runs on
         return json.dumps(usage).encode("utf-8")
 
 

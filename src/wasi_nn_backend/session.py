@@ -20,18 +20,23 @@ from .engine.streams import Stream
 from .errors import InvalidArgument, NotFound, WasiNnError
 
 if TYPE_CHECKING:
-    from .backend import Graph
+    from .graph import Graph
+    from .loaded import LoadedModel
 
 Overrides = dict[str, Any] | str | bytes | None
 
 
 class Session:
-    def __init__(self, graph: Graph, handle: int, name: str | None, system: str | None) -> None:
+    def __init__(self, graph: Graph, loaded: LoadedModel, handle: int, name: str | None,
+                 system: str | None) -> None:
         self.graph = graph
+        # The model this session runs on, for its whole life: a hot swap of the graph gives
+        # new sessions the new model; this one finishes its conversation where it began.
+        self.loaded = loaded
         self.handle = handle
         self.name = name
         self.state = SessionState(session_id=handle)
-        self.context_params: RequestParams = graph.defaults  # set_input index 1 changes it
+        self.context_params: RequestParams = loaded.defaults  # set_input index 1 changes it
         self.last_activity = graph.backend.clock.now()
         self._messages: list[dict[str, str]] = []
         if system:
@@ -60,9 +65,9 @@ class Session:
             self._check_open()
             self._settle()
             messages = self._messages + [{"role": "user", "content": message}]
-            model = self.graph.model
+            model = self.loaded.model
             text = model.render_chat(messages, add_generation_prompt=True,
-                                     template=self.graph.config.model.chat_template)
+                                     template=self.loaded.config.model.chat_template)
             tokens = continuation_tokens(model, self._turn, text)
             stream = self._submit(tokens, params, truncate_ok=True)
             self._in_flight = (messages, text, stream)
@@ -131,6 +136,7 @@ class Session:
         return result[0] if single else result
 
     def tokenize_prompt(self, prompt: str | bytes) -> list[int]:
+        self._check_open()   # NotFound, not the freed model's runtime_error, once unloaded
         if isinstance(prompt, bytes):
             try:
                 prompt = prompt.decode("utf-8")
@@ -138,13 +144,13 @@ class Session:
                 raise InvalidArgument(f"the prompt is not valid UTF-8: {error}") from None
         if not isinstance(prompt, str):
             raise InvalidArgument(f"a prompt must be text, not {type(prompt).__name__}")
-        return self.graph.model.tokenize(prompt, add_special=True, parse_special=True)
+        return self.loaded.model.tokenize(prompt, add_special=True, parse_special=True)
 
     # -- shared ------------------------------------------------------------------------------
     def set_context_overrides(self, overrides: Overrides) -> list[str]:
         """Per-context settings (WASI-NN set_input index 1): they apply to this session's later
         requests only. Returns the warnings (unknown keys)."""
-        params, warnings = parse_overrides(overrides, base=self.graph.defaults)
+        params, warnings = parse_overrides(overrides, base=self.loaded.defaults)
         self._check_grammar(params)
         with self._lock:
             self.context_params = params
@@ -162,11 +168,11 @@ class Session:
     def _check_grammar(self, params: RequestParams) -> None:
         sampling = params.sampling
         if sampling.grammar or sampling.json_schema:
-            self.graph.engine.check_sampling(sampling)
+            self.loaded.engine.check_sampling(sampling)
 
     def _submit(self, tokens: list[int], params: RequestParams, *, truncate_ok: bool) -> Stream:
         self.touch()
-        stream = self.graph.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok)
+        stream = self.loaded.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok)
         self._streams = [s for s in self._streams if not s.done] + [stream]
         return stream
 
@@ -197,9 +203,9 @@ class Session:
             if self._closed:
                 return
             self._closed = True
-        if self.graph.engine.alive:
+        if self.loaded.engine.alive:
             try:
-                self.graph.engine.close_session(self.state).result()
+                self.loaded.engine.close_session(self.state).result()
             except WasiNnError:
                 pass  # the engine closed meanwhile: nothing left to free
 

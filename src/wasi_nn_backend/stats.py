@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backend import Graph
+    from .graph import Graph
     from .session import Session
 
 
@@ -30,16 +30,21 @@ class BackendStats:
     decode_tokens: int
     cache_hit_tokens: int       # prompt tokens reused from a session's KV instead of prefilled
     tokens_per_second: float    # generated tokens per second of decoding
-    engines: dict[int, dict[str, Any]] = field(default_factory=dict)
+    engines: dict[int, dict[str, Any]] = field(default_factory=dict)  # graph -> model served now
+    models_loaded: int = 0      # models in memory: one per graph, plus swapped-out ones
+    model_memory_bytes: int = 0  # their estimated footprint (memory.max_model_memory_mb)
 
 
-def collect(graphs: list[Graph], sessions: list[Session]) -> BackendStats:
+def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: int = 0
+            ) -> BackendStats:
     totals = {"queue_depth": 0, "queue_warnings": 0, "rejections": 0, "timeouts": 0,
               "kv_used": 0, "kv_total": 0, "swap_bytes": 0, "prefill": 0, "decode": 0,
               "reused": 0, "decode_seconds": 0.0}
     engines: dict[int, dict[str, Any]] = {}
-    for graph in graphs:
-        engine = graph.engine
+    loaded = [(graph, model) for graph in graphs for model in graph.loaded_models()
+              if not model.freed]
+    for graph, model in loaded:
+        engine = model.engine
         counters = engine.counters.snapshot()
         queue = engine.scheduler.stats()
         used, total = engine.kv_cells()
@@ -54,7 +59,8 @@ def collect(graphs: list[Graph], sessions: list[Session]) -> BackendStats:
         totals["decode"] += counters["decode_tokens"]
         totals["reused"] += counters["reused_tokens"]
         totals["decode_seconds"] += counters["decode_seconds"]
-        engines[graph.handle] = {**counters, "queue": queue}
+        if model is graph.current:
+            engines[graph.handle] = {**counters, "queue": queue}
     active = sum(1 for s in sessions if s.running)
     swapped = sum(1 for s in sessions if s.state.swapped_tokens is not None)
     seconds = totals["decode_seconds"]
@@ -66,4 +72,5 @@ def collect(graphs: list[Graph], sessions: list[Session]) -> BackendStats:
         kv_cells_used=totals["kv_used"], kv_cells_total=totals["kv_total"],
         swap_bytes=totals["swap_bytes"], prefill_tokens=totals["prefill"],
         decode_tokens=totals["decode"], cache_hit_tokens=totals["reused"],
-        tokens_per_second=totals["decode"] / seconds if seconds > 0 else 0.0, engines=engines)
+        tokens_per_second=totals["decode"] / seconds if seconds > 0 else 0.0, engines=engines,
+        models_loaded=len(loaded), model_memory_bytes=model_memory_bytes)

@@ -245,6 +245,10 @@ def load_by_name(ctx: Any, name: Any, name_len: int | None = None) -> tuple[Erro
 @_api
 def load_by_name_with_config(ctx: Any, name: Any, name_len: int | None, config: Any,
                              config_len: int | None = None) -> tuple[ErrorCode, Any]:
+    """A graph handle for the model file ``name`` (Backend.load): the graph already serving it
+    with an equal parsed config if there is one (shared: unload ends it for every holder);
+    with backend.hot_swap a swap into the graph loaded last (same handle); else a new graph
+    beside the others. model_not_found, invalid_encoding, too_large (value: bytes needed)."""
     entry = _entry(ctx)
     path = _text(name, name_len, "model name")
     if not path:
@@ -257,6 +261,8 @@ def load_by_name_with_config(ctx: Any, name: Any, name_len: int | None, config: 
 
 @_api
 def unload(ctx: Any, graph: Any) -> ErrorCode:
+    """Unload (Graph.close): running requests are cancelled, the graph's contexts and handle
+    become not_found, its engine stops and its models are freed."""
     _entry(ctx).backend.graph(_handle(graph, "graph")).close()
     return ErrorCode.SUCCESS
 
@@ -271,8 +277,8 @@ def init_execution_context(ctx: Any, graph: Any) -> tuple[ErrorCode, Any]:
 @_api
 def init_execution_context_with_session_id(ctx: Any, session_id: Any, graph: Any = None
                                            ) -> tuple[ErrorCode, Any]:
-    """The session with this id (history kept), or a new one; on ``graph``, else the model
-    loaded last."""
+    """The session with this id (history kept), or a new one; on ``graph``, else the graph a
+    load returned last."""
     entry = _entry(ctx)
     name = _text(session_id, None, "session id")
     if not name:

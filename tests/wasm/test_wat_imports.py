@@ -87,6 +87,9 @@ def test_usage_json_has_wasmedge_keys_after_set_input_and_after_compute(nn_host,
     assert after["output_tokens"] == wat.GENERATED_TOKENS
     assert isinstance(after["llama_build_number"], int)
     assert isinstance(after["llama_commit"], str) and after["llama_commit"]
+    model = after["model"]   # what the context runs on (an extra key; guests ignore unknown)
+    assert model["architecture"] == "llama" and model["n_vocab"] > 0
+    assert model["quantization"] == "F32" and model["n_params"] > 0 and model["file_size"] > 0
 
 
 # -- load_by_name_with_config ------------------------------------------------------------------

@@ -3,7 +3,7 @@
     wasi-nn-backend demo                      the bundled model recites the Zen of Python, one session per line
     wasi-nn-backend generate MODEL -p TEXT    one completion (or --chat), optionally streamed
     wasi-nn-backend chat MODEL                talk with a model, the conversation kept
-    wasi-nn-backend info MODEL                what a GGUF model is
+    wasi-nn-backend info MODEL                what a GGUF model is, and what loading it takes
     wasi-nn-backend run-wasm GUEST.wasm ...   a WebAssembly guest calling wasi_ephemeral_nn
     wasi-nn-backend erlang-port               the Erlang port program (frames on fds 3 and 4)
 """
@@ -61,8 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="a system prompt")
     chat.set_defaults(run=_chat)
 
-    info = commands.add_parser("info", help="describe a GGUF model")
+    info = commands.add_parser(
+        "info", help="describe a GGUF model: architecture, parameters, context trained, "
+        "vocabulary, quantization, chat template, file size, load time, memory needed")
     info.add_argument("model", help="GGUF file")
+    info.add_argument("--config", help="JSON load settings (n_ctx, n_seq_max, cache types...) "
+                      "or @FILE; the memory shown is for them (default: n_ctx 256, one "
+                      "sequence)")
     info.set_defaults(run=_info)
 
     wasm = commands.add_parser("run-wasm", help="run a WebAssembly (WASI) guest that calls the "
@@ -117,12 +122,24 @@ def _chat(args: argparse.Namespace) -> int:
         return terminal.chat(graph, args.system, sys.stdout, sys.stdin)
 
 
+_INFO_DEFAULTS = {"model": {"n_ctx": 256, "n_seq_max": 1}}
+
+
 def _info(args: argparse.Namespace) -> int:
     with Backend({"logging": {"level": "error"}}) as backend:
-        graph = terminal.load(backend, args.model, {"model": {"n_ctx": 256, "n_seq_max": 1}})
-        for key, value in graph.info().items():
-            text = str(value)
-            print(f"{key:14} {text if len(text) < 200 else text[:200] + '...'}")
+        config = _read_config(args.config) or _INFO_DEFAULTS
+        graph = terminal.load(backend, args.model, config)
+        info = graph.info()
+        for key in ("handle", "old_models_serving"):
+            info.pop(key)
+        memory = info.pop("memory")
+        template = info.pop("chat_template")
+        for key, value in info.items():
+            print(f"{key:14} {value}")
+        print(f"{'memory_mb':14} {memory['total_mb']} (weights {memory['weights_mb']}, "
+              f"KV cache {memory['kv_cache_mb']}, compute {memory['compute_mb']})")
+        text = str(template)
+        print(f"{'chat_template':14} {text if len(text) < 200 else text[:200] + '...'}")
     return 0
 
 

@@ -22,6 +22,9 @@ class BackendSettings(_Frozen):
     auto_queue_cleanup: bool = True
     queue_warning_threshold: int = Field(400, ge=0, le=1_000_000)
     queue_reject_threshold: int = Field(500, ge=1, le=1_000_000)
+    # A load of another model while one is loaded replaces it (the original's model switch,
+    # without its downtime): same graph handle, new sessions on the new model.
+    hot_swap: bool = False
 
 
 class ModelSettings(_Frozen):
@@ -103,6 +106,8 @@ class MemoryConfig(_Frozen):
     enable_token_cache_reuse: bool = True
     cache_deletion_strategy: Literal["lru", "fifo", "smart"] = "lru"
     max_memory_mb: int = Field(8192, ge=0, le=1 << 24)    # host RAM for swapped KV; 0 = none
+    # Weights + KV cache + compute buffers of every loaded model together; 0 = no limit.
+    max_model_memory_mb: int = Field(0, ge=0, le=1 << 30)
 
 
 class LoggingConfig(_Frozen):

@@ -1,22 +1,21 @@
 """NnHost: one backend that any number of WebAssembly guests share, from any number of threads.
 
-Guests load models by name; the host shares one graph (one engine, continuous batching) between
-every guest that loads the same file with the same config, counting references: a guest's
-graph handle and each of its execution contexts hold one. When a guest ends (or traps) its
-contexts are closed and its references dropped, so its sessions leave the backend. A graph
-whose last reference goes is unloaded, except that the most recent graph of each preload alias
-stays loaded (warm, as a server keeps its preloaded models) until the host closes: at most one
-idle graph per alias.
+Guests load models by name; the backend returns the graph already loaded for the same file and
+config (one engine, continuous batching for every guest that loads it), and the host counts the
+references to each backend graph: a guest's graph handle and each of its execution contexts
+hold one. When a guest ends (or traps) its contexts are closed and its references dropped, so
+its sessions leave the backend. A graph whose last reference goes is unloaded, except that the
+most recent graph of each preload alias stays loaded (warm, as a server keeps its preloaded
+models) until the host closes: at most one idle graph per alias.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import logging
-import os
 import threading
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ... import wasi_nn
@@ -31,11 +30,10 @@ log = logging.getLogger("wasi_nn_backend.wasm")
 class SharedGraph:
     """A backend graph and the number of guest handles and contexts that hold it."""
 
-    key: Hashable
+    key: Hashable                # the backend graph handle (model bytes: never shared)
     alias: str | None = None     # loaded through this preload alias: kept warm when idle
     handle: int | None = None
     refs: int = 0
-    loading: threading.Lock = field(default_factory=threading.Lock)
 
 
 class NnHost:
@@ -79,18 +77,18 @@ class NnHost:
     # -- graphs shared between guests ---------------------------------------------------------
     def load_name(self, name: str, config: bytes | None) -> tuple[ErrorCode, SharedGraph | None]:
         """The graph a guest's model name (alias, or allowed path) stands for, with ``config``:
-        loaded once for every guest that asks."""
+        the backend loads it once for every guest that asks (same file, same parsed config)."""
         path = self.names.resolve(name)
         alias = name if name in self.names.aliases else None
-        graph = self._acquire((os.path.realpath(path), config), alias)
-        with graph.loading:
-            if graph.handle is None:
-                code, handle = wasi_nn.load_by_name_with_config(self.ctx, path, None, config)
-                if code is not ErrorCode.SUCCESS:
-                    self.release(graph)
-                    return code, None
-                graph.handle = handle
-        return ErrorCode.SUCCESS, graph
+        while True:
+            code, handle = wasi_nn.load_by_name_with_config(self.ctx, path, None, config)
+            if code is not ErrorCode.SUCCESS:
+                return code, None
+            with self._lock:
+                # A release may have unloaded it between the load and now (releases unload
+                # under this lock): then load again.
+                if any(graph.handle == handle for graph in self.backend.graphs):
+                    return ErrorCode.SUCCESS, self._acquire(handle, alias, handle)
 
     def load_bytes(self, model: bytes, config: bytes | None, encoding: int, target: int
                    ) -> tuple[ErrorCode, SharedGraph | None]:
@@ -98,41 +96,43 @@ class NnHost:
         code, handle = wasi_nn.load(self.ctx, [model, config], encoding, target)
         if code is not ErrorCode.SUCCESS:
             return code, None
-        graph = self._acquire(("bytes", next(self._byte_loads)), None)
-        graph.handle = handle
-        return ErrorCode.SUCCESS, graph
+        with self._lock:
+            return ErrorCode.SUCCESS, self._acquire(("bytes", next(self._byte_loads)), None,
+                                                    handle)
 
     def retain(self, graph: SharedGraph) -> None:
         with self._lock:
             graph.refs += 1
 
     def release(self, graph: SharedGraph) -> None:
-        with self._lock:
+        with self._lock:   # unloading under the lock: load_name never keeps a dead handle
             graph.refs -= 1
             if graph.refs > 0:
                 return
             unload = [graph]
-            if graph.alias is not None and graph.handle is not None and not self._closed:
+            if graph.alias is not None and not self._closed:
                 previous = self._idle.get(graph.alias)
                 self._idle[graph.alias] = graph      # kept warm: the alias's latest graph
                 unload = [previous] if previous not in (None, graph) else []
             for old in unload:
                 if self._graphs.get(old.key) is old:
                     del self._graphs[old.key]
-        for old in unload:
-            if old.handle is not None and not self._closed:
-                code = wasi_nn.unload(self.ctx, old.handle)
-                log.debug("unloaded graph %s: %s", old.handle, code.name.lower())
+                if not self._closed:
+                    code = wasi_nn.unload(self.ctx, old.handle)
+                    log.debug("unloaded graph %s: %s", old.handle, code.name.lower())
 
-    def _acquire(self, key: Hashable, alias: str | None) -> SharedGraph:
-        with self._lock:
-            graph = self._graphs.get(key)
-            if graph is None:
-                graph = self._graphs[key] = SharedGraph(key, alias)
-            elif graph.refs == 0 and self._idle.get(graph.alias or "") is graph:
-                del self._idle[graph.alias]          # warm, and in use again
-            graph.refs += 1
-            return graph
+    def _acquire(self, key: Hashable, alias: str | None, handle: int) -> SharedGraph:
+        """Under self._lock."""
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = SharedGraph(key, alias, handle)
+        elif graph.refs == 0 and graph.alias is not None \
+                and self._idle.get(graph.alias) is graph:
+            del self._idle[graph.alias]              # warm, and in use again
+        if graph.alias is None:
+            graph.alias = alias
+        graph.refs += 1
+        return graph
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
