@@ -2,9 +2,11 @@
 the sections of bench/RESULTS.md (each script rewrites only its own section)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -15,7 +17,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 RESULTS = HERE / "RESULTS.md"
 THREADS = 2
-EOG = (2, 4)  # </s> and <|im_end|> of the bench vocabulary: banned so every run is full-length
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -61,6 +62,16 @@ def run_threads(work: list, target) -> float:
     for thread in threads:
         thread.join()
     return time.perf_counter() - began
+
+
+def worker(script: str, *args: str) -> object:
+    """Run ``script --worker ARGS`` in a fresh Python process and return the JSON it prints
+    last. Each contender runs in a process of its own: llama.cpp's OpenMP thread teams belong
+    to the thread that calls llama_decode, and teams left by other threads in the same process
+    slow the next caller down (measured: 91 -> 67 tokens/s)."""
+    out = subprocess.run([sys.executable, str(HERE / script), "--worker", *args], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def machine() -> str:
