@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 py="${PYTHON:-../.venv/bin/python}"
 "$py" make_model.py
 ./build_llama_bench.sh >/dev/null
-for script in throughput single overhead multiturn swap; do
+for script in throughput single overhead multiturn swap kernels; do
   echo "== $script" >&2
   "$py" "$script.py"
 done

@@ -38,9 +38,9 @@ class Job:
     tokens: int
 
 
-def jobs(n: int) -> list[Job]:
+def jobs(n: int, name: str = "Story") -> list[Job]:
     rng = random.Random(n)
-    return [Job(f"Story {i}: once upon a time the little cat and the dog ran to see the sun "
+    return [Job(f"{name} {i}: once upon a time the little cat and the dog ran to see the sun "
                 f"and {rng.choice(['sat', 'said', 'ran'])}", rng.randint(64, 128))
             for i in range(n)]
 
@@ -133,10 +133,10 @@ def work_in_this_process(who: str, n: int, slots: int) -> dict[str, float]:
     model = CONTENDERS[who][0]
     if model is not None:
         with open_ours(path, slots, **model) as backend:
-            run_ours(backend, path, jobs(1))
+            run_ours(backend, path, jobs(1, "Warm-up"))  # another prompt: nothing to reuse
             return summary(run_ours(backend, path, jobs(n)))
     llm = open_llama(path)
-    run_llama(llm, jobs(1))
+    run_llama(llm, jobs(1, "Warm-up"))
     return summary(run_llama(llm, jobs(n)))
 
 
