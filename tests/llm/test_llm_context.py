@@ -202,3 +202,21 @@ def test_facts_and_perf(tiny_model):
     split.close()
     with pytest.raises(errors.BackendRuntimeError):
         split.decode(Batch(1))
+
+
+def test_logits_rows_are_the_ones_llama_cpp_gives_per_batch_index(ctx):
+    import llama_cpp.llama_cpp as C
+    batch = Batch(64)
+    batch.add_sequence(prompt_tokens(ctx.model, "Hello world"), 0, 0)      # output at its end
+    cat = prompt_tokens(ctx.model, "the cat sat")
+    batch.add_sequence(cat, 0, 1, logits_last=False)
+    middle = batch.add(700, len(cat), 1, True)
+    last = batch.add_sequence(prompt_tokens(ctx.model, "one two"), 0, 2)
+    assert ctx.decode(batch) == 0
+    wanted = [i for i in range(batch.n_tokens) if ctx.has_logits(i)]
+    assert len(wanted) == 3 and middle in wanted and last in wanted
+    for index in wanted:
+        pointer = C.llama_get_logits_ith(ctx.handle, index)
+        expected = np.ctypeslib.as_array(pointer, shape=(ctx.model.n_vocab,))
+        np.testing.assert_array_equal(ctx.logits_view(index), expected)
+    assert not ctx.logits_view(last).flags.writeable

@@ -121,6 +121,7 @@ class Context:
         arch = model.architecture
         self._causal = model.metadata.get(f"{arch}.attention.causal", "true") != "false"
         self._outputs = _NO_OUTPUTS
+        self._logits: tuple[np.ndarray, np.ndarray] | None = None  # (row of index, rows)
         self.decode_seconds = 0.0  # time inside llama_decode calls (for overhead benches)
 
     # --- lifetime ------------------------------------------------------------------------
@@ -197,6 +198,7 @@ class Context:
         if int(batch.seq_ids[:count].max()) >= self._n_seq_max:
             raise errors.InvalidArgument(f"batch has a sequence id >= n_seq_max={self._n_seq_max}")
         self._outputs = _NO_OUTPUTS  # logits of any earlier decode are gone from here on
+        self._logits = None
         struct = batch.c_struct()
         began = time.perf_counter()
         code = int(C.llama_decode(handle, struct))
@@ -214,12 +216,18 @@ class Context:
         if not self.has_logits(batch_index):
             raise errors.InvalidArgument(
                 f"batch index {batch_index} has no logits from the last decode")
-        pointer = C.llama_get_logits_ith(self.handle, batch_index)
-        if not pointer:
-            raise errors.BackendRuntimeError(f"llama.cpp has no logits for index {batch_index}")
-        view = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
-        view.flags.writeable = False
-        return view
+        if self._logits is None:
+            # One view of every output row per decode: llama.cpp stores the rows contiguously,
+            # in batch order (llama.h, llama_get_logits), so row r belongs to the r-th output.
+            rows = np.cumsum(self._outputs, dtype=np.intp) - 1
+            pointer = C.llama_get_logits(self.handle)
+            if not pointer:
+                raise errors.BackendRuntimeError("llama.cpp has no logits for the last decode")
+            matrix = np.ctypeslib.as_array(pointer, shape=(int(rows[-1]) + 1, self._n_vocab))
+            matrix.flags.writeable = False
+            self._logits = (rows, matrix)
+        rows, matrix = self._logits
+        return matrix[rows[batch_index]]
 
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A float32 copy of the logits (n_vocab) for the token at ``batch_index``."""
