@@ -98,5 +98,12 @@ def write_section(name: str, body: str) -> None:
     RESULTS.write_text(text)
 
 
+def publish(name: str, body: str, write: bool = True) -> None:
+    """Print a script's section and, unless told not to, put it in RESULTS.md."""
+    print(body)
+    if write:
+        write_section(name, body)
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"

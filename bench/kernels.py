@@ -89,9 +89,7 @@ def main() -> None:
             f"of b sessions' next tokens (ms), each session holding `history` tokens:\n\n"
             + "\n".join(rows) + "\n\nOne 40-token prompt chunk as the context grows (a chat "
             "turn's new tokens):\n\n" + "\n".join(prefill) + "\n")
-    print(body)
-    if not args.no_write:
-        common.write_section("kernels", body)
+    common.publish("kernels", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

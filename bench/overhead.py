@@ -82,9 +82,7 @@ def main() -> None:
             + f"\nWhere the engine thread's time goes at {top} sessions (cProfile of the steps; "
             "profiling inflates Python's share):\n\n```\n"
             + "\n".join(profiles[top].strip().splitlines()[:30]) + "\n```\n")
-    print(body)
-    if not args.no_write:
-        common.write_section("overhead", body)
+    common.publish("overhead", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -57,9 +57,7 @@ def main() -> None:
             f"| wasi-nn-backend, 1 session | {a:.1f} | {', '.join(f'{x:.1f}' for x in mine)} |"
             f"\n\n- ours is {a / b:.1%} of llama-bench (target >= 97%): "
             f"{common.verdict(a / b >= 0.97)}\n")
-    print(body)
-    if not args.no_write:
-        common.write_section("single", body)
+    common.publish("single", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

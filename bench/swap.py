@@ -81,9 +81,7 @@ def main() -> None:
             f"- swap-in is {ratio:.1f}x faster than re-prefill (target >= 5x): "
             f"{common.verdict(ratio >= 5)} ({counters['swap_outs']} swap-outs, "
             f"{counters['swap_ins']} swap-ins in the swap run)\n")
-    print(body)
-    if not args.no_write:
-        common.write_section("swap", body)
+    common.publish("swap", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,13 @@ import pytest
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.errors import ErrorCode as E
 from wasi_nn_backend.io_context import embedding_json
+from nn_results import ok  # tests/nn_results.py
 
 CONFIG = '{"embedding": true, "ctx-size": 128, "threads": 1}'
 # WasmEdge's bytes: fmt "{:.10}" values joined by "," (no spaces), one space after each colon.
 WASMEDGE_SHAPE = re.compile(rb'\{"n_embedding": 64, "embedding": \[[-0-9.e+]+(,[-0-9.e+]+){63}\]\}')
 
 
-def ok(result):
-    code, value = result
-    assert code == E.SUCCESS, code
-    return value
 
 
 @pytest.fixture

@@ -13,16 +13,13 @@ from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.core.session import FinishReason
 from wasi_nn_backend.errors import ErrorCode as E
 from wasi_nn_backend.errors import NotFound
+from nn_results import ok  # tests/nn_results.py
 
 SMALL = {"model": {"n_ctx": 256, "n_seq_max": 2}}
 GREEDY = {"temperature": 0, "max_tokens": 8}
 ENDLESS = {"temperature": 0, "max_tokens": 5000, "ignore_eos": True}
 
 
-def ok(result):
-    code, value = result
-    assert code == E.SUCCESS, code
-    return value
 
 
 @pytest.fixture

@@ -21,15 +21,12 @@ import pytest
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.core.clock import FakeClock
 from wasi_nn_backend.errors import ErrorCode as E
+from nn_results import ok  # tests/nn_results.py
 
 MODEL_CONFIG = '{"n_gpu_layers":0,"ctx_size":512,"n_predict":10}'
 GREEDY = '{"temperature": 0}'
 
 
-def ok(result):
-    code, value = result
-    assert code == E.SUCCESS, code
-    return value
 
 
 def init(config=None, **kw):

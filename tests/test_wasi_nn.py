@@ -8,14 +8,11 @@ import pytest
 
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.errors import ErrorCode as E
+from nn_results import ok  # tests/nn_results.py
 
 GREEDY = b'{"temperature": 0, "max_tokens": 12, "ignore_eos": true}'
 
 
-def ok(result):
-    code, value = result
-    assert code == E.SUCCESS, code
-    return value
 
 
 @pytest.fixture
