@@ -189,3 +189,24 @@ def test_fast_greedy_only_when_nothing_else_shapes_the_pick(ctx):
                    SamplingParams(**GREEDY, dry_multiplier=0.5)):
         with Sampler(ctx.model, params, n_ctx=ctx.n_ctx) as sampler:
             assert not sampler.fast_greedy
+
+
+def test_fast_greedy_bias_check_equals_adding_the_biases(ctx):
+    import numpy as np
+    rng = np.random.default_rng(7)
+    n = ctx.model.n_vocab
+    for trial in range(200):
+        logits = rng.normal(size=n).astype(np.float32)
+        picks = rng.choice(n, size=4, replace=False)
+        if trial % 3 == 0:
+            picks[0] = int(np.argmax(logits))  # a bias on the raw winner
+        logits[picks[1]] = logits.max()        # ties: the first maximum wins
+        entries = [(int(t), float(b)) for t, b in zip(picks, rng.normal(scale=2, size=4))]
+        entries.append((int(picks[2]), -math.inf))
+        entries.append((int(picks[3]), 0.5))   # repeated tokens add up
+        with Sampler(ctx.model, SamplingParams(**GREEDY, logit_bias=tuple(entries)),
+                     n_ctx=ctx.n_ctx) as sampler:
+            expected = logits.copy()
+            for token, bias in entries:
+                expected[token] += np.float32(bias)
+            assert sampler._greedy(logits) == int(np.argmax(expected))

@@ -51,6 +51,7 @@ class Model:
         self._n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._eog: tuple[int, ...] | None = None
+        self._eog_set: frozenset[int] | None = None
         # Contexts and samplers made from this model: they hold pointers into it, so
         # close() closes them first (weak: dropping one must not be kept alive here).
         self._dependents: weakref.WeakSet = weakref.WeakSet()
@@ -246,8 +247,10 @@ class Model:
         return data.decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:
-        return self.valid_token(token) and bool(
-            C.llama_vocab_is_eog(self.vocab_handle, operator.index(token)))
+        eog = self._eog_set
+        if eog is None:  # once: one set lookup per sampled token after that
+            eog = self._eog_set = frozenset(self.eog_tokens())
+        return token in eog
 
     def eog_tokens(self) -> tuple[int, ...]:
         """Every end-of-generation token in the vocabulary (computed once)."""

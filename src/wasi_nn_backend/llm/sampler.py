@@ -191,8 +191,9 @@ class Sampler:
         # without llama_sampler_sample building an n_vocab candidate array every token.
         self.fast_greedy = (self._grammar is None and params.temperature <= 0
                             and not params.mirostat and not self._has_history)
-        self._bias_ids = np.array([t for t, _ in bias], dtype=np.intp)
-        self._bias_values = np.array([b for _, b in bias], dtype=np.float32)
+        self._bias: dict[int, list[np.float32]] = {}  # token -> its biases, added in order
+        for token, value in bias:
+            self._bias.setdefault(token, []).append(np.float32(value))
         self._ids = np.arange(self._n_vocab, dtype=np.int32)
         self._candidates = np.zeros(self._n_vocab, dtype=TOKEN_DATA) if self._grammar else None
 
@@ -221,14 +222,31 @@ class Sampler:
             raise errors.InvalidArgument("sampler and context belong to different models")
         if self.fast_greedy:
             self._live()
-            logits = ctx.logits_view(batch_index)
-            if self._bias_ids.size:
-                logits = logits.copy()
-                np.add.at(logits, self._bias_ids, self._bias_values)  # repeats add up, as in C
-            return int(np.argmax(logits))  # the first maximum, as llama.cpp's greedy
+            return self._greedy(ctx.logits_view(batch_index))
         if self._grammar is None:
             return int(C.llama_sampler_sample(self._live(), ctx.handle, batch_index))
         return self._sample_guarded(ctx, batch_index)
+
+    def _greedy(self, logits: np.ndarray) -> int:
+        """The first maximum of logits + logit_bias (llama.cpp's greedy after its logit_bias
+        sampler), without copying the row: only the biased tokens can change the answer."""
+        best = int(np.argmax(logits))
+        if not self._bias:
+            return best
+        if best in self._bias:  # its own bias decides: do it the long way
+            biased = logits.copy()
+            for token, values in self._bias.items():
+                for value in values:
+                    biased[token] += value
+            return int(np.argmax(biased))
+        best_value = logits[best]
+        for token, values in self._bias.items():
+            value = logits[token]
+            for bias in values:  # float32 adds in order, as C does
+                value = np.float32(value + bias)
+            if value > best_value or (value == best_value and token < best):
+                best, best_value = token, value
+        return best
 
     def _sample_guarded(self, ctx: Context, batch_index: int) -> int:
         chain, cands = self._live(), self._candidates
