@@ -115,3 +115,44 @@ def test_new_sessions_take_the_slot_that_keeps_busy_ids_consecutive():
     sessions[2].busy = False   # busy 1, 3: free slot 4 joins 3 (two runs), 5 would make three
     pool.acquire(sessions[5])
     assert sessions[5].seq_id == 4
+
+
+def _pool_with(states: str):
+    """A pool whose slot i is busy (B), idle (I) or free (.) as states[i] says."""
+    pool = SlotPool(len(states))
+    sessions = {}
+    for i, state in enumerate(states):
+        session = SessionState(session_id=i)
+        pool.acquire(session)
+        assert session.seq_id == i
+        sessions[i] = session
+    for i, state in enumerate(states):
+        if state == ".":
+            pool.release(sessions[i])
+        else:
+            sessions[i].busy = state == "B"
+            sessions[i].kv_tokens = [1] * (i + 1)
+    return pool, sessions
+
+
+def _layout(pool) -> str:
+    return "".join("B" if (s := pool._owner.get(i)) is not None and s.busy
+                   else "I" if s is not None else "." for i in range(pool.n_slots))
+
+
+@pytest.mark.parametrize("before, after, moves", [
+    ("BBBB....", "BBBB....", 0),   # one run: nothing to do
+    ("BB.B....", "BBB.....", 1),   # the lone busy one moves into the gap
+    ("BBIB....", "BBB.I...", 2),   # the idle one steps out, the busy one steps in
+    ("BIBIBIB.", "BIBIBIB.", 0),   # more than two moves: left as it is
+    ("BBIBIIII", "BBIBIIII", 0),   # no free slot for the idle one
+])
+def test_compaction_makes_busy_ids_one_run_in_at_most_two_moves(before, after, moves):
+    pool, sessions = _pool_with(before)
+    owners = {s.session_id: s.kv_tokens for s in sessions.values() if s.seq_id is not None}
+    actions = pool.compact()
+    assert len(actions) == moves and _layout(pool) == after
+    for action in actions:  # bookkeeping follows the sessions, their tokens untouched
+        assert action.session.seq_id == action.dst and pool._owner[action.dst] is action.session
+    assert {s.session_id: s.kv_tokens for s in pool.resident} == owners
+    assert sorted(pool._free + list(pool._owner)) == list(range(pool.n_slots))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..config import MemoryConfig
 from ..errors import PromptTooLong
-from .plan import CopyPrefix, Evict, KvAction, Shift, SwapIn, SwapOut, Trim
+from .plan import CopyPrefix, Evict, KvAction, Move, Shift, SwapIn, SwapOut, Trim
 
 # A prefix shorter than this is prefilled rather than copied: a copy moves a whole KV stream.
 MIN_PREFIX_COPY = 16
@@ -92,6 +92,43 @@ class SlotPool:
         actions = self._take_back(session)
         self._free.append(seq_id)
         return actions
+
+    def compact(self, max_moves: int = 2) -> list[KvAction]:
+        """Moves that put the busy sequences in one run of consecutive ids, if at most
+        ``max_moves`` whole-sequence copies do it: idle sessions inside the chosen window go to
+        free slots outside it, busy sessions outside it into its free slots. The bookkeeping
+        changes now; the engine copies the sequences in this order."""
+        busy = sorted(s.seq_id for s in self._owner.values() if s.busy)
+        k = len(busy)
+        if k < 2 or busy[-1] - busy[0] == k - 1:
+            return []
+        best: tuple[int, int] | None = None
+        for start in range(self.n_slots - k + 1):
+            inside = range(start, start + k)
+            busy_out = sum(1 for i in busy if i not in inside)
+            idle_in = sum(1 for i in inside if i in self._owner and not self._owner[i].busy)
+            free_out = sum(1 for i in self._free if i not in inside)
+            if idle_in <= free_out and (best is None or busy_out + idle_in < best[0]):
+                best = (busy_out + idle_in, start)
+        if best is None or best[0] > max_moves:
+            return []
+        inside = range(best[1], best[1] + k)
+        actions: list[KvAction] = []
+        idle_in = [i for i in inside if i in self._owner and not self._owner[i].busy]
+        for src, dst in zip(idle_in, sorted(i for i in self._free if i not in inside)):
+            actions.append(self._move(src, dst))
+        busy_out = [i for i in busy if i not in inside]
+        for src, dst in zip(busy_out, sorted(i for i in inside if i not in self._owner)):
+            actions.append(self._move(src, dst))
+        return actions
+
+    def _move(self, src: int, dst: int) -> Move:
+        session = self._owner.pop(src)
+        self._free.remove(dst)
+        self._free.append(src)
+        self._owner[dst] = session
+        session.seq_id = dst
+        return Move(session, src, dst)
 
     def _pick_free(self, session: SessionState) -> int:
         """The free slot that keeps the busy sequences' ids in the fewest runs of consecutive

@@ -62,7 +62,18 @@ class CopyPrefix:
     tokens: tuple[int, ...]
 
 
-KvAction = Evict | Trim | Shift | SwapOut | SwapIn | CopyPrefix
+@dataclass(frozen=True)
+class Move:
+    """Move a resident session's whole sequence from slot ``src`` to the free slot ``dst``,
+    bit-exact (one KV stream per sequence: llama.cpp decodes every run of consecutive busy sequence ids
+    as a separate ubatch, so closing a gap saves a pass over the weights per step)."""
+
+    session: SessionState
+    src: int
+    dst: int
+
+
+KvAction = Evict | Trim | Shift | SwapOut | SwapIn | CopyPrefix | Move
 
 
 @dataclass

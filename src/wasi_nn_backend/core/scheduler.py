@@ -45,8 +45,10 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, *, n_batch: int, n_ctx: int, pool: SlotPool, settings: BackendSettings,
                  memory: MemoryConfig, can_shift: bool, clock: Clock,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False, compact: bool = False) -> None:
         self.n_batch = n_batch
+        # One KV stream per sequence: keep the busy sequences' ids consecutive (pool.compact).
+        self.compact = compact and not deterministic
         # One sequence per decode: what a request computes never depends on what it would have
         # been batched with (quantized matmuls change with the batch's shape).
         self.deterministic = deterministic
@@ -135,6 +137,8 @@ class Scheduler:
         else:
             self._plan_decode(plan)
             self._plan_prefill(plan)
+            if self.compact and not plan.kv_actions:  # only beside no other KV work
+                plan.kv_actions.extend(self.pool.compact())
         return plan
 
     def _admit(self, plan: StepPlan) -> None:

@@ -17,6 +17,7 @@ class EngineCounters:
     swap_ins: int = 0
     prefix_copies: int = 0
     copied_tokens: int = 0
+    moves: int = 0                # sequences moved to close gaps between busy ids
     finished: int = 0
     failed: int = 0
     timeouts: int = 0

@@ -96,7 +96,8 @@ class Engine:
         self.scheduler = Scheduler(
             n_batch=n_batch, n_ctx=settings.n_ctx, pool=self.pool,
             settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
-            clock=self.clock, deterministic=settings.deterministic)
+            clock=self.clock, deterministic=settings.deterministic,
+            compact=not self.ctx.kv_unified)
         self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
         self.kv = KvApplier(self.ctx, self.swap, self.counters)
         self._live: dict[Request, LiveRequest] = {}
@@ -265,6 +266,7 @@ class Engine:
             self._finish(request, FinishReason.LENGTH, ErrorCode.CONTEXT_FULL)
         for session in self.kv.apply_all(plan.kv_actions):
             self._restart_prefill(session)
+        plan.decode = [r for r in plan.decode if r in self._live]
         self._start_samplers(plan)
         outputs = self._fill_batch(plan)
         if self.batch.n_tokens == 0:
@@ -278,10 +280,16 @@ class Engine:
         self._sample(outputs)
 
     def _restart_prefill(self, session: SessionState) -> None:
-        """Its swap-in failed: its admitted request prefills its whole prompt."""
-        for request in self._live:
-            if request.session is session and request.state is RequestState.PREFILL:
+        """Its sequence could not be restored (swap-in, prefix copy or move failed): an
+        admitted request prefills its whole prompt; a generating one cannot go on."""
+        for request in list(self._live):
+            if request.session is not session:
+                continue
+            if request.state is RequestState.PREFILL:
                 request.n_past = request.reused = 0
+            elif request.state is RequestState.GENERATING:
+                self._fail(request, BackendRuntimeError(
+                    "the session's KV sequence was lost while it generated"))
 
     def _start_samplers(self, plan: StepPlan) -> None:
         for request, _ in plan.prefill:

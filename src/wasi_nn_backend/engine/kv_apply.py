@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from ..core.plan import CopyPrefix, Evict, KvAction, Shift, SwapIn, SwapOut, Trim
+from ..core.plan import CopyPrefix, Evict, KvAction, Move, Shift, SwapIn, SwapOut, Trim
 from ..core.session import SessionState
 from ..llm.context import Context
 from .counters import EngineCounters
@@ -48,6 +48,8 @@ class KvApplier:
             self._swap_in(action)
         elif isinstance(action, CopyPrefix):
             self._copy_prefix(action)
+        elif isinstance(action, Move):
+            self._move(action)
         elif isinstance(action, Trim):
             self.ctx.seq_rm(session.seq_id, action.keep, -1)
             del session.kv_tokens[action.keep:]
@@ -68,6 +70,24 @@ class KvApplier:
             self.counters.swap_ins += 1
             return
         log.warning("session %d: KV state could not be restored; prefilling it again",
+                    session.session_id)
+        self._restart(session)
+
+    def _move(self, action: Move) -> None:
+        """The whole sequence to its new slot, through its state bytes (as a swap-out and
+        swap-in, bit-exact and done now; llama.cpp's cross-stream seq_cp would copy only at
+        the next decode, and a state read or write before that would see the old buffers)."""
+        session = action.session
+        data = self.ctx.state_seq_get(action.src) if session.kv_tokens else None
+        self.ctx.seq_rm(action.src, -1, -1)
+        self.ctx.seq_rm(action.dst, -1, -1)
+        self.counters.moves += 1
+        if data is None:
+            return
+        if self.ctx.state_seq_set(action.dst, data) \
+                and self.ctx.seq_pos_max(action.dst) == len(session.kv_tokens) - 1:
+            return
+        log.warning("session %d: its KV sequence could not be moved; prefilling it again",
                     session.session_id)
         self._restart(session)
 
