@@ -217,8 +217,12 @@ def test_a_generating_graph_does_not_embed(backend, tiny_model_path):
             generating.session().embed("hello")
 
 
-def test_a_closed_session_or_graph_refuses(backend, tiny_model_path):
-    graph = backend.load(tiny_model_path, embed_config())
+def test_a_closed_session_or_graph_refuses(tiny_model_path):
+    with Backend({"logging": {"level": "error"}}) as fresh:  # not the shared graph: closed here
+        closing_a_graph_of_its_own(fresh.load(tiny_model_path, embed_config()))
+
+
+def closing_a_graph_of_its_own(graph):
     session = graph.session()
     session.close()
     with pytest.raises(NotFound):
@@ -227,3 +231,20 @@ def test_a_closed_session_or_graph_refuses(backend, tiny_model_path):
     graph.close()
     with pytest.raises(NotFound):
         session.embed("hello")
+
+
+def test_sessions_opened_before_a_swap_embed_with_their_model(tiny_model_path,
+                                                               tiny_model_path_b):
+    with Backend({"logging": {"level": "error"}}) as fresh:
+        expected_b = fresh.load(tiny_model_path_b, embed_config()).session().embed("hello")
+    with Backend({"logging": {"level": "error"}}) as fresh:
+        graph = fresh.load(tiny_model_path, embed_config())
+        before = graph.session()
+        expected_a = before.embed("hello")
+        graph.swap(tiny_model_path_b, embed_config())
+        assert before.embed("hello") == expected_a       # still the model it was opened on
+        assert graph.session().embed("hello") == expected_b
+        graph.swap(tiny_model_path)                       # now a generating model
+        assert before.embed("hello") == expected_a
+        with pytest.raises(UnsupportedOperation):
+            graph.session().embed("hello")

@@ -104,3 +104,28 @@ def test_the_limit_is_validated():
         == E.INVALID_ARGUMENT
     with pytest.raises(InvalidArgument, match="max_model_memory_mb"):
         Backend({"memory": {"max_model_memory_mb": -1}})
+
+
+def test_a_header_claiming_absurd_layers_is_refused_before_any_work(tmp_path):
+    import gguf
+    from wasi_nn_backend.errors import InvalidEncoding
+    path = tmp_path / "huge-layers.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1_000_000_000)  # sizing per-layer lists by this would hang
+    writer.add_embedding_length(64)
+    writer.add_head_count(4)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with Backend({"logging": {"level": "error"}}) as backend:
+        with pytest.raises(InvalidEncoding, match="1000000000 layers"):
+            backend.load(path)
+
+
+def test_an_embedding_graph_counts_only_its_one_decode_of_kv(tiny_model_path):
+    header = read_gguf_header(tiny_model_path)
+    settings = {"n_ctx": 1024, "n_seq_max": 8, "n_batch": 256}
+    generating = estimate_footprint(header, ModelSettings(**settings))
+    embedding = estimate_footprint(header, ModelSettings(**settings, embedding=True))
+    assert embedding.kv_cache_bytes * 32 == generating.kv_cache_bytes  # 256 cells, not 8192

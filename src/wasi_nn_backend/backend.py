@@ -204,32 +204,37 @@ class Backend:
                 session = self._named[(graph.handle, name)]
                 session.touch()
                 return session
-            self._make_room()
+            victims = self._make_room()
             session = Session(graph, graph.current, next(self._session_ids), name, system)
             graph.current.pin()
             self._sessions[session.handle] = session
             if name is not None:
                 self._named[(graph.handle, name)] = session
-            return session
+        for victim in victims:  # their engines and models are waited for outside the lock
+            self._release(victim)
+        return session
 
-    def _make_room(self) -> None:
-        """Before a new session: drop idle ones past idle_timeout_ms, then the least recently
-        used if at max_sessions (auto_cleanup); without auto_cleanup the limit is an error."""
+    def _make_room(self) -> list[Session]:
+        """Before a new session (under the lock): take out idle ones past idle_timeout_ms,
+        then the least recently used if at max_sessions (auto_cleanup); without auto_cleanup
+        the limit is an error. Returns the sessions taken out, for _release."""
         settings = self.config.backend
-        self.cleanup_idle()
+        victims = [s for s in self._idle_sessions() if self._take(s)]
         if len(self._sessions) < settings.max_sessions:
-            return
+            return victims
         idle = [s for s in self._sessions.values() if not s.running]
         if not settings.auto_cleanup or not idle:
+            for victim in victims:
+                self._release(victim)
             raise BackendRuntimeError(
                 f"session limit reached (max_sessions={settings.max_sessions})")
         victim = min(idle, key=lambda s: s.last_activity)
         log.info("closing session %d: least recently used at max_sessions", victim.handle)
-        self._forget(victim)
+        self._take(victim)
+        return victims + [victim]
 
-    def cleanup_idle(self) -> list[int]:
-        """Close sessions idle longer than idle_timeout_ms (when auto_cleanup is on); their
-        handles become not_found. Runs on a timer too. Returns the handles closed."""
+    def _idle_sessions(self) -> list[Session]:
+        """Sessions idle longer than idle_timeout_ms (none without auto_cleanup)."""
         settings = self.config.backend
         if not settings.auto_cleanup:
             return []
@@ -240,6 +245,13 @@ class Backend:
         for session in idle:
             log.info("closing session %d: idle for over %d ms", session.handle,
                      settings.idle_timeout_ms)
+        return idle
+
+    def cleanup_idle(self) -> list[int]:
+        """Close sessions idle longer than idle_timeout_ms (when auto_cleanup is on); their
+        handles become not_found. Runs on a timer too. Returns the handles closed."""
+        idle = self._idle_sessions()
+        for session in idle:
             self._forget(session)
         return [s.handle for s in idle]
 
@@ -248,12 +260,24 @@ class Backend:
         return self._janitor.wait_pass(timeout)
 
     def _forget(self, session: Session) -> None:
+        if self._take(session):
+            self._release(session)
+        else:
+            session._shutdown()
+
+    def _take(self, session: Session) -> bool:
+        """Out of the backend's tables (under the lock); False if it was gone already."""
         with self._lock:
             known = self._sessions.pop(session.handle, None) is session
-            if session.name is not None:
+            if known and session.name is not None:
                 self._named.pop((session.graph.handle, session.name), None)
+        return known
+
+    def _release(self, session: Session) -> None:
+        """A session taken out: stop it, and free its model if it was the last session of a
+        swapped-out one. Never under the lock (it waits for the engine)."""
         session._shutdown()
-        if known and session.loaded.unpin():   # the last session of a swapped-out model
+        if session.loaded.unpin():
             with self._lock:
                 if session.loaded in session.graph.retired:
                     session.graph.retired.remove(session.loaded)

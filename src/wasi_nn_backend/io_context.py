@@ -50,7 +50,7 @@ class ContextIO:
         """Generate for the prompt set; raises ContextFull / Timeout with the output readable."""
         prompt = self._require_prompt()
         self.fini_single()
-        if self.session.graph.config.model.embedding:
+        if self.session.loaded.config.model.embedding:
             text = embedding_json(self.session.embed(prompt))
             with self._lock:
                 self._completion, self._text = None, text

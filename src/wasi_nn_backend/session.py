@@ -131,7 +131,7 @@ class Session:
                 raise InvalidArgument(f"text {index} is empty")
             tokens.append(self.tokenize_prompt(text))
         self.touch()
-        vectors = self.graph.engine.embed(tokens).result()
+        vectors = self.loaded.engine.embed(tokens).result()
         result = [vector.tolist() for vector in vectors]
         return result[0] if single else result
 

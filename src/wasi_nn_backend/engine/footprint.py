@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ModelSettings
+from ..errors import InvalidEncoding
 from ..llm.gguf_header import GgufHeader
 
 # Bytes per KV cache element (quantized types: block bytes / block size).
@@ -42,8 +43,16 @@ def mb(n_bytes: int) -> float:
     return round(n_bytes / _MB, 2)
 
 
+# Far beyond any real model (the largest have ~200 layers): a header claiming more is damaged
+# or hostile, and sizing per-layer lists by it would hang or exhaust memory.
+MAX_LAYERS = 4096
+
+
 def estimate_footprint(header: GgufHeader, settings: ModelSettings) -> Footprint:
     n_layer = _int(header.arch_value("block_count"))
+    if not 0 <= n_layer <= MAX_LAYERS:
+        raise InvalidEncoding(f"the GGUF header claims {n_layer} layers (at most {MAX_LAYERS} "
+                              "are plausible): the file is damaged")
     n_embd = _int(header.arch_value("embedding_length"))
     n_head = _per_layer(header.arch_value("attention.head_count"), n_layer)
     n_head_kv = _per_layer(header.arch_value("attention.head_count_kv"), n_layer) or n_head
@@ -52,7 +61,10 @@ def estimate_footprint(header: GgufHeader, settings: ModelSettings) -> Footprint
         or _int(header.arch_value("vocab_size"))
     k_bytes = CACHE_TYPE_BYTES[settings.cache_type_k]
     v_bytes = CACHE_TYPE_BYTES[settings.cache_type_v]
-    cells = settings.n_ctx * settings.n_seq_max
+    if settings.embedding:  # one decode's worth of cells (engine/contexts.py)
+        cells = min(settings.n_ubatch or settings.n_batch, settings.n_ctx)
+    else:
+        cells = settings.n_ctx * settings.n_seq_max
     per_cell = 0.0
     for layer, heads_kv in enumerate(n_head_kv):
         heads = n_head[layer] if layer < len(n_head) else 0
@@ -60,7 +72,7 @@ def estimate_footprint(header: GgufHeader, settings: ModelSettings) -> Footprint
         key_length = _int(header.arch_value("attention.key_length")) or head_dim
         value_length = _int(header.arch_value("attention.value_length")) or head_dim
         per_cell += heads_kv * (key_length * k_bytes + value_length * v_bytes)
-    unified = settings.kv_unified and not settings.deterministic
+    unified = settings.embedding or (settings.kv_unified and not settings.deterministic)
     n_kv = cells if unified else settings.n_ctx        # cells one token's attention reads
     n_ubatch = min(settings.n_ubatch or settings.n_batch, settings.n_batch, cells)
     compute = _compute_bytes(n_ubatch, n_kv, flash=settings.flash_attn != "off",
