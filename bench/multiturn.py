@@ -9,8 +9,10 @@ longer history.
 Two scenarios, each in one run: one chat alone, and two users' chats interleaved turn by turn
 (what a server sees; ``Llama`` has one cache, so every turn of an interleaved chat starts over).
 Both with flash attention on (what llama.cpp picks for "auto" on this CPU) and off: on this
-CPU llama.cpp's flash-attention kernel makes prefill cost grow with the context length (a
-40-token chunk: 84 ms at position 0, 154 ms at position 680; without it 89 -> 106 ms).
+CPU llama.cpp's flash-attention kernel makes prefill cost grow faster with the context length
+(bench/kernels.py measures it). Every system prompt starts with its own scenario number, so no
+session finds a 16-token prefix to copy from another (ours would, from the warm-up's, and
+start turn 1 cheaper than Llama, whose cache is reset).
 
 Run: .venv/bin/python bench/multiturn.py [--turns 10]
 """
@@ -36,7 +38,7 @@ def message(turn: int, user: int) -> str:
 
 class OursChat:
     def __init__(self, graph, scenario: int = 0) -> None:
-        self.session = graph.session(system=f"{SYSTEM} Scenario {scenario}.")
+        self.session = graph.session(system=f"Scenario {scenario}. {SYSTEM}")
 
     def turn(self, text: str) -> tuple[float, int]:
         began = time.perf_counter()
@@ -53,7 +55,7 @@ class LlamaChat:
     def __init__(self, llm, scenario: int = 0) -> None:
         import llama_cpp
         self.llm, self.C = llm, llama_cpp
-        self.messages = [{"role": "system", "content": f"{SYSTEM} Scenario {scenario}."}]
+        self.messages = [{"role": "system", "content": f"Scenario {scenario}. {SYSTEM}"}]
 
     def evaluated(self) -> int:
         return int(self.C.llama_perf_context(self.llm._ctx.ctx).n_p_eval)
@@ -99,7 +101,7 @@ def work_in_this_process(who: str, users: int, turns: int, flash: str, repeat: i
         with throughput.open_ours(path, 4, N_CTX, flash_attn=flash) as backend:
             graph = backend.graphs[0]
             OursChat(graph, 99).turn(message(0, 9))  # warm-up
-            # Every scenario and round says different things: no KV prefix to copy between them.
+            # Every scenario and round starts differently: no KV prefix to copy between them.
             for r in range(repeat):
                 runs.append(converse([OursChat(graph, 10 * r + users) for _ in range(users)],
                                      turns)[0])

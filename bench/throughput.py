@@ -90,10 +90,13 @@ def run_llama(llm, work: list[Job]) -> Outcome:
         line = timelines[id(job)]
         line.sent = time.perf_counter()
         with lock:
+            finish = None
             for chunk in llm.create_completion(job.prompt, max_tokens=job.tokens,
                                                temperature=0.0, stream=True):
                 line.arrivals.append(time.perf_counter())
-                line.tokens += 1
+                finish = chunk["choices"][0]["finish_reason"]
+        # A chunk may carry several tokens (held-back UTF-8); "length" means all max_tokens.
+        line.tokens = job.tokens if finish == "length" else len(line.arrivals)
     seconds = run_threads(work, one)
     return Outcome(seconds, list(timelines.values()))
 
