@@ -11,7 +11,7 @@ Reports aggregate decode tokens/s (all generated tokens / wall time from the fir
 the last token), time to first token (TTFT) p50/p95 and inter-token latency (ITL) p50/p95.
 Writes its section of bench/RESULTS.md and bench/throughput.png.
 
-Run: .venv/bin/python bench/throughput.py [--sessions 1,2,4,8,16] [--repeat 2]
+Run: .venv/bin/python bench/throughput.py [--sessions 1,2,4,8,16] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def work_in_this_process(who: str, n: int, slots: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="1,2,4,8,16")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per point; the best counts")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per point; the best counts")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--worker", nargs=3, metavar=("WHO", "N", "SLOTS"),
                         help=argparse.SUPPRESS)
