@@ -178,3 +178,15 @@ def test_bad_model_paths_get_codes(backend, tmp_path):
     with pytest.raises(ModelNotFound):
         backend.load(tmp_path)            # a directory
     assert backend.graphs == [] and backend.model_memory_bytes == 0
+
+
+def test_unload_also_ends_requests_still_queued(backend, tiny_model_path):
+    config = {"model": {"n_ctx": 256, "n_seq_max": 2}, "backend": {"max_concurrent": 1}}
+    graph = backend.load(tiny_model_path, config)
+    running = graph.session().complete_stream("Once upon a time", **ENDLESS)
+    queued = graph.session().complete_stream("The little cat", **ENDLESS)  # waits its turn
+    assert running.get(timeout=30)
+    assert queued.try_get() is None and not queued.done
+    graph.close()
+    for stream in (running, queued):  # neither hangs: both end, cancelled, within one step
+        assert stream.result(timeout=30).finish_reason is FinishReason.CANCELLED
