@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from .backend import Backend, Graph
 from .core.clock import Clock
-from .engine.engine import build_info
+from .engine.files import build_info
 from .errors import (ErrorCode, InvalidArgument, NotFound, TooLarge, UnsupportedOperation,
                      WasiNnError)
 from .io_context import ContextIO

@@ -10,7 +10,8 @@ from typing import Any
 from ..config import Config
 from ..core.clock import Clock
 from ..llm.gguf_header import GgufHeader, read_gguf_header
-from .engine import Engine, file_type_name, load_model
+from .engine import Engine
+from .files import file_type_name, load_model
 from .footprint import Footprint, estimate_footprint
 
 __all__ = ["Footprint", "GgufHeader", "Started", "estimate_footprint", "read_gguf_header",
