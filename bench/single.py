@@ -4,7 +4,7 @@ threads, alternated with our single session generating 128 greedy tokens through
 API, its stream read by a thread as a user would. Our rate counts the tokens after the first
 over the time from the first to the last (what tg measures: decode, no prompt).
 
-Run: .venv/bin/python bench/single.py [--rounds 7]
+Run: .venv/bin/python bench/single.py [--rounds 11]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def ours(backend, path: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     path = model_path()
