@@ -251,6 +251,8 @@ def plan_pressure_relief(pool: SlotPool, *, n_ctx: int, memory: MemoryConfig,
     limit = min(memory.max_cache_tokens,
                 int(memory.memory_pressure_threshold * n_ctx * pool.n_slots))
     used = sum(len(s.kv_tokens) for s in pool.resident)
+    if used <= limit:
+        return []  # the common case, every step: no sorting of victims
     actions: list[KvAction] = []
     n_keep = keep_count(n_ctx, memory)
     for victim in pool.victims():
