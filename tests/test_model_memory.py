@@ -129,3 +129,21 @@ def test_an_embedding_graph_counts_only_its_one_decode_of_kv(tiny_model_path):
     generating = estimate_footprint(header, ModelSettings(**settings))
     embedding = estimate_footprint(header, ModelSettings(**settings, embedding=True))
     assert embedding.kv_cache_bytes * 32 == generating.kv_cache_bytes  # 256 cells, not 8192
+
+
+def test_without_a_limit_kv_beyond_physical_memory_is_refused(tiny_model_path, monkeypatch):
+    from wasi_nn_backend import budget
+    header = read_gguf_header(tiny_model_path)
+    configs = [{"n_ctx": 256, "n_seq_max": 1, "n_batch": n} for n in (512, 256, 128)]
+    written = [estimate_footprint(header, ModelSettings(**c)) for c in configs]
+    written = [f.kv_cache_bytes + f.compute_bytes for f in written]
+    ram = written[0] + written[1] + written[2] // 2  # room for two of them, not three
+    monkeypatch.setattr(budget, "physical_memory_bytes", lambda: ram)
+    with Backend({"logging": {"level": "error"}}) as backend:
+        backend.load(tiny_model_path, {"model": configs[0]})
+        backend.load(tiny_model_path, {"model": configs[1]})
+        with pytest.raises(TooLarge, match="physical memory"):
+            backend.load(tiny_model_path, {"model": configs[2]})
+    with Backend({"logging": {"level": "error"}}) as backend:  # nor one too big alone
+        with pytest.raises(TooLarge, match="physical memory"):
+            backend.load(tiny_model_path, {"model": {"n_ctx": 8192, "n_seq_max": 8}})

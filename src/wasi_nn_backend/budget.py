@@ -1,18 +1,33 @@
 """The backend's model memory budget (``memory.max_model_memory_mb``): every loaded model holds
 a reservation of its estimated footprint (weights + KV cache + compute buffers) from before its
 load starts until it is freed, so concurrent loads and a hot swap (old and new model in memory
-at once) are counted too. Over the limit, a load is refused with too_large before it begins."""
+at once) are counted too. Over the limit, a load is refused with too_large before it begins.
+
+Without a limit, one check still holds: what llama.cpp must allocate and write (KV caches and
+compute buffers; weights are memory-mapped) may not exceed the machine's physical memory.
+llama.cpp clears a new KV cache, touching every page, so an oversized one would get the process
+killed by the kernel instead of failing the load."""
 from __future__ import annotations
 
+import os
 import threading
 
 from .engine.footprint import Footprint, mb
 from .errors import TooLarge
 
 
+def physical_memory_bytes() -> int:
+    """The machine's RAM (0 when the platform does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 class Reservation:
-    def __init__(self, budget: MemoryBudget, n_bytes: int, what: str) -> None:
+    def __init__(self, budget: MemoryBudget, n_bytes: int, allocated: int, what: str) -> None:
         self.budget, self.n_bytes, self.what = budget, n_bytes, what
+        self.allocated = allocated  # KV cache + compute: written, not mapped
         self.released = False
 
     def release(self) -> None:
@@ -45,7 +60,17 @@ class MemoryBudget:
                     f"{mb(self.limit_bytes)} MB limit (memory.max_model_memory_mb) are held by "
                     f"{len(self._held)} loaded model(s), {mb(self.limit_bytes - used)} MB free",
                     needed=needed)
-            reservation = Reservation(self, needed, what)
+            allocated = footprint.kv_cache_bytes + footprint.compute_bytes
+            held = sum(r.allocated for r in self._held)
+            physical = physical_memory_bytes()
+            if not self.limit_bytes and physical and held + allocated > physical:
+                raise TooLarge(
+                    f"loading {what} needs about {mb(allocated)} MB of KV cache and compute "
+                    f"buffers (KV cache {footprint.as_mb()['kv_cache_mb']} MB); with the "
+                    f"{mb(held)} MB loaded models hold that exceeds this machine's "
+                    f"{mb(physical)} MB of physical memory: lower n_ctx or n_seq_max",
+                    needed=allocated)
+            reservation = Reservation(self, needed, allocated, what)
             self._held.append(reservation)
             return reservation
 
