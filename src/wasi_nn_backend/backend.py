@@ -196,42 +196,43 @@ class Backend:
         return session
 
     def _open_session(self, graph: Graph, name: str | None, system: str | None) -> Session:
-        with self._lock:
-            self._check_open()
-            if graph.closed:
-                raise NotFound(f"graph {graph.handle} is unloaded")
-            if name is not None and (graph.handle, name) in self._named:
-                session = self._named[(graph.handle, name)]
-                session.touch()
+        victims: list[Session] = []
+        try:
+            with self._lock:
+                self._check_open()
+                if graph.closed:
+                    raise NotFound(f"graph {graph.handle} is unloaded")
+                if name is not None and (graph.handle, name) in self._named:
+                    session = self._named[(graph.handle, name)]
+                    session.touch()
+                    return session
+                self._make_room(victims)
+                session = Session(graph, graph.current, next(self._session_ids), name, system)
+                graph.current.pin()
+                self._sessions[session.handle] = session
+                if name is not None:
+                    self._named[(graph.handle, name)] = session
                 return session
-            victims = self._make_room()
-            session = Session(graph, graph.current, next(self._session_ids), name, system)
-            graph.current.pin()
-            self._sessions[session.handle] = session
-            if name is not None:
-                self._named[(graph.handle, name)] = session
-        for victim in victims:  # their engines and models are waited for outside the lock
-            self._release(victim)
-        return session
+        finally:
+            for victim in victims:  # their engines and models are waited for outside the lock
+                self._release(victim)
 
-    def _make_room(self) -> list[Session]:
+    def _make_room(self, victims: list[Session]) -> None:
         """Before a new session (under the lock): take out idle ones past idle_timeout_ms,
         then the least recently used if at max_sessions (auto_cleanup); without auto_cleanup
-        the limit is an error. Returns the sessions taken out, for _release."""
+        the limit is an error. What it takes out goes into ``victims``, for _release."""
         settings = self.config.backend
-        victims = [s for s in self._idle_sessions() if self._take(s)]
+        victims.extend(s for s in self._idle_sessions() if self._take(s))
         if len(self._sessions) < settings.max_sessions:
-            return victims
+            return
         idle = [s for s in self._sessions.values() if not s.running]
         if not settings.auto_cleanup or not idle:
-            for victim in victims:
-                self._release(victim)
             raise BackendRuntimeError(
                 f"session limit reached (max_sessions={settings.max_sessions})")
         victim = min(idle, key=lambda s: s.last_activity)
         log.info("closing session %d: least recently used at max_sessions", victim.handle)
         self._take(victim)
-        return victims + [victim]
+        victims.append(victim)
 
     def _idle_sessions(self) -> list[Session]:
         """Sessions idle longer than idle_timeout_ms (none without auto_cleanup)."""

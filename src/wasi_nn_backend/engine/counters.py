@@ -23,7 +23,6 @@ class EngineCounters:
     timeouts: int = 0
     cancelled: int = 0
     decode_seconds: float = 0.0   # inside llama_decode
-    step_seconds: float = 0.0     # whole engine steps (decode included)
     embed_decodes: int = 0       # embedding graphs: decodes, the texts and tokens in them
     embedded_texts: int = 0
     embedded_tokens: int = 0

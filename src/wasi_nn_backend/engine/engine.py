@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -184,9 +183,7 @@ class Engine:
                 if self.embedder is not None and self.embedder.pending:
                     self.embedder.flush()  # every job that arrived with this wake-up, together
                 if self.scheduler.has_work:
-                    began = time.perf_counter()
                     self._step()
-                    self.counters.step_seconds += time.perf_counter() - began
         except BaseException:  # a bug: fail every request rather than hang its waiters
             log.exception("engine thread failed")
         finally:

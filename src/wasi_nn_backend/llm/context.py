@@ -122,7 +122,6 @@ class Context:
         self._causal = model.metadata.get(f"{arch}.attention.causal", "true") != "false"
         self._outputs = _NO_OUTPUTS
         self._logits: tuple[np.ndarray, np.ndarray] | None = None  # (row of index, rows)
-        self._views: dict[tuple[int, int], np.ndarray] = {}  # (address, rows) -> logits view
         self.decode_seconds = 0.0  # time inside llama_decode calls (for overhead benches)
 
     # --- lifetime ------------------------------------------------------------------------
@@ -141,7 +140,7 @@ class Context:
         """Free the context. Idempotent; Model.close() calls it first."""
         handle, self._handle = self._handle, None
         self._outputs = _NO_OUTPUTS
-        self._logits, self._views = None, {}
+        self._logits = None
         if handle is not None:
             C.llama_free(handle)
             self._model._dependent_closed()
@@ -225,16 +224,11 @@ class Context:
             pointer = C.llama_get_logits(self.handle)
             if not pointer:
                 raise errors.BackendRuntimeError("llama.cpp has no logits for the last decode")
-            key = (ctypes.cast(pointer, ctypes.c_void_p).value, int(rows[-1]) + 1)
-            matrix = self._views.get(key)
-            if matrix is None:  # the buffer moves only when llama.cpp reallocates it
-                if len(self._views) > 64:
-                    self._views.clear()
-                address, n_rows = key
-                floats = (ctypes.c_float * (n_rows * self._n_vocab)).from_address(address)
-                matrix = np.frombuffer(floats, dtype=np.float32).reshape(n_rows, self._n_vocab)
-                matrix.flags.writeable = False
-                self._views[key] = matrix
+            n_rows = int(rows[-1]) + 1
+            address = ctypes.cast(pointer, ctypes.c_void_p).value
+            floats = (ctypes.c_float * (n_rows * self._n_vocab)).from_address(address)
+            matrix = np.frombuffer(floats, dtype=np.float32).reshape(n_rows, self._n_vocab)
+            matrix.flags.writeable = False
             self._logits = (rows, matrix)
         rows, matrix = self._logits
         return matrix[rows[batch_index]]
