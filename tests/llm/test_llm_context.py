@@ -220,3 +220,44 @@ def test_logits_rows_are_the_ones_llama_cpp_gives_per_batch_index(ctx):
         expected = np.ctypeslib.as_array(pointer, shape=(ctx.model.n_vocab,))
         np.testing.assert_array_equal(ctx.logits_view(index), expected)
     assert not ctx.logits_view(last).flags.writeable
+
+
+def test_batch_tracks_output_rows_and_largest_sequence():
+    batch = Batch(16)
+    assert batch.output_rows() == {} and batch.max_seq_id == -1
+    batch.add(5, 0, 2, False)
+    batch.add(6, 1, 2, True)                              # row 0
+    batch.add_sequence([7, 8, 9], 0, 5, logits_last=True)  # row 1 at index 4
+    batch.add_sequence([1, 2], 0, 1, logits_all=True)      # rows 2, 3 at indices 5, 6
+    batch.add_sequence([3], 0, 0, logits_last=False)
+    assert batch.output_rows() == {1: 0, 4: 1, 5: 2, 6: 3}
+    assert batch.max_seq_id == 5
+    assert [int(x) for x in batch.logits[:batch.n_tokens]] == [0, 1, 0, 0, 1, 1, 1, 0]
+    rows = batch.output_rows()
+    rows[99] = 9  # a copy: the batch's own record is untouched
+    assert 99 not in batch.output_rows()
+    batch.clear()
+    assert batch.output_rows() == {} and batch.max_seq_id == -1
+
+
+def test_logits_views_follow_llama_cpp_as_output_counts_change(tiny_model):
+    """The views of llama.cpp's logits buffer are cached by (address, rows); whatever the
+    number of outputs per decode (llama.cpp regrows its buffer for more), every row read is
+    the one llama_get_logits_ith gives."""
+    import llama_cpp.llama_cpp as C
+    with Context(tiny_model, n_ctx=1024, n_batch=64, n_seq_max=8, n_threads=2) as context:
+        batch = Batch(64)
+        positions = [0] * 8
+        for step, outputs in enumerate((1, 3, 1, 8, 2, 8, 1)):
+            batch.clear()
+            for seq in range(outputs):
+                batch.add(100 + step + seq, positions[seq], seq, True)
+                positions[seq] += 1
+            assert context.decode(batch) == 0
+            assert not context.has_logits(outputs) and not context.has_logits(-1)
+            for index in range(outputs):
+                pointer = C.llama_get_logits_ith(context.handle, index)
+                expected = np.ctypeslib.as_array(pointer, shape=(tiny_model.n_vocab,))
+                np.testing.assert_array_equal(context.logits_view(index), expected)
+        context.clear()
+        assert not context.has_logits(0)

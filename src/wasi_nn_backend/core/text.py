@@ -22,6 +22,10 @@ class TextAssembler:
         """Add a token's bytes; return the newly showable text ('' if none)."""
         if self.stopped_by is not None:
             return ""
+        if not self._stop:  # nothing to hold back but unfinished UTF-8 (the decoder holds it)
+            shown = self._decoder.decode(piece)
+            self.text += shown
+            return shown
         self._held += self._decoder.decode(piece)
         cut = self._earliest_stop()
         if cut is not None:

@@ -67,6 +67,7 @@ class Engine:
         self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
         self.kv = KvApplier(self.ctx, self.swap, self.counters)
         self._live: dict[Request, LiveRequest] = {}
+        self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
         self._inbox: deque[Callable[[], Any]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -168,6 +169,8 @@ class Engine:
     def _run(self) -> None:
         try:
             while True:
+                if self._unwoken and not self.scheduler.has_work:
+                    self._wake_readers()  # no decode is coming to wake them
                 with self._cond:
                     self._cond.wait_for(lambda: self._inbox or self._stopping
                                         or self.scheduler.has_work)
@@ -206,6 +209,14 @@ class Engine:
         self.batch.close()
         self.ctx.close()
 
+    def _wake_readers(self) -> None:
+        """Wake the readers of the pieces sampled since the last call. Called just before
+        llama_decode (which releases the GIL, so they find it free and wake once) and before
+        the engine waits for work."""
+        streams, self._unwoken = self._unwoken, []
+        for stream in streams:
+            stream.wake()
+
     def _admit(self, live: LiveRequest) -> None:
         self._live[live.request] = live
         self.scheduler.submit(live.request)
@@ -233,6 +244,7 @@ class Engine:
         plan.decode = [r for r in plan.decode if r in self._live]
         self._start_samplers(plan)
         outputs = self._fill_batch(plan)
+        self._wake_readers()
         if self.batch.n_tokens == 0:
             return
         result = self.ctx.decode(self.batch)
@@ -327,7 +339,7 @@ class Engine:
             if request.params.sampling.n_probs:
                 request.probs.append(tuple(live.sampler.top_probs(
                     self.ctx, index, request.params.sampling.n_probs)))
-            reason = live.on_token(self.model, token, now)
+            reason = live.on_token(self.model, token, now, self._unwoken)
             if reason is not None:
                 self._finish(request, reason, ErrorCode.SUCCESS)
 

@@ -20,8 +20,10 @@ class LiveRequest:
     text: TextAssembler
     sampler: Sampler | None = None
 
-    def on_token(self, model: Model, token: int, now: float) -> FinishReason | None:
-        """Record a sampled token, emit its text; the reason to stop, if any."""
+    def on_token(self, model: Model, token: int, now: float,
+                 unwoken: list[Stream]) -> FinishReason | None:
+        """Record a sampled token, emit its text; the reason to stop, if any. The stream's
+        readers are not woken: the stream goes on ``unwoken`` for the engine to wake."""
         request = self.request
         request.generated.append(token)
         request.session.generated_tokens += 1
@@ -31,7 +33,8 @@ class LiveRequest:
         stopping = request.params.stopping
         if model.is_eog(token) and not request.params.sampling.ignore_eos:
             return FinishReason.STOP
-        self.stream.put(self.text.feed(model.token_to_piece(token)))
+        if self.stream.put(self.text.feed(model.token_to_piece(token)), wake=False):
+            unwoken.append(self.stream)
         if self.text.stopped_by is not None:
             return FinishReason.STOP
         if 0 <= stopping.max_tokens <= len(request.generated):

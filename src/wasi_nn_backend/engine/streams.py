@@ -24,11 +24,21 @@ class Stream:
         self._cancel = cancel
 
     # -- engine side -------------------------------------------------------------------------
-    def put(self, text: str) -> None:
+    def put(self, text: str, *, wake: bool = True) -> bool:
+        """Add a piece (none for ''); returns whether one was added. ``wake=False`` leaves
+        the readers asleep until ``wake()``: the engine wakes them just before llama_decode
+        releases the GIL, so that a reader wakes once, not once for its piece and again when
+        the GIL comes free."""
         if not text:
-            return
+            return False
         with self._cond:
             self._pieces.append(text)
+            if wake:
+                self._cond.notify_all()
+        return True
+
+    def wake(self) -> None:
+        with self._cond:
             self._cond.notify_all()
 
     def finish(self, completion: Completion) -> None:

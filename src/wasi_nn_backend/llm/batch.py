@@ -48,6 +48,8 @@ class Batch:
             logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
         )
         self._closed = False
+        self._rows: dict[int, int] = {}  # batch index -> its row among the outputs
+        self._max_seq = -1
 
     @property
     def capacity(self) -> int:
@@ -56,6 +58,17 @@ class Batch:
     @property
     def n_tokens(self) -> int:
         return self._n_tokens
+
+    @property
+    def max_seq_id(self) -> int:
+        """The largest sequence id in the batch (-1 when empty)."""
+        return self._max_seq
+
+    def output_rows(self) -> dict[int, int]:
+        """{batch index: row in llama.cpp's logits} for the tokens that produce logits: rows
+        come in batch order (llama.h, llama_get_logits). Kept as tokens are added, so reading
+        it costs no pass over the arrays."""
+        return dict(self._rows)
 
     def _check_room(self, count: int) -> None:
         if self._closed:
@@ -79,6 +92,10 @@ class Batch:
         self.positions[index] = pos
         self.seq_ids[index] = seq_id
         self.logits[index] = 1 if logits else 0
+        if logits:
+            self._rows[index] = len(self._rows)
+        if seq_id > self._max_seq:
+            self._max_seq = seq_id
         self._n_tokens = index + 1
         return index
 
@@ -100,13 +117,21 @@ class Batch:
         self.positions[begin:end] = np.arange(start_pos, start_pos + count, dtype=np.int32)
         self.seq_ids[begin:end] = seq_id
         self.logits[begin:end] = 1 if logits_all else 0
-        if logits_last:
+        rows = self._rows
+        if logits_all:
+            first = len(rows)
+            rows.update((index, first + index - begin) for index in range(begin, end))
+        elif logits_last:
             self.logits[end - 1] = 1
+            rows[end - 1] = len(rows)
+        self._max_seq = max(self._max_seq, seq_id)
         self._n_tokens = end
         return end - 1
 
     def clear(self) -> None:
         self._n_tokens = 0
+        self._rows = {}
+        self._max_seq = -1
 
     def c_struct(self) -> C.llama_batch:
         """The llama_batch describing the current contents (valid while self lives)."""

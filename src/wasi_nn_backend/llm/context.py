@@ -28,7 +28,22 @@ KV_TYPES = {"f32": C.GGML_TYPE_F32, "f16": C.GGML_TYPE_F16,
             "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0}
 _FLASH = {"auto": C.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
           "off": C.LLAMA_FLASH_ATTN_TYPE_DISABLED}
-_NO_OUTPUTS = np.zeros(0, dtype=np.int8)
+_NO_OUTPUTS: dict[int, int] = {}
+_VIEW_CACHE_MAX = 64
+
+
+def _pointer_getter(name: str) -> ctypes._CFuncPtr:
+    """A second binding of a llama.cpp getter returning ``float *``, typed to give the address
+    as a plain int (None for NULL): llama-cpp-python's own binding returns a ctypes pointer,
+    which costs a cast per call. A fresh function object (``lib[name]``), so the package's
+    binding keeps its own types."""
+    function = C._lib[name]
+    function.argtypes = [ctypes.c_void_p]
+    function.restype = ctypes.c_void_p
+    return function
+
+
+_get_logits_address = _pointer_getter("llama_get_logits")
 
 
 def _index(name: str, value: object) -> int:
@@ -120,8 +135,11 @@ class Context:
         # Non-causal models assert n_tokens <= n_ubatch inside llama_decode.
         arch = model.architecture
         self._causal = model.metadata.get(f"{arch}.attention.causal", "true") != "false"
-        self._outputs = _NO_OUTPUTS
-        self._logits: tuple[np.ndarray, np.ndarray] | None = None  # (row of index, rows)
+        self._outputs = _NO_OUTPUTS  # batch index -> logits row, for the last decode
+        self._logits: np.ndarray | None = None  # the last decode's logits rows
+        # Views of llama.cpp's logits buffer by (address, rows): the buffer stays put from
+        # decode to decode, so a step builds no new view (each build costs ~0.1 ms there).
+        self._views: dict[tuple[int, int], np.ndarray] = {}
         self.decode_seconds = 0.0  # time inside llama_decode calls (for overhead benches)
 
     # --- lifetime ------------------------------------------------------------------------
@@ -196,7 +214,7 @@ class Context:
         if not self._causal and count > self._n_ubatch:
             raise errors.BackendRuntimeError(
                 f"non-causal model: batch of {count} tokens exceeds n_ubatch={self._n_ubatch}")
-        if int(batch.seq_ids[:count].max()) >= self._n_seq_max:
+        if batch.max_seq_id >= self._n_seq_max:
             raise errors.InvalidArgument(f"batch has a sequence id >= n_seq_max={self._n_seq_max}")
         self._outputs = _NO_OUTPUTS  # logits of any earlier decode are gone from here on
         self._logits = None
@@ -205,33 +223,34 @@ class Context:
         code = int(C.llama_decode(handle, struct))
         self.decode_seconds += time.perf_counter() - began
         if code == 0:
-            self._outputs = batch.logits[:count].copy()
+            self._outputs = batch.output_rows()
         return code
 
     def has_logits(self, batch_index: int) -> bool:
         """Whether the last successful decode produced logits at ``batch_index``."""
-        return 0 <= batch_index < len(self._outputs) and bool(self._outputs[batch_index])
+        return isinstance(batch_index, int) and batch_index in self._outputs
 
     def logits_view(self, batch_index: int) -> np.ndarray:
         """Read-only view of a logits row; valid only until the next decode. Prefer logits_row."""
         if not self.has_logits(batch_index):
             raise errors.InvalidArgument(
                 f"batch index {batch_index} has no logits from the last decode")
-        if self._logits is None:
-            # One view of every output row per decode: llama.cpp stores the rows contiguously,
-            # in batch order (llama.h, llama_get_logits), so row r belongs to the r-th output.
-            rows = np.cumsum(self._outputs, dtype=np.intp) - 1
-            pointer = C.llama_get_logits(self.handle)
-            if not pointer:
+        matrix = self._logits
+        if matrix is None:
+            address = _get_logits_address(self.handle)
+            if not address:
                 raise errors.BackendRuntimeError("llama.cpp has no logits for the last decode")
-            n_rows = int(rows[-1]) + 1
-            address = ctypes.cast(pointer, ctypes.c_void_p).value
-            floats = (ctypes.c_float * (n_rows * self._n_vocab)).from_address(address)
-            matrix = np.frombuffer(floats, dtype=np.float32).reshape(n_rows, self._n_vocab)
-            matrix.flags.writeable = False
-            self._logits = (rows, matrix)
-        rows, matrix = self._logits
-        return matrix[rows[batch_index]]
+            key = (address, len(self._outputs))
+            matrix = self._views.get(key)
+            if matrix is None:
+                if len(self._views) >= _VIEW_CACHE_MAX:
+                    self._views.clear()
+                floats = (ctypes.c_float * (key[1] * self._n_vocab)).from_address(address)
+                matrix = np.frombuffer(floats, dtype=np.float32).reshape(key[1], self._n_vocab)
+                matrix.flags.writeable = False
+                self._views[key] = matrix
+            self._logits = matrix
+        return matrix[self._outputs[batch_index]]
 
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A float32 copy of the logits (n_vocab) for the token at ``batch_index``."""

@@ -230,7 +230,7 @@ class Sampler:
     def _greedy(self, logits: np.ndarray) -> int:
         """The first maximum of logits + logit_bias (llama.cpp's greedy after its logit_bias
         sampler), without copying the row: only the biased tokens can change the answer."""
-        best = int(np.argmax(logits))
+        best = int(logits.argmax())  # the method: np.argmax adds a Python-level dispatch
         if not self._bias:
             return best
         if best in self._bias:  # its own bias decides: do it the long way
