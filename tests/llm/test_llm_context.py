@@ -261,3 +261,13 @@ def test_logits_views_follow_llama_cpp_as_output_counts_change(tiny_model):
                 np.testing.assert_array_equal(context.logits_view(index), expected)
         context.clear()
         assert not context.has_logits(0)
+
+
+def test_logits_index_accepts_numpy_ints_not_floats(ctx):
+    batch = Batch(8)
+    batch.add(100, 0, 0, True)
+    assert ctx.decode(batch) == 0
+    assert ctx.has_logits(np.int64(0)) and not ctx.has_logits(0.0)
+    np.testing.assert_array_equal(ctx.logits_view(np.int32(0)), ctx.logits_view(0))
+    with pytest.raises(errors.InvalidArgument):
+        ctx.logits_view(0.0)

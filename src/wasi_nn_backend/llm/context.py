@@ -228,7 +228,10 @@ class Context:
 
     def has_logits(self, batch_index: int) -> bool:
         """Whether the last successful decode produced logits at ``batch_index``."""
-        return isinstance(batch_index, int) and batch_index in self._outputs
+        try:  # ints and numpy ints; never floats (3.0 would find row 3 in the dict)
+            return operator.index(batch_index) in self._outputs
+        except TypeError:
+            return False
 
     def logits_view(self, batch_index: int) -> np.ndarray:
         """Read-only view of a logits row; valid only until the next decode. Prefer logits_row."""
@@ -250,7 +253,7 @@ class Context:
                 matrix.flags.writeable = False
                 self._views[key] = matrix
             self._logits = matrix
-        return matrix[self._outputs[batch_index]]
+        return matrix[self._outputs[operator.index(batch_index)]]
 
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A float32 copy of the logits (n_vocab) for the token at ``batch_index``."""
