@@ -61,3 +61,19 @@ def test_held_text_released_at_finish_when_no_stop():
 def test_invalid_utf8_is_replaced_not_raised():
     a = TextAssembler()
     assert a.feed(b"\xff") == "\ufffd"
+
+
+def test_pieces_cut_anywhere_give_what_one_incremental_decoder_gives():
+    """Whole-character pieces take a shortcut past the incremental decoder; around split or
+    invalid bytes the decoder takes over. Either way the text equals one decoder's."""
+    import codecs
+    import random
+    data = "héllo 世界 🎉 ok".encode() + b"\xff\xc3(" + "fin é".encode() + b"\xe4\xb8"
+    rng = random.Random(7)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 12)))
+        pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+        reference = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        expected = "".join(reference.decode(p) for p in pieces) + reference.decode(b"", True)
+        for stop in ((), ("zzz",)):
+            assert "".join(feed_all(TextAssembler(stop=stop), pieces)) == expected

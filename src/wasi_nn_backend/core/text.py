@@ -14,6 +14,7 @@ class TextAssembler:
     def __init__(self, stop: tuple[str, ...] = ()) -> None:
         self._stop = tuple(s for s in stop if s)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = False    # the decoder holds the first bytes of a character
         self._held = ""          # decoded text not yet shown (possible stop-string start)
         self.text = ""           # everything shown so far
         self.stopped_by: str | None = None
@@ -23,10 +24,10 @@ class TextAssembler:
         if self.stopped_by is not None:
             return ""
         if not self._stop:  # nothing to hold back but unfinished UTF-8 (the decoder holds it)
-            shown = self._decoder.decode(piece)
+            shown = self._decode(piece)
             self.text += shown
             return shown
-        self._held += self._decoder.decode(piece)
+        self._held += self._decode(piece)
         cut = self._earliest_stop()
         if cut is not None:
             index, stop = cut
@@ -34,6 +35,18 @@ class TextAssembler:
             return self._show(self._held[:index], rest="")
         keep = self._partial_stop_suffix()
         return self._show(self._held[:len(self._held) - keep], rest=self._held[len(self._held) - keep:])
+
+    def _decode(self, piece: bytes) -> str:
+        """UTF-8 with held partial characters: whole characters (most tokens) decode in one
+        C call; the incremental decoder takes over only around a split character."""
+        if not self._partial:
+            try:
+                return piece.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        text = self._decoder.decode(piece)
+        self._partial = bool(self._decoder.getstate()[0])
+        return text
 
     def finish(self) -> str:
         """Generation ended without a stop string: release everything held."""

@@ -67,6 +67,7 @@ class Engine:
         self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
         self.kv = KvApplier(self.ctx, self.swap, self.counters)
         self._live: dict[Request, LiveRequest] = {}
+        self._with_deadline = 0  # live requests that have a deadline
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
         self._inbox: deque[Callable[[], Any]] = deque()
         self._cond = threading.Condition()
@@ -169,6 +170,9 @@ class Engine:
     def _run(self) -> None:
         try:
             while True:
+                if not (self._inbox or self._stopping) and self.scheduler.has_work:
+                    self._step()  # busy with no commands: the next step, no lock taken
+                    continue
                 if self._unwoken and not self.scheduler.has_work:
                     self._wake_readers()  # no decode is coming to wake them
                 with self._cond:
@@ -219,6 +223,7 @@ class Engine:
 
     def _admit(self, live: LiveRequest) -> None:
         self._live[live.request] = live
+        self._with_deadline += live.request.deadline is not None
         self.scheduler.submit(live.request)
 
     def _cancel(self, request: Request) -> None:
@@ -364,6 +369,8 @@ class Engine:
     def _expire_deadlines(self) -> None:
         """Requests past their deadline end with timeout: queued ones (auto_queue_cleanup)
         and running ones, whose partial output stays readable."""
+        if not self._with_deadline:
+            return
         now = self.clock.now()
         for request in self.scheduler.expire_waiting(now):
             self._finish(request, FinishReason.TIMEOUT, ErrorCode.TIMEOUT)
@@ -373,6 +380,7 @@ class Engine:
 
     def _finish(self, request: Request, reason: FinishReason, code: ErrorCode) -> None:
         live = self._live.pop(request)
+        self._with_deadline -= request.deadline is not None
         self.scheduler.remove(request)
         # Counters first: completing wakes the caller, who may read them at once.
         self.counters.finished += 1
@@ -382,6 +390,7 @@ class Engine:
 
     def _fail(self, request: Request, error: WasiNnError) -> None:
         live = self._live.pop(request, None)
+        self._with_deadline -= live is not None and request.deadline is not None
         self.scheduler.remove(request)
         self.counters.failed += 1
         if live is not None:

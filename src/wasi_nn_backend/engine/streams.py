@@ -17,7 +17,7 @@ _END = object()
 
 class Stream:
     def __init__(self, cancel: Callable[[], None] | None = None) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._pieces: deque[str] = deque()
         self._completion: Completion | None = None
         self._error: WasiNnError | None = None
@@ -31,10 +31,12 @@ class Stream:
         the GIL comes free."""
         if not text:
             return False
+        if not wake:  # deque.append is atomic; the wake() that must follow takes the lock
+            self._pieces.append(text)
+            return True
         with self._cond:
             self._pieces.append(text)
-            if wake:
-                self._cond.notify_all()
+            self._cond.notify_all()
         return True
 
     def wake(self) -> None:

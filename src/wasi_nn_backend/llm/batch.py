@@ -47,6 +47,12 @@ class Batch:
             seq_id=self._seq_ptrs.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(C.llama_seq_id))),
             logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
         )
+        # ctypes views of the same memory: one item set through them is a fraction of numpy's
+        # scalar assignment (what add() does per decode token).
+        self._c_tokens = (ctypes.c_int32 * capacity).from_buffer(self.tokens)
+        self._c_positions = (ctypes.c_int32 * capacity).from_buffer(self.positions)
+        self._c_seq_ids = (ctypes.c_int32 * capacity).from_buffer(self.seq_ids)
+        self._c_logits = (ctypes.c_int8 * capacity).from_buffer(self.logits)
         self._closed = False
         self._rows: dict[int, int] = {}  # batch index -> its row among the outputs
         self._max_seq = -1
@@ -88,10 +94,10 @@ class Batch:
             raise errors.InvalidArgument(
                 f"bad batch entry: token={token} pos={pos} seq_id={seq_id}")
         index = self._n_tokens
-        self.tokens[index] = token
-        self.positions[index] = pos
-        self.seq_ids[index] = seq_id
-        self.logits[index] = 1 if logits else 0
+        self._c_tokens[index] = token
+        self._c_positions[index] = pos
+        self._c_seq_ids[index] = seq_id
+        self._c_logits[index] = 1 if logits else 0
         if logits:
             self._rows[index] = len(self._rows)
         if seq_id > self._max_seq:

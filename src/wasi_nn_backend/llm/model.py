@@ -49,7 +49,7 @@ class Model:
         self.path = path
         self._vocab = C.llama_model_get_vocab(handle)
         self._n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
-        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._pieces: tuple[dict[int, bytes], dict[int, bytes]] = ({}, {})  # [special]
         self._eog: tuple[int, ...] | None = None
         self._eog_set: frozenset[int] | None = None
         # Contexts and samplers made from this model: they hold pointers into it, so
@@ -226,8 +226,8 @@ class Model:
 
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
         """The raw bytes of one token (may be part of a UTF-8 character). Cached."""
-        key = (token, bool(special))
-        piece = self._pieces.get(key)
+        cache = self._pieces[1 if special else 0]
+        piece = cache.get(token)
         if piece is not None:
             return piece
         token = self._check_token(token)
@@ -238,7 +238,7 @@ class Model:
             count = C.llama_token_to_piece(vocab, token, buf, size, 0, bool(special))
             if count >= 0:
                 piece = buf.raw[:count]
-                self._pieces[key] = piece
+                cache[token] = piece
                 return piece
             size = -count
 

@@ -214,15 +214,16 @@ class Sampler:
 
     def sample(self, ctx: Context, batch_index: int) -> int:
         """Pick the next token from the logits at ``batch_index`` and accept it."""
-        if not ctx.has_logits(batch_index):
-            raise errors.InvalidArgument(
-                f"batch index {batch_index} has no logits from the last decode")
         if ctx.model is not self._model:
             # logit_bias/penalty tables are sized for this model's vocabulary.
             raise errors.InvalidArgument("sampler and context belong to different models")
-        if self.fast_greedy:
-            self._live()
+        if self._chain is None:
+            raise errors.BackendRuntimeError("sampler is closed")
+        if self.fast_greedy:  # logits_view raises InvalidArgument for an index without logits
             return self._greedy(ctx.logits_view(batch_index))
+        if not ctx.has_logits(batch_index):
+            raise errors.InvalidArgument(
+                f"batch index {batch_index} has no logits from the last decode")
         if self._grammar is None:
             return int(C.llama_sampler_sample(self._live(), ctx.handle, batch_index))
         return self._sample_guarded(ctx, batch_index)
