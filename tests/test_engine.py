@@ -54,6 +54,31 @@ def test_eight_concurrent_sessions_match_solo(graph):
     assert steps < sum(len(r) for r in results) / 2  # decoded together, not one by one
 
 
+def test_steady_steps_give_what_a_bare_decode_loop_gives(graph):
+    """Once a generation only decodes, steps reuse the last batch with new tokens and skip
+    planning; the tokens must be those of the plainest loop over llama.cpp."""
+    import numpy as np
+
+    from wasi_nn_backend.llm.batch import Batch
+    from wasi_nn_backend.llm.context import Context
+    model = graph.engine.model
+    before = graph.engine.counters.steady_steps
+    ours = complete(graph, PROMPTS[0], max_tokens=40, ignore_eos=True).generated_tokens
+    assert graph.engine.counters.steady_steps - before >= 30
+    prompt = model.tokenize(PROMPTS[0], add_special=True, parse_special=True)
+    with Context(model, n_ctx=256, n_batch=64, n_seq_max=1, n_threads=2) as ctx, \
+            Batch(64) as batch:
+        last = batch.add_sequence(prompt, 0, 0)
+        assert ctx.decode(batch) == 0
+        tokens = [int(np.argmax(ctx.logits_view(last)))]
+        while len(tokens) < 40:
+            batch.clear()
+            batch.add(tokens[-1], len(prompt) + len(tokens) - 1, 0, True)
+            assert ctx.decode(batch) == 0
+            tokens.append(int(np.argmax(ctx.logits_view(0))))
+    assert list(ours) == tokens
+
+
 def test_long_prompt_is_prefilled_in_chunks(graph):
     prompt = " ".join(["word"] * 150)  # more tokens than n_batch (64)
     chunked = complete(graph, prompt, max_tokens=5)

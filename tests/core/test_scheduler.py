@@ -60,3 +60,70 @@ def test_max_concurrent_limits_admission():
     s.remove(rs[0])
     s.plan()
     assert s.running == [rs[1], rs[2]]
+
+
+# -- steady plans: the last decode again, without looking at each request ---------------------
+def generating(s, lengths):
+    """Requests admitted and generating, their sessions holding ``lengths`` tokens."""
+    rs = [req(SessionState(i), 2) for i in range(len(lengths))]
+    for r in rs:
+        s.submit(r)
+    s.plan()
+    for r, n in zip(rs, lengths):
+        r.n_past, r.state, r.pending_token = 2, RequestState.GENERATING, 5
+        r.session.kv_tokens = [1] * n
+    return rs
+
+
+def commit(plan):  # what the engine does after a successful decode
+    for r in plan.decode:
+        r.session.kv_tokens.append(r.pending_token)
+
+
+def make_roomy(**memory):
+    return Scheduler(n_batch=8, n_ctx=64, pool=SlotPool(3),
+                     settings=BackendSettings(max_concurrent=10),
+                     memory=MemoryConfig(**memory), can_shift=True, clock=FakeClock())
+
+
+def test_steady_plans_repeat_the_decode_exactly_until_a_shift_is_due():
+    s = make_roomy(memory_pressure_threshold=1.0)
+    a, b = generating(s, [40, 50])
+    plans = []
+    while not plans or not plans[-1].kv_actions:
+        plans.append(s.plan())
+        commit(plans[-1])
+    # b (50 tokens) has room for 13 more steps after the first (50 + 1 + 13 = 64 = n_ctx);
+    # the plan after them is a full one and shifts b.
+    assert [p.steady for p in plans] == [False] + [True] * 13 + [False]
+    assert all(p.decode == [a, b] for p in plans)
+    assert [type(x).__name__ for x in plans[-1].kv_actions] == ["Shift"]
+
+
+def test_steady_plans_stop_before_the_pressure_limit():
+    s = make_roomy(max_cache_tokens=100)
+    idle = SessionState(9)
+    s.pool.acquire(idle)
+    idle.kv_tokens = [1] * 50                      # a victim for pressure relief
+    a, b = generating(s, [10, 10])                 # 70 cached: 30 to spare, 2 per step
+    plans = [s.plan()]
+    while not plans[-1].kv_actions:
+        commit(plans[-1])
+        plans.append(s.plan())
+    steady = sum(p.steady for p in plans)
+    assert 0 < steady <= 14 and not plans[-1].steady
+    assert 70 + 2 * (len(plans) - 1) > 100       # relief came when the limit was passed
+
+
+def test_anything_new_ends_steady_plans():
+    s = make_roomy()
+    a, b = generating(s, [5, 5])
+    commit(s.plan())
+    assert s.plan().steady
+    s.remove(a)                                    # finished or cancelled
+    assert not s.plan().steady
+    commit(s.plan())
+    assert s.plan().steady
+    s.submit(req(SessionState(7), 3))              # someone waits: admission must look
+    plan = s.plan()
+    assert not plan.steady and plan.prefill

@@ -243,14 +243,24 @@ def _map_through_cuts(session: SessionState, prompt: list[int], truncate_ok: boo
     return prompt
 
 
+def pressure_limit(pool: SlotPool, *, n_ctx: int, memory: MemoryConfig) -> int:
+    """The most tokens the resident sessions' caches hold before idle ones give cells back:
+    max_cache_tokens, or memory_pressure_threshold of all cells, whichever is less."""
+    return min(memory.max_cache_tokens,
+               int(memory.memory_pressure_threshold * n_ctx * pool.n_slots))
+
+
+def cached_tokens(pool: SlotPool) -> int:
+    return sum(len(s.kv_tokens) for s in pool.resident)
+
+
 def plan_pressure_relief(pool: SlotPool, *, n_ctx: int, memory: MemoryConfig,
                          can_shift: bool) -> list[KvAction]:
-    """While the sessions' caches hold more than max_cache_tokens, or more than
-    memory_pressure_threshold of all cells, idle sessions give cells back: the oldest part of a
-    long one (enable_partial_cache_deletion), or the whole of it (swapped or evicted)."""
-    limit = min(memory.max_cache_tokens,
-                int(memory.memory_pressure_threshold * n_ctx * pool.n_slots))
-    used = sum(len(s.kv_tokens) for s in pool.resident)
+    """While the sessions' caches hold more than pressure_limit, idle sessions give cells
+    back: the oldest part of a long one (enable_partial_cache_deletion), or the whole of it
+    (swapped or evicted)."""
+    limit = pressure_limit(pool, n_ctx=n_ctx, memory=memory)
+    used = cached_tokens(pool)
     if used <= limit:
         return []  # the common case, every step: no sorting of victims
     actions: list[KvAction] = []

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from ..config import BackendSettings, MemoryConfig
 from ..errors import WasiNnError
 from .clock import Clock
-from .kv_policy import SlotPool, plan_generation_room, plan_pressure_relief, plan_prompt
+from .kv_policy import (SlotPool, cached_tokens, plan_generation_room, plan_pressure_relief,
+                        plan_prompt, pressure_limit)
 from .plan import StepPlan
 from .queue import QueueGate, WaitingQueue
 from .session import Request, RequestState
@@ -64,6 +65,9 @@ class Scheduler:
                                   track_deadlines=settings.auto_queue_cleanup)
         self.running: list[Request] = []
         self._rotation = 0  # round-robin start when more generate than fit one batch
+        # While every running request just decodes: (their list, steps until one may need a
+        # context shift, steps until the caches may pass the pressure limit). See plan().
+        self._steady: tuple[list[Request], int, int] | None = None
         self._submitted_total = 0
         self._admitted_total = 0
         self._failed_total = 0
@@ -90,6 +94,7 @@ class Scheduler:
 
     def remove(self, request: Request) -> None:
         """Forget a request (finished, failed or cancelled); its session becomes idle."""
+        self._steady = None
         if request in self.running:
             self.running.remove(request)
             request.session.busy = False
@@ -128,6 +133,34 @@ class Scheduler:
         return True
 
     def plan(self) -> StepPlan:
+        """The next step. While nothing waits and every running request only decodes, the
+        plan is the last one again for as many steps as no request can need a context shift
+        and the caches stay under the pressure limit, without looking at each request: the
+        steady state of a long generation (what a step costs in Python counts there)."""
+        steady = self._steady
+        if steady is not None and not self.queue and len(self.running) == len(steady[0]) \
+                and steady[1] > 0 and steady[2] > 0:
+            decode, room, headroom = steady
+            self._steady = (decode, room - 1, headroom - 1)
+            return StepPlan(decode=list(decode), steady=True)
+        self._steady = None
+        plan = self._plan()
+        self._steady = self._steady_from(plan)
+        return plan
+
+    def _steady_from(self, plan: StepPlan) -> tuple[list[Request], int, int] | None:
+        """Steps after ``plan`` that may repeat it (None: not one to repeat)."""
+        if self.deterministic or plan.kv_actions or plan.prefill or plan.failed \
+                or plan.context_full or not plan.decode or len(plan.decode) != len(self.running):
+            return None
+        # Room: one more token each step, no shift while len + 1 <= n_ctx (plan_generation_room).
+        room = min(self.n_ctx - len(r.session.kv_tokens) for r in plan.decode) - 1
+        # Pressure: the caches grow by one token per request per step.
+        spare = pressure_limit(self.pool, n_ctx=self.n_ctx, memory=self.memory) \
+            - cached_tokens(self.pool)
+        return list(plan.decode), room, spare // len(plan.decode) - 1
+
+    def _plan(self) -> StepPlan:
         plan = StepPlan()
         self._admit(plan)
         plan.kv_actions.extend(plan_pressure_relief(

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 @dataclass
 class EngineCounters:
     steps: int = 0
+    steady_steps: int = 0         # of those, the last decode again (no planning, same batch)
     prefill_tokens: int = 0
     decode_tokens: int = 0
     reused_tokens: int = 0

@@ -67,6 +67,7 @@ class Engine:
         self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
         self.kv = KvApplier(self.ctx, self.swap, self.counters)
         self._live: dict[Request, LiveRequest] = {}
+        self._steady_outputs: list[tuple[Request, int]] | None = None  # last decode-only step
         self._with_deadline = 0  # live requests that have a deadline
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
         self._inbox: deque[Callable[[], Any]] = deque()
@@ -240,15 +241,14 @@ class Engine:
     def _step(self) -> None:
         self._expire_deadlines()
         plan = self.scheduler.plan()
-        for request, error in plan.failed:
-            self._fail(request, error)
-        for request in plan.context_full:
-            self._finish(request, FinishReason.LENGTH, ErrorCode.CONTEXT_FULL)
-        for session in self.kv.apply_all(plan.kv_actions):
-            self._restart_prefill(session)
-        plan.decode = [r for r in plan.decode if r in self._live]
-        self._start_samplers(plan)
-        outputs = self._fill_batch(plan)
+        outputs = self._steady_outputs
+        if plan.steady and outputs is not None and len(outputs) == len(plan.decode):
+            # The last step's requests decode again, nothing else: its batch, new tokens.
+            self.counters.steady_steps += 1
+            for request, index in outputs:
+                self.batch.retoken(index, request.pending_token, len(request.session.kv_tokens))
+        else:
+            outputs = self._prepare(plan)
         self._wake_readers()
         if self.batch.n_tokens == 0:
             return
@@ -259,6 +259,20 @@ class Engine:
             return
         self._commit(plan)
         self._sample(outputs)
+
+    def _prepare(self, plan: StepPlan) -> list[tuple[Request, int]]:
+        """Carry out a plan up to its batch: failures, KV actions, samplers, the batch."""
+        for request, error in plan.failed:
+            self._fail(request, error)
+        for request in plan.context_full:
+            self._finish(request, FinishReason.LENGTH, ErrorCode.CONTEXT_FULL)
+        for session in self.kv.apply_all(plan.kv_actions):
+            self._restart_prefill(session)
+        plan.decode = [r for r in plan.decode if r in self._live]
+        self._start_samplers(plan)
+        outputs = self._fill_batch(plan)
+        self._steady_outputs = None if plan.prefill else outputs
+        return outputs
 
     def _restart_prefill(self, session: SessionState) -> None:
         """Its sequence could not be restored (swap-in, prefix copy or move failed): an

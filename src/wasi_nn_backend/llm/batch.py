@@ -105,6 +105,14 @@ class Batch:
         self._n_tokens = index + 1
         return index
 
+    def retoken(self, index: int, token: int, pos: int) -> None:
+        """New token id and position for the token at ``index``, all else kept: a decode step
+        that repeats the last one's layout (same sequences, outputs, order)."""
+        if not 0 <= index < self._n_tokens:
+            raise errors.BackendRuntimeError(f"no token at batch index {index}")
+        self._c_tokens[index] = token
+        self._c_positions[index] = pos
+
     def add_sequence(self, tokens: Sequence[int] | np.ndarray, start_pos: int, seq_id: int,
                      *, logits_last: bool = True, logits_all: bool = False) -> int:
         """Append consecutive tokens of one sequence at start_pos, start_pos+1, ... (vectorised
