@@ -109,8 +109,13 @@ def test_deterministic_embeds_one_text_per_decode(backend, tiny_model_path, sess
 
 def test_calls_that_arrive_together_share_a_decode(graph):
     engine = graph.engine
-    release = threading.Event()
-    blocked = engine.call(release.wait)     # the engine thread waits: both jobs queue up
+    release, holding = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(30)
+    blocked = engine.call(hold)             # the engine thread waits: both jobs queue up
+    assert holding.wait(30)                 # (posted before it took the inbox, one would not)
     before = decodes(graph)
     futures = [engine.embed([graph.model.tokenize(t, add_special=True, parse_special=True)])
                for t in TEXTS[:2]]
