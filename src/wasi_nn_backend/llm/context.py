@@ -227,16 +227,21 @@ class Context:
             self._outputs = batch.output_rows()
         return code
 
+    def _row(self, batch_index: int) -> int | None:
+        """The logits row of ``batch_index`` in the last decode, None if it has none."""
+        try:  # ints and numpy ints; never floats (3.0 would find row 3 in the dict)
+            return self._outputs.get(operator.index(batch_index))
+        except TypeError:
+            return None
+
     def has_logits(self, batch_index: int) -> bool:
         """Whether the last successful decode produced logits at ``batch_index``."""
-        try:  # ints and numpy ints; never floats (3.0 would find row 3 in the dict)
-            return operator.index(batch_index) in self._outputs
-        except TypeError:
-            return False
+        return self._row(batch_index) is not None
 
     def logits_view(self, batch_index: int) -> np.ndarray:
         """Read-only view of a logits row; valid only until the next decode. Prefer logits_row."""
-        if not self.has_logits(batch_index):
+        row = self._row(batch_index)
+        if row is None:
             raise errors.InvalidArgument(
                 f"batch index {batch_index} has no logits from the last decode")
         matrix = self._logits
@@ -254,7 +259,7 @@ class Context:
                 matrix.flags.writeable = False
                 self._views[key] = matrix
             self._logits = matrix
-        return matrix[self._outputs[operator.index(batch_index)]]
+        return matrix[row]
 
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A float32 copy of the logits (n_vocab) for the token at ``batch_index``."""
