@@ -22,7 +22,6 @@ from ..core.session import FinishReason, Request, RequestState, SessionState
 from ..core.text import TextAssembler
 from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, UnsupportedOperation,
                       WasiNnError)
-from ..llm.batch import Batch
 from ..llm.model import Model
 from ..llm.grammar import GrammarRejected
 from ..llm.sampler import Sampler, check_grammar
@@ -31,6 +30,7 @@ from .contexts import embedding_context, generation_context
 from .embedder import EmbedJob, Embedder, check_texts
 from .kv_apply import KvApplier
 from .live import LiveRequest
+from .packing import BatchPacker, Outputs
 from .streams import Stream
 from .swap import SwapStore
 
@@ -54,7 +54,7 @@ class Engine:
         else:
             self.ctx = generation_context(model, settings, threads)
         n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
-        self.batch = Batch(n_batch)
+        self.packer = BatchPacker(n_batch)
         memory = config.memory
         self.pool = SlotPool(settings.n_seq_max, swap=memory.max_memory_mb > 0,
                              strategy=memory.cache_strategy,
@@ -67,7 +67,6 @@ class Engine:
         self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
         self.kv = KvApplier(self.ctx, self.swap, self.counters)
         self._live: dict[Request, LiveRequest] = {}
-        self._steady_outputs: list[tuple[Request, int]] | None = None  # last decode-only step
         self._with_deadline = 0  # live requests that have a deadline
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
         self._inbox: deque[Callable[[], Any]] = deque()
@@ -211,7 +210,7 @@ class Engine:
             self._fail(live.request, error)
         if self.embedder is not None:
             self.embedder.close(error)
-        self.batch.close()
+        self.packer.close()
         self.ctx.close()
 
     def _wake_readers(self) -> None:
@@ -241,18 +240,16 @@ class Engine:
     def _step(self) -> None:
         self._expire_deadlines()
         plan = self.scheduler.plan()
-        outputs = self._steady_outputs
-        if plan.steady and outputs is not None and len(outputs) == len(plan.decode):
-            # The last step's requests decode again, nothing else: its batch, new tokens.
+        outputs = self.packer.repack(plan)
+        if outputs is not None:  # the last step's decode again: its batch, new tokens
             self.counters.steady_steps += 1
-            for request, index in outputs:
-                self.batch.retoken(index, request.pending_token, len(request.session.kv_tokens))
         else:
             outputs = self._prepare(plan)
         self._wake_readers()
-        if self.batch.n_tokens == 0:
+        batch = self.packer.batch
+        if batch.n_tokens == 0:
             return
-        result = self.ctx.decode(self.batch)
+        result = self.ctx.decode(batch)
         self.counters.decode_seconds = self.ctx.decode_seconds
         if result != 0:
             self._decode_failed(result, plan)
@@ -260,7 +257,7 @@ class Engine:
         self._commit(plan)
         self._sample(outputs)
 
-    def _prepare(self, plan: StepPlan) -> list[tuple[Request, int]]:
+    def _prepare(self, plan: StepPlan) -> Outputs:
         """Carry out a plan up to its batch: failures, KV actions, samplers, the batch."""
         for request, error in plan.failed:
             self._fail(request, error)
@@ -270,9 +267,7 @@ class Engine:
             self._restart_prefill(session)
         plan.decode = [r for r in plan.decode if r in self._live]
         self._start_samplers(plan)
-        outputs = self._fill_batch(plan)
-        self._steady_outputs = None if plan.prefill else outputs
-        return outputs
+        return self.packer.pack(plan)
 
     def _restart_prefill(self, session: SessionState) -> None:
         """Its sequence could not be restored (swap-in, prefix copy or move failed): an
@@ -298,30 +293,6 @@ class Engine:
                 self._fail(request, error)
         plan.prefill = [(r, n) for r, n in plan.prefill if r in self._live]
 
-    def _fill_batch(self, plan: StepPlan) -> list[tuple[Request, int]]:
-        """One batch, its sequences in increasing seq_id order: with one KV stream per
-        sequence llama.cpp puts a run of consecutive ids in one ubatch and splits at every
-        other boundary (each ubatch is a full pass over the weights)."""
-        self.batch.clear()
-        outputs: list[tuple[Request, int]] = []
-        work: list[tuple[int, Request, int | None]] = [
-            (r.session.seq_id, r, None) for r in plan.decode]
-        work += [(r.session.seq_id, r, count) for r, count in plan.prefill]
-        work.sort(key=lambda item: item[0])
-        for seq_id, request, count in work:
-            if count is None:  # a decode token
-                index = self.batch.add(request.pending_token, len(request.session.kv_tokens),
-                                       seq_id, True)
-                outputs.append((request, index))
-                continue
-            start = request.n_past
-            ends_prompt = start + count == len(request.prompt_tokens)
-            index = self.batch.add_sequence(request.prompt_tokens[start:start + count], start,
-                                            seq_id, logits_last=ends_prompt)
-            if ends_prompt:
-                outputs.append((request, index))
-        return outputs
-
     def _commit(self, plan: StepPlan) -> None:
         for request in plan.decode:
             request.session.kv_tokens.append(request.pending_token)
@@ -336,7 +307,7 @@ class Engine:
             self.counters.prefill_tokens += count
         self.counters.steps += 1
 
-    def _sample(self, outputs: list[tuple[Request, int]]) -> None:
+    def _sample(self, outputs: Outputs) -> None:
         now = self.clock.now()
         for request, index in outputs:
             live = self._live[request]
