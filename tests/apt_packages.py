@@ -6,9 +6,11 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def can_install() -> bool:
@@ -30,3 +32,26 @@ def install(packages: Sequence[str], purpose: str) -> str | None:
         if done.returncode != 0:
             return f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-500:]}"
     return None
+
+
+def find_or_install(probe: Callable[[], tuple[T | None, str]], install: Callable[[], str | None],
+                    packages: Sequence[str], *, missing: str, describe: Callable[[T], str],
+                    hint: str = "") -> tuple[T | None, str]:
+    """(what ``probe`` found or None, what was found or done): probed, and when nothing works
+    and we may install (root, apt-get), ``install`` once and probe again. ``missing`` names
+    what is lacking ("no usable Erlang toolchain"), ``describe`` what was found."""
+    found, problem = probe()
+    if found:
+        return found, describe(found)
+    names = " ".join(packages)
+    if not can_install():
+        return None, (f"{missing} ({problem}); install the Debian packages {names}{hint}, or "
+                      "run the tests as root with apt-get available so they install them")
+    failure = install()
+    if failure:
+        return None, f"{missing} ({problem}) and installing it failed: {failure}"
+    found, after = probe()
+    if found:
+        log.warning("installed %s; %s", names, describe(found))
+        return found, f"installed {names}; {describe(found)}"
+    return None, f"installed {names} but still {missing}: {after}"

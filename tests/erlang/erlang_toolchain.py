@@ -67,21 +67,10 @@ def _apt_install() -> str | None:
 
 def find_or_install() -> tuple[Toolchain | None, str]:
     """(toolchain or None, what was found or done): probed, and installed if missing."""
-    found, problem = _probe()
-    if found:
-        return found, f"using {found.erl} (OTP {found.otp_release})"
-    if not apt_packages.can_install():
-        return None, (f"no usable Erlang toolchain ({problem}); install the Debian packages "
-                      f"{' '.join(DEBIAN_PACKAGES)}, or run the tests as root with apt-get "
-                      "available so they install them")
-    failure = _apt_install()
-    if failure:
-        return None, f"no usable Erlang toolchain ({problem}) and installing it failed: {failure}"
-    found, after = _probe()
-    if found:
-        log.warning("installed %s; OTP %s", " ".join(DEBIAN_PACKAGES), found.otp_release)
-        return found, f"installed {' '.join(DEBIAN_PACKAGES)}; OTP {found.otp_release}"
-    return None, f"installed {' '.join(DEBIAN_PACKAGES)} but the toolchain still fails: {after}"
+    return apt_packages.find_or_install(
+        _probe, _apt_install, DEBIAN_PACKAGES,
+        missing="no usable Erlang toolchain",
+        describe=lambda found: f"using {found.erl} (OTP {found.otp_release})")
 
 
 @functools.lru_cache(maxsize=1)

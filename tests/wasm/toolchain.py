@@ -96,23 +96,13 @@ def toolchain_status() -> tuple[str | None, str]:
 
 def find_or_install_clang() -> tuple[str | None, str]:
     """(clang path or None, what was found or done): probed, and installed if missing."""
-    clang, problems = _find_working_clang()
-    if clang:
-        return clang, f"using {clang}"
-    tried = "; ".join(problems) or "no clang on PATH"
-    if not apt_packages.can_install():
-        return None, (f"no clang that builds {TARGET} programs ({tried}); install the Debian "
-                      f"packages {' '.join(DEBIAN_PACKAGES)} (or set WASI_SDK_PATH), or run "
-                      "the tests as root with apt-get available so they install them")
-    failure = _apt_install()
-    if failure:
-        return None, f"no {TARGET} clang ({tried}) and installing it failed: {failure}"
-    clang, problems = _find_working_clang()
-    if clang:
-        log.warning("installed %s; using %s", " ".join(DEBIAN_PACKAGES), clang)
-        return clang, f"installed {' '.join(DEBIAN_PACKAGES)}; using {clang}"
-    return None, (f"installed {' '.join(DEBIAN_PACKAGES)} but still no clang builds "
-                  f"{TARGET} programs: {'; '.join(problems)}")
+    def probe() -> tuple[str | None, str]:
+        clang, problems = _find_working_clang()
+        return clang, "; ".join(problems) or "no clang on PATH"
+    return apt_packages.find_or_install(
+        probe, _apt_install, DEBIAN_PACKAGES,
+        missing=f"no clang that builds {TARGET} programs", describe=lambda clang: f"using {clang}",
+        hint=" (or set WASI_SDK_PATH)")
 
 
 def ensure_wasm_clang() -> str | None:
