@@ -1,22 +1,18 @@
 """The Erlang port program without an Erlang VM: the test plays the VM. It starts the port
 with fds 3/4 on pipes (as open_port(..., [nouse_stdio, {packet, 4}]) does) and speaks
-External Term Format through erlang_py, the library the port itself uses."""
+External Term Format through erlang_py, the library the port itself uses (tests/erlang_port.py)."""
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import select
 import struct
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
-from typing import Any
 
 import erlang
 import pytest
+from erlang_port import CLI, PORT_MODULE, A, B, PortProcess, error_of, plain
 
 from wasi_nn_backend.adapters.erlang import Port
 from wasi_nn_backend.adapters.erlang.frames import FrameReader, FrameTooLarge
@@ -27,121 +23,6 @@ CONFIG = '{"temperature":0,"max_tokens":8,"ignore_eos":true}'
 # slows it down but never cuts it short
 LONG_CONFIG = '{"temperature":0,"max_tokens":1500,"ignore_eos":true,"timeout_ms":0}'
 MESSAGE = "Hello there"
-PORT_MODULE = ("-m", "wasi_nn_backend.adapters.erlang")
-CLI = ("-m", "wasi_nn_backend.adapters.cli", "erlang-port")
-# Puts the two pipe ends given by number on fds 3 and 4, then execs the port (pass_fds keeps
-# numbers, it does not move them; the VM's fork does the same dance).
-LAUNCH = """
-import fcntl, os, sys
-ends = [int(fd) for fd in sys.argv[1:3]]
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in ends]
-os.dup2(high[0], 3)
-os.dup2(high[1], 4)
-for fd in ends:
-    if fd not in (3, 4):
-        os.close(fd)
-os.execv(sys.executable, [sys.executable, *sys.argv[3:]])
-"""
-
-
-def B(text: str | bytes) -> erlang.OtpErlangBinary:
-    return erlang.OtpErlangBinary(text.encode() if isinstance(text, str) else text)
-
-
-def A(name: str) -> erlang.OtpErlangAtom:
-    return erlang.OtpErlangAtom(name)
-
-
-def plain(term: Any) -> Any:
-    """Replies as plain Python: atoms -> str, binaries -> bytes, tuples stay tuples."""
-    if isinstance(term, erlang.OtpErlangAtom):
-        return term.value if isinstance(term.value, str) else term.value.decode("latin-1")
-    if isinstance(term, erlang.OtpErlangBinary):
-        return term.value
-    if term is None:
-        return "undefined"
-    if isinstance(term, tuple):
-        return tuple(plain(element) for element in term)
-    return term
-
-
-class PortProcess:
-    """A port program run the way the VM runs it; the test holds the VM's pipe ends."""
-
-    def __init__(self, workdir: Path, command: tuple[str, ...] = PORT_MODULE) -> None:
-        port_in, self.to_port = os.pipe()
-        self.from_port, port_out = os.pipe()
-        self.log_path = workdir / "port.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", LAUNCH, str(port_in), str(port_out), *command],
-                pass_fds=(port_in, port_out), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=workdir)
-        os.close(port_in)
-        os.close(port_out)
-        self._buffer = b""
-        self._ids = itertools.count(1)
-
-    def send_raw(self, payload: bytes) -> None:
-        frame = memoryview(struct.pack(">I", len(payload)) + payload)
-        while frame:
-            frame = frame[os.write(self.to_port, frame):]
-
-    def send(self, term: Any) -> None:
-        self.send_raw(erlang.term_to_binary(term))
-
-    def receive(self, timeout: float = 60) -> tuple[Any, Any]:
-        """The next reply, decoded: (Id as sent back, the rest as plain Python)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if len(self._buffer) >= 4:
-                (size,) = struct.unpack(">I", self._buffer[:4])
-                if len(self._buffer) >= 4 + size:
-                    frame, self._buffer = self._buffer[4:4 + size], self._buffer[4 + size:]
-                    request_id, reply = erlang.binary_to_term(frame)
-                    return request_id, plain(reply)
-            left = deadline - time.monotonic()
-            assert left > 0 and select.select([self.from_port], [], [], left)[0], \
-                f"no reply within {timeout} s; port log:\n{self.log()}"
-            chunk = os.read(self.from_port, 1 << 16)
-            assert chunk, f"the port closed fd 4; log:\n{self.log()}"
-            self._buffer += chunk
-
-    def request(self, op: str, *args: Any) -> Any:
-        """Send one request and return its reply (nothing else may be in flight)."""
-        request_id = next(self._ids)
-        self.send((request_id, A(op), tuple(args)))
-        got_id, reply = self.receive()
-        assert got_id == request_id
-        return reply
-
-    def ok(self, op: str, *args: Any) -> Any:
-        reply = self.request(op, *args)
-        assert reply == "ok" or reply[0] == "ok", reply
-        return None if reply == "ok" else reply[1]
-
-    def close_input(self) -> None:
-        os.close(self.to_port)
-
-    def wait(self, timeout: float = 30) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"the port did not exit; log:\n{self.log()}") from None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for fd in (self.to_port, self.from_port):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 @pytest.fixture
@@ -270,11 +151,6 @@ def test_cancel_stops_a_stream(port):
 def test_cancel_takes_one_request_id(port):
     code, message = error_of(port.request("cancel", 1, 2))
     assert code == "invalid_argument" and "{RequestId}" in message
-
-
-def error_of(reply: Any) -> tuple[str, str]:
-    assert reply[0] == "error" and isinstance(reply[1][1], bytes), reply
-    return reply[1][0], reply[1][1].decode()
 
 
 @pytest.mark.parametrize("payload, needle", [

@@ -53,7 +53,7 @@ class Port:
                 try:
                     data = self._reader.read()
                 except FrameTooLarge as error:
-                    self._send(None, error_term(ErrorCode.INVALID_ARGUMENT, str(error)))
+                    self._send(None, error_term(ErrorCode.TOO_LARGE, str(error)))
                     continue
                 if data is None:
                     log.info("EOF on fd %d: the VM closed the port", self._reader.fd)
@@ -72,8 +72,9 @@ class Port:
         try:
             request_id, op, args = parse(terms.decode(data, self._reader.max_bytes))
         except terms.NotATerm as error:
-            self._send(None, error_term(ErrorCode.INVALID_ARGUMENT,
-                                        f"the frame is not an Erlang term: {error}"))
+            what = ("the frame's term is too large" if isinstance(error, terms.TermTooLarge)
+                    else "the frame is not an Erlang term")
+            self._send(None, error_term(error.code, f"{what}: {error}"))
             return
         except BadRequest as error:
             self._send(error.request_id, error_term(error.code, error.message))

@@ -15,23 +15,24 @@ The mapping, both ways (erlang_py's own, pinned here so nobody has to look it up
     charlist "ab"       bytes b"ab" (short latin-1     (never sent)
                         lists), else list
     pid, ref, port      OtpErlangPid/Reference/Port    echoed unchanged (request ids)
+
+Decoding is etf.py's (the same values, with limits erlang_py does not have); encoding is
+erlang_py's.
 """
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import erlang
 
-ETF_VERSION = 131
-COMPRESSED = 80  # COMPRESSED_ZLIB tag: 4-byte uncompressed size, then zlib data
+from . import etf
+from .etf import NotATerm, TermTooLarge
+
+__all__ = ["NotATerm", "TermTooLarge", "atom", "binary", "atom_name", "binary_value",
+           "is_integer", "decode", "encode", "describe", "OK", "ERROR"]
 
 OK = erlang.OtpErlangAtom("ok")
 ERROR = erlang.OtpErlangAtom("error")
-
-
-class NotATerm(ValueError):
-    """The bytes are not one External Term Format term."""
 
 
 def atom(name: str) -> erlang.OtpErlangAtom:
@@ -67,19 +68,14 @@ def is_integer(term: Any) -> bool:
     return isinstance(term, int) and not isinstance(term, bool)
 
 
-def decode(data: bytes, max_size: int) -> Any:
-    """One term from ``data``; NotATerm, with the reason, for anything else."""
-    if len(data) < 2 or data[0] != ETF_VERSION:
-        raise NotATerm("it does not start with the External Term Format version byte 131")
-    if data[1] == COMPRESSED and len(data) >= 6:
-        size = struct.unpack(">I", data[2:6])[0]
-        if size > max_size:  # refuse a zlib bomb before inflating it
-            raise NotATerm(f"it inflates to {size} bytes; at most {max_size} are allowed")
+def decode(data: bytes, max_inflated: int) -> Any:
+    """One term from ``data``; NotATerm (TermTooLarge past a limit), with the reason, for
+    anything else. Compressed parts may inflate to ``max_inflated`` bytes in all."""
     try:
-        return erlang.binary_to_term(data)
-    except RecursionError:
-        raise NotATerm("it is nested too deeply") from None
-    except Exception as error:  # ParseException, and what malformed data trips inside it
+        return etf.decode(data, max_inflated)
+    except NotATerm:
+        raise
+    except Exception as error:  # a bug, or erlang_py's types failing on odd values
         raise NotATerm(f"it cannot be decoded ({type(error).__name__}: {error})") from None
 
 
