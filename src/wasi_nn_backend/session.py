@@ -9,15 +9,16 @@ Two ways to drive it, both real:
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chat import Turn, continuation_tokens
 from .config import RequestParams, parse_overrides
 from .core.session import Completion, SessionState
 from .engine.streams import Stream
-from .errors import InvalidArgument, NotFound, WasiNnError
+from .errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -60,16 +61,18 @@ class Session:
         """Like chat, but the reply's text arrives piece by piece on the returned Stream."""
         if not isinstance(message, str):
             raise InvalidArgument(f"a chat message must be text, not {type(message).__name__}")
+        started = self.graph.backend.clock.now()   # tokenizing counts against the deadline
         params = self._params(overrides, kwargs)
-        with self._lock:
+        with self._lock, self._while_open():
             self._check_open()
             self._settle()
-            messages = self._messages + [{"role": "user", "content": message}]
             model = self.loaded.model
+            model.check_fits(message, self.loaded.config.model.n_ctx, "the message")
+            messages = self._messages + [{"role": "user", "content": message}]
             text = model.render_chat(messages, add_generation_prompt=True,
                                      template=self.loaded.config.model.chat_template)
             tokens = continuation_tokens(model, self._turn, text)
-            stream = self._submit(tokens, params, truncate_ok=True)
+            stream = self._submit(tokens, params, truncate_ok=True, started_at=started)
             self._in_flight = (messages, text, stream)
             return stream
 
@@ -103,12 +106,13 @@ class Session:
 
     def complete_stream(self, prompt: str | bytes, overrides: Overrides = None, **kwargs: Any
                         ) -> Stream:
+        started = self.graph.backend.clock.now()   # tokenizing counts against the deadline
         params = self._params(overrides, kwargs)
         tokens = self.tokenize_prompt(prompt)
-        with self._lock:
+        with self._lock, self._while_open():
             self._check_open()
             self._settle()
-            return self._submit(tokens, params, truncate_ok=False)
+            return self._submit(tokens, params, truncate_ok=False, started_at=started)
 
     # -- embeddings --------------------------------------------------------------------------
     def embed(self, texts: str | bytes | Sequence[str | bytes]) -> list[Any]:
@@ -129,13 +133,16 @@ class Session:
                 raise InvalidArgument(f"text {index} must be a string, not {type(text).__name__}")
             if not text:
                 raise InvalidArgument(f"text {index} is empty")
-            tokens.append(self.tokenize_prompt(text))
+            tokens.append(self.tokenize_prompt(text, limit=self.loaded.engine.embed_limit))
         self.touch()
-        vectors = self.loaded.engine.embed(tokens).result()
+        with self._while_open():
+            vectors = self.loaded.engine.embed(tokens).result()
         result = [vector.tolist() for vector in vectors]
         return result[0] if single else result
 
-    def tokenize_prompt(self, prompt: str | bytes) -> list[int]:
+    def tokenize_prompt(self, prompt: str | bytes, *, limit: int | None = None) -> list[int]:
+        """The prompt's tokens; PromptTooLong without tokenizing when it cannot make fewer
+        than ``limit`` tokens (default: what a session's context holds for a prompt)."""
         self._check_open()   # NotFound, not the freed model's runtime_error, once unloaded
         if isinstance(prompt, bytes):
             try:
@@ -144,7 +151,12 @@ class Session:
                 raise InvalidArgument(f"the prompt is not valid UTF-8: {error}") from None
         if not isinstance(prompt, str):
             raise InvalidArgument(f"a prompt must be text, not {type(prompt).__name__}")
-        return self.loaded.model.tokenize(prompt, add_special=True, parse_special=True)
+        if limit is None:
+            limit = self.loaded.config.model.n_ctx - 1   # one token is left to generate
+        with self._while_open():
+            model = self.loaded.model
+            model.check_fits(prompt, limit)
+            return model.tokenize(prompt, add_special=True, parse_special=True)
 
     # -- shared ------------------------------------------------------------------------------
     def set_context_overrides(self, overrides: Overrides) -> list[str]:
@@ -168,11 +180,14 @@ class Session:
     def _check_grammar(self, params: RequestParams) -> None:
         sampling = params.sampling
         if sampling.grammar or sampling.json_schema:
-            self.loaded.engine.check_sampling(sampling)
+            with self._while_open():
+                self.loaded.engine.check_sampling(sampling)
 
-    def _submit(self, tokens: list[int], params: RequestParams, *, truncate_ok: bool) -> Stream:
+    def _submit(self, tokens: list[int], params: RequestParams, *, truncate_ok: bool,
+                started_at: float) -> Stream:
         self.touch()
-        stream = self.loaded.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok)
+        stream = self.loaded.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok,
+                                           started_at=started_at)
         self._streams = [s for s in self._streams if not s.done] + [stream]
         return stream
 
@@ -191,6 +206,18 @@ class Session:
     def _check_open(self) -> None:
         if self._closed:
             raise NotFound(f"session {self.handle} is closed")
+
+    @contextlib.contextmanager
+    def _while_open(self) -> Iterator[None]:
+        """Work on the session's model: if the session is closed meanwhile (closed, evicted,
+        its graph unloaded) and its model freed under the call, the caller gets not_found, as
+        for any call on a closed session, not the freed model's runtime_error."""
+        try:
+            yield
+        except BackendRuntimeError:
+            if self._closed:
+                raise NotFound(f"session {self.handle} was closed during the call") from None
+            raise
 
     def close(self) -> None:
         """End the session: a running request stops within one engine step; its KV is freed."""

@@ -24,6 +24,12 @@ _CONFIG_SCOPE = tuple(SECTION_MODELS)
 _REQUEST_SCOPE = ("sampling", "stopping", "request")
 _LABEL = {_CONFIG_SCOPE: "configuration", _REQUEST_SCOPE: "request parameters"}
 
+# Every channel (backend init, model load, runtime overrides, set_input metadata) reads one
+# document; these bound what one costs. A real configuration has a few dozen keys and a few KB;
+# the byte limit leaves room for a long grammar, JSON schema or logit_bias list.
+MAX_DOCUMENT_BYTES = 4 << 20
+MAX_DOCUMENT_KEYS = 4096
+
 
 # ---- documents ------------------------------------------------------------------------------
 
@@ -36,7 +42,11 @@ def _load_document(source: Any, label: str) -> tuple[Mapping, list[str]]:
     if source is None:
         return {}, []
     if isinstance(source, Mapping):
+        _check_keys(source, label)
         return source, []
+    if isinstance(source, (bytes, bytearray, memoryview, str)) and len(source) > MAX_DOCUMENT_BYTES:
+        raise errors.TooLarge(f"{label} is {len(source):,} bytes; the limit is "
+                              f"{MAX_DOCUMENT_BYTES:,}", needed=len(source))
     if isinstance(source, (bytes, bytearray, memoryview)):
         try:
             text = bytes(source).decode("utf-8")
@@ -51,8 +61,13 @@ def _load_document(source: Any, label: str) -> tuple[Mapping, list[str]]:
     if not text.strip():
         return {}, []
     duplicates: list[str] = []
+    keys = 0
 
     def pairs(items: list[tuple[str, Any]]) -> dict:
+        nonlocal keys
+        keys += len(items)
+        if keys > MAX_DOCUMENT_KEYS:
+            raise _TooManyKeys
         seen: dict[str, Any] = {}
         for key, value in items:
             if key in seen:
@@ -63,6 +78,8 @@ def _load_document(source: Any, label: str) -> tuple[Mapping, list[str]]:
 
     try:
         doc = json.loads(text, parse_constant=_no_constant, object_pairs_hook=pairs)
+    except _TooManyKeys:
+        raise errors.TooLarge(f"{label} has more than {MAX_DOCUMENT_KEYS} keys") from None
     except RecursionError:
         raise errors.InvalidEncoding(f"{label} is not usable JSON: nested too deeply") from None
     except ValueError as exc:
@@ -71,6 +88,25 @@ def _load_document(source: Any, label: str) -> tuple[Mapping, list[str]]:
         raise errors.InvalidEncoding(
             f"{label} must be a JSON object, got {kind_of(doc)}")
     return doc, duplicates
+
+
+class _TooManyKeys(Exception):
+    pass
+
+
+def _check_keys(doc: Mapping, label: str) -> None:
+    """TooLarge for a dict (a Python caller's document) with more keys than a JSON one may
+    have; counting stops at the limit, so a huge dict costs no more than the limit."""
+    budget, todo = MAX_DOCUMENT_KEYS, [doc]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Mapping):
+            budget -= len(item)
+            todo.extend(v for v in item.values() if isinstance(v, (Mapping, list, tuple)))
+        elif len(item) <= MAX_DOCUMENT_KEYS:
+            todo.extend(v for v in item if isinstance(v, (Mapping, list, tuple)))
+        if budget < 0:
+            raise errors.TooLarge(f"{label} has more than {MAX_DOCUMENT_KEYS} keys")
 
 
 def _collect(source: Any, scope: tuple[str, ...]) -> tuple[dict[str, Cand], list[str]]:
@@ -82,6 +118,7 @@ def _collect(source: Any, scope: tuple[str, ...]) -> tuple[dict[str, Cand], list
     if bad_keys:
         raise errors.InvalidArgument(f"{label} keys must be strings, got {bad_keys[0]!r}")
     col.root(doc)
+    col.finish()
     if col.errors:
         raise errors.InvalidArgument(f"invalid {label}: " + "; ".join(col.errors))
     return col.winners(), col.warnings

@@ -21,6 +21,10 @@ _OUT_OF_SCOPE = {
 }
 
 
+MAX_UNKNOWN_WARNINGS = 16
+_MAX_SUGGEST_LEN = 64     # longer keys are no typo of a setting's name
+
+
 @dataclass(frozen=True)
 class Cand:
     target: str
@@ -37,6 +41,7 @@ class Collector:
         self.cands: dict[str, list[Cand]] = {}
         self.warnings: list[str] = []
         self.errors: list[str] = []
+        self.unknown_keys = 0
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
@@ -46,10 +51,21 @@ class Collector:
                            f"({kind_of(bad.value)}); expected {bad.expected}")
 
     def unknown(self, path: str, key: str, known: list[str]) -> None:
+        """One warning per unknown key, with a "did you mean" for a near miss, up to
+        MAX_UNKNOWN_WARNINGS; the rest are counted (finish() reports them in one line), so a
+        document of thousands of unknown keys costs no difflib pass each."""
+        self.unknown_keys += 1
+        if self.unknown_keys > MAX_UNKNOWN_WARNINGS:
+            return
         close = (difflib.get_close_matches(key, known, n=1, cutoff=0.8)
-                 if isinstance(key, str) else [])
+                 if isinstance(key, str) and len(key) <= _MAX_SUGGEST_LEN else [])
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        self.warn(f"{path}: unknown key; ignored{hint}")
+        self.warn(f"{path if len(path) <= 80 else path[:77] + '...'}: unknown key; ignored{hint}")
+
+    def finish(self) -> None:
+        more = self.unknown_keys - MAX_UNKNOWN_WARNINGS
+        if more > 0:
+            self.warn(f"{more} more unknown keys; ignored")
 
     def is_object(self, value: Any, path: str) -> bool:
         if isinstance(value, Mapping):

@@ -20,8 +20,8 @@ from ..core.plan import StepPlan
 from ..core.scheduler import Scheduler
 from ..core.session import FinishReason, Request, RequestState, SessionState
 from ..core.text import TextAssembler
-from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, UnsupportedOperation,
-                      WasiNnError)
+from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, NotFound,
+                      UnsupportedOperation, WasiNnError)
 from ..llm.model import Model
 from ..llm.grammar import GrammarRejected
 from ..llm.sampler import Sampler, check_grammar
@@ -72,20 +72,23 @@ class Engine:
         self._inbox: deque[Callable[[], Any]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._closed_by_owner = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
     # -- thread-safe API ---------------------------------------------------------------------
     def submit(self, session: SessionState, prompt_tokens: list[int], params: RequestParams,
-               *, truncate_ok: bool = False) -> Stream:
-        """Queue a generation on ``session``; its output arrives on the returned Stream."""
+               *, truncate_ok: bool = False, started_at: float | None = None) -> Stream:
+        """Queue a generation on ``session``; its output arrives on the returned Stream.
+        ``started_at`` (the clock's time when the caller began the request, before
+        tokenizing it) is when its deadline starts counting; default now."""
         if self.embedder is not None:
             raise UnsupportedOperation(
                 "this graph was loaded with embedding: true: it computes embeddings (compute, "
                 "session.embed), not text; load the model without it to generate")
         if not prompt_tokens:
             raise InvalidArgument("the prompt is empty (no tokens)")
-        now = self.clock.now()
+        now = self.clock.now() if started_at is None else started_at
         timeout_ms = params.timeout_ms
         if timeout_ms is None:
             timeout_ms = self.config.backend.default_task_timeout_ms
@@ -114,6 +117,11 @@ class Engine:
         self._post(lambda: self.embedder.submit(job))
         return job.future
 
+    @property
+    def embed_limit(self) -> int:
+        """The most tokens one text may have for embed (n_ctx on a generating graph)."""
+        return self.embedder.limit if self.embedder is not None else self.n_ctx
+
     def check_sampling(self, sampling: SamplingParams) -> None:
         """Raise InvalidArgument now for a grammar or JSON schema that cannot be used."""
         check_grammar(self.model, sampling)
@@ -135,8 +143,11 @@ class Engine:
         return future
 
     def close(self) -> None:
-        """Stop the thread; waiting and running requests fail with runtime_error."""
+        """Stop the thread: its model is being freed (an unload, the last session of a model
+        swapped out, the backend closing). Waiting and running requests fail with not_found:
+        what they ran on is gone, as the function API documents."""
         with self._cond:
+            self._closed_by_owner = True
             self._stopping = True
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
@@ -156,14 +167,14 @@ class Engine:
     def _post(self, command: Callable[[], Any]) -> None:
         with self._cond:
             if self._stopping:
-                raise BackendRuntimeError("the model's engine is closed")
+                raise self._gone_error("the model was unloaded")
             self._inbox.append(command)
             self._cond.notify_all()
 
     def _post_quietly(self, command: Callable[[], Any]) -> None:
         try:
             self._post(command)
-        except BackendRuntimeError:
+        except WasiNnError:
             pass  # closing already fails every request
 
     # -- engine thread -----------------------------------------------------------------------
@@ -205,13 +216,20 @@ class Engine:
                 command()
             except BaseException:
                 log.exception("command failed during shutdown")
-        error = BackendRuntimeError("the backend was closed while the request ran")
+        error = self._gone_error("the model was unloaded while the request ran")
         for live in list(self._live.values()):
             self._fail(live.request, error)
         if self.embedder is not None:
             self.embedder.close(error)
         self.packer.close()
         self.ctx.close()
+
+    def _gone_error(self, what: str) -> WasiNnError:
+        """not_found when the owner closed this engine; a thread that died of a bug is a
+        runtime_error (the log has its traceback)."""
+        if self._closed_by_owner:
+            return NotFound(what)
+        return BackendRuntimeError("the model's engine failed (see the log)")
 
     def _wake_readers(self) -> None:
         """Wake the readers of the pieces sampled since the last call. Called just before

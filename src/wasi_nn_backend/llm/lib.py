@@ -118,7 +118,8 @@ def check_model_file(path: str) -> None:
     except OSError as exc:
         raise errors.ModelNotFound(f"cannot read model file {path}: {exc.strerror}") from exc
     if magic != GGUF_MAGIC:
-        raise errors.InvalidEncoding(f"not a GGUF file (bad magic {magic!r}): {path}")
+        # Never quote the bytes: a guest or a remote caller could read any file's head that way.
+        raise errors.InvalidEncoding(f"not a GGUF file (it does not start with 'GGUF'): {path}")
 
 
 _QUANT_TYPES = {

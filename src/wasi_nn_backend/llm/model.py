@@ -19,6 +19,7 @@ import llama_cpp.llama_cpp as C
 from .. import errors
 from .chat_template import render_template
 from .lib import check_model_file, ensure_backend
+from .token_bound import TokenBound
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Model:
         self._n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
         self._pieces: tuple[dict[int, bytes], dict[int, bytes]] = ({}, {})  # [special]
         self._eog: tuple[int, ...] | None = None
+        self._token_bound: TokenBound | None = None
         self._eog_set: frozenset[int] | None = None
         # Contexts and samplers made from this model: they hold pointers into it, so
         # close() closes them first (weak: dropping one must not be kept alive here).
@@ -223,6 +225,22 @@ class Model:
             if count == -(1 << 31):
                 raise errors.InvalidArgument("tokenization overflowed int32")
             capacity = -count
+
+    def check_fits(self, text: str, limit: int, what: str = "the prompt") -> None:
+        """PromptTooLong at once when ``text`` makes more than ``limit`` tokens whatever they
+        are (token_bound.py): tokenizing it would cost time (quadratic for byte-fallback text)
+        to learn what its size already says. Cheap: one regex pass, no tokenizing."""
+        if len(text) <= limit:
+            return   # the bound below never exceeds the text's length in characters
+        bound = self._token_bound
+        if bound is None:
+            bound = self._token_bound = TokenBound(self)
+        n_bytes = len(text.encode("utf-8", "surrogatepass"))
+        fewest = bound.min_tokens(text, n_bytes, limit)
+        if fewest > limit:
+            raise errors.PromptTooLong(
+                f"{what} is {n_bytes:,} bytes, at least {fewest:,} tokens; the context holds "
+                f"{limit:,}")
 
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
         """The raw bytes of one token (may be part of a UTF-8 character). Cached."""
