@@ -33,8 +33,10 @@ def wide_model_path(tmp_path_factory):
 @pytest.mark.parametrize("wide,settings", [
     (False, {"n_ctx": 512, "n_seq_max": 4, "flash_attn": "on"}),
     (False, {"n_ctx": 1024, "n_seq_max": 2, "flash_attn": "off"}),
-    (False, {"n_ctx": 256, "n_seq_max": 3, "flash_attn": "off", "cache_type_k": "q8_0",
-             "n_batch": 128}),
+    (True, {"n_ctx": 256, "n_seq_max": 3, "flash_attn": "off", "cache_type_k": "q8_0",
+            "n_batch": 128}),              # head size 32: a quantized K fits (limits.py)
+    (False, {"n_ctx": 16, "n_seq_max": 8, "n_batch": 64}),   # streams padded to 256 cells
+    (False, {"n_ctx": 20, "n_seq_max": 3, "kv_unified": True, "n_batch": 64}),
     (False, {"n_ctx": 256, "n_seq_max": 2, "cache_type_k": "f32", "cache_type_v": "f32"}),
     (False, {"n_ctx": 256, "n_seq_max": 4, "kv_unified": True, "flash_attn": "off"}),
     (True, {"n_ctx": 2048, "n_seq_max": 1, "flash_attn": "on"}),
@@ -59,8 +61,13 @@ def test_estimate_matches_what_llama_cpp_allocates(tiny_model_path, wide_model_p
 def test_kv_cache_formula(tiny_model_path):
     # tiny model: 2 layers, n_embd 64, 4 heads (head dim 16), 2 KV heads
     header = read_gguf_header(tiny_model_path)
-    estimate = estimate_footprint(header, ModelSettings(n_ctx=1000, n_seq_max=3))
-    assert estimate.kv_cache_bytes == 1000 * 3 * 2 * (16 * 2 + 16 * 2) * 2   # f16 K and V
+    estimate = estimate_footprint(header, ModelSettings(n_ctx=1024, n_seq_max=3))
+    assert estimate.kv_cache_bytes == 1024 * 3 * 2 * (16 * 2 + 16 * 2) * 2   # f16 K and V
+    # llama.cpp pads each sequence's stream to 256 cells: 16 x 256 sequences take 65536 cells
+    padded = estimate_footprint(header, ModelSettings(n_ctx=16, n_seq_max=256, n_batch=256))
+    assert padded.kv_cache_bytes == 256 * 256 * 2 * (16 * 2 + 16 * 2) * 2
+    unified = estimate_footprint(header, ModelSettings(n_ctx=1000, n_seq_max=3, kv_unified=True))
+    assert unified.kv_cache_bytes == 3072 * 2 * (16 * 2 + 16 * 2) * 2      # 3000 padded
     assert estimate.total_bytes == (estimate.weights_bytes + estimate.kv_cache_bytes
                                     + estimate.compute_bytes)
     assert set(estimate.as_mb()) == {"weights_mb", "kv_cache_mb", "compute_mb", "total_mb"}

@@ -2,7 +2,8 @@
 
 Modules: models (the pydantic models), parse (the public functions, reading JSON), keys (which
 spelling goes where), values (per-spelling conversions), checks (strict per-field validation),
-walk (collecting every spelling of a document and ranking them), rules (cross-field rules).
+walk (collecting every spelling of a document and ranking them), rules (cross-field rules),
+limits (llama.cpp's limits, and the table of checks that keep settings from its asserts).
 
 CONTRACT (other modules rely on these names; the parser maps every accepted spelling onto them):
 
@@ -90,7 +91,8 @@ errors.InvalidEncoding. Nothing is half-applied: on an error nothing is returned
 
 Cross-field rules: queue_warning_threshold <= queue_reject_threshold <= queue_size (when
 queue_size is given and a threshold is not, reject = queue_size and warning = 80 % of it);
-n_ubatch <= n_batch; grammar and json_schema are exclusive (both in one document is an error;
+n_ubatch <= n_batch; n_batch >= n_seq_max unless embedding (limits.py: the llama.cpp asserts behind
+the ranges and rules); grammar and json_schema are exclusive (both in one document is an error;
 setting one clears the other from ``base``). top_k -1 is read as 0 (off); level names are
 case-insensitive and "warning" = "warn", "critical" = "fatal"; model.normalize true = 2 (L2),
 false = -1 (none).

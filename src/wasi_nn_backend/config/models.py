@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .limits import GGML_MAX_N_THREADS, LLAMA_MAX_SEQ, MAX_N_BATCH, MAX_N_CTX, MIN_N_CTX
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -28,12 +30,13 @@ class BackendSettings(_Frozen):
 
 
 class ModelSettings(_Frozen):
-    n_ctx: int = Field(2048, ge=16, le=1 << 20)          # context per session (tokens)
-    n_batch: int = Field(512, ge=1, le=1 << 16)           # most tokens in one decode
-    n_ubatch: int | None = Field(None, ge=1, le=1 << 16)  # None = n_batch
-    n_seq_max: int = Field(8, ge=1, le=256)               # KV sequence slots
-    threads: int | None = Field(None, ge=1, le=1024)      # None = os.cpu_count()
-    threads_batch: int | None = Field(None, ge=1, le=1024)
+    # Ranges and cross-field rules: limits.py (which llama.cpp assert each one prevents).
+    n_ctx: int = Field(2048, ge=MIN_N_CTX, le=MAX_N_CTX)  # context per session (tokens)
+    n_batch: int = Field(512, ge=1, le=MAX_N_BATCH)       # most tokens in one decode
+    n_ubatch: int | None = Field(None, ge=1, le=MAX_N_BATCH)  # None = n_batch
+    n_seq_max: int = Field(8, ge=1, le=LLAMA_MAX_SEQ)     # KV sequence slots
+    threads: int | None = Field(None, ge=1, le=GGML_MAX_N_THREADS)  # None = os.cpu_count()
+    threads_batch: int | None = Field(None, ge=1, le=GGML_MAX_N_THREADS)
     n_gpu_layers: int = Field(0, ge=-1, le=100_000)
     use_mmap: bool = True
     flash_attn: Literal["auto", "on", "off"] = "auto"
@@ -120,7 +123,7 @@ class LoggingConfig(_Frozen):
 
 class PerformanceConfig(_Frozen):
     batch_processing: bool = True
-    batch_size: int | None = Field(None, ge=1, le=1 << 16)
+    batch_size: int | None = Field(None, ge=1, le=MAX_N_BATCH)
 
 
 class Config(_Frozen):

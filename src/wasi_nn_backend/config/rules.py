@@ -1,7 +1,8 @@
 """Cross-field rules: what one setting does to another once each target has its winner.
 
 grammar vs json_schema, reverse-prompt appended to stop, queue thresholds following queue_size,
-and the orderings checked on the finished Config (thresholds <= queue_size, n_ubatch <= n_batch).
+and the orderings checked on the finished Config (thresholds <= queue_size, n_ubatch <= n_batch,
+n_batch >= n_seq_max for generating graphs: see limits.py for the llama.cpp asserts behind them).
 """
 from __future__ import annotations
 
@@ -63,5 +64,12 @@ def cross_checks(cfg: Config, winners: dict[str, Cand]) -> None:
         pairs.append(("model.n_ubatch", m.n_ubatch, "model.n_batch", m.n_batch))
     problems = [f"{_named(winners, lo, lo_v)} must be <= {_named(winners, hi, hi_v)}"
                 for lo, lo_v, hi, hi_v in pairs if lo_v > hi_v]
+    if not m.embedding and m.n_batch < m.n_seq_max:
+        # llama.cpp reserves an output row per sequence in every batch and asserts it fits
+        # n_batch (GGML_ASSERT in output_reserve: the process dies). Embedding graphs get
+        # fewer sequences instead (engine/contexts.py). Table: limits.py.
+        problems.append(f"{_named(winners, 'model.n_batch', m.n_batch)} must be >= "
+                        f"{_named(winners, 'model.n_seq_max', m.n_seq_max)}: llama.cpp "
+                        "reserves one output row per sequence in every batch")
     if problems:
         raise errors.InvalidArgument("invalid configuration: " + "; ".join(problems))

@@ -20,14 +20,16 @@ def generation_context(model: Model, settings: ModelSettings, threads: int) -> C
 
 def embedding_context(model: Model, settings: ModelSettings, threads: int) -> Context:
     """Embeddings on, the pooling resolved (the setting, else the GGUF's, else mean), a unified
-    KV just big enough for one decode of min(n_ctx, n_ubatch) tokens."""
+    KV just big enough for one decode of min(n_ctx, n_ubatch) tokens, at most that many sequences."""
     pooling = settings.pooling or gguf_pooling(model) or "mean"
     if pooling == "rank":
         raise UnsupportedOperation("this GGUF pools with 'rank' (a reranking model), which is not "
                                    "supported; set model.pooling to mean, cls, last or none")
     n_ubatch = min(settings.n_ubatch or settings.n_batch, settings.n_ctx)
+    # A decode holds at most n_ubatch texts (one token each at least), and llama.cpp asserts
+    # n_seq_max <= n_batch (config/limits.py): more sequences could never be used.
     return Context(model, n_ctx=n_ubatch, n_batch=n_ubatch, n_ubatch=n_ubatch,
-                   n_seq_max=settings.n_seq_max, n_threads=threads,
+                   n_seq_max=min(settings.n_seq_max, n_ubatch), n_threads=threads,
                    n_threads_batch=settings.threads_batch or threads,
                    flash_attn=settings.flash_attn, kv_unified=True, type_k=settings.cache_type_k,
                    type_v=settings.cache_type_v, embeddings=True, pooling=pooling)

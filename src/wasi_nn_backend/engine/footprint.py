@@ -1,8 +1,9 @@
 """What a model will take in memory once loaded, estimated from its GGUF header and the load
 settings, before anything is loaded: weights + KV cache + compute buffers.
 
-    KV cache = n_ctx * n_seq_max * sum over layers (n_embd_k_gqa * bytes(cache_type_k)
-                                                  + n_embd_v_gqa * bytes(cache_type_v))
+    KV cache = cells * sum over layers (n_embd_k_gqa * bytes(cache_type_k)
+                                       + n_embd_v_gqa * bytes(cache_type_v))
+    cells = n_ctx * n_seq_max, padded as llama.cpp pads it (to 256, per stream when split)
     n_embd_k_gqa = key_length * n_head_kv (key_length defaults to n_embd / n_head)
 
 The weights are the file's tensor bytes. Compute buffers follow llama.cpp's worst-case graph
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ModelSettings
+from ..config.limits import KV_PAD
 from ..errors import InvalidEncoding
 from ..llm.gguf_header import GgufHeader
 
@@ -61,10 +63,17 @@ def estimate_footprint(header: GgufHeader, settings: ModelSettings) -> Footprint
         or _int(header.arch_value("vocab_size"))
     k_bytes = CACHE_TYPE_BYTES[settings.cache_type_k]
     v_bytes = CACHE_TYPE_BYTES[settings.cache_type_v]
+    unified = settings.embedding or (settings.kv_unified and not settings.deterministic)
     if settings.embedding:  # one decode's worth of cells (engine/contexts.py)
         cells = min(settings.n_ubatch or settings.n_batch, settings.n_ctx)
     else:
         cells = settings.n_ctx * settings.n_seq_max
+    # llama.cpp pads the context to 256 cells, and each sequence's stream too when they are
+    # split: n_ctx 16 with 256 sequences allocates 65536 cells, not 4096.
+    cells = _pad(cells)
+    n_streams = 1 if unified else settings.n_seq_max
+    stream_cells = _pad(cells // n_streams)
+    cells = stream_cells * n_streams
     per_cell = 0.0
     for layer, heads_kv in enumerate(n_head_kv):
         heads = n_head[layer] if layer < len(n_head) else 0
@@ -72,8 +81,7 @@ def estimate_footprint(header: GgufHeader, settings: ModelSettings) -> Footprint
         key_length = _int(header.arch_value("attention.key_length")) or head_dim
         value_length = _int(header.arch_value("attention.value_length")) or head_dim
         per_cell += heads_kv * (key_length * k_bytes + value_length * v_bytes)
-    unified = settings.embedding or (settings.kv_unified and not settings.deterministic)
-    n_kv = cells if unified else settings.n_ctx        # cells one token's attention reads
+    n_kv = stream_cells                                 # cells one token's attention reads
     n_ubatch = min(settings.n_ubatch or settings.n_batch, settings.n_batch, cells)
     compute = _compute_bytes(n_ubatch, n_kv, flash=settings.flash_attn != "off",
                              n_head=max(n_head, default=0), n_ff=n_ff, n_embd=n_embd,
@@ -92,6 +100,10 @@ def _compute_bytes(n_ubatch: int, n_kv: int, *, flash: bool, n_head: int, n_ff: 
     ffn = 16 * n_ubatch * n_ff
     logits = 4 * n_ubatch * n_vocab
     return max(mask + max(ffn, scores), logits) + 8 * n_ubatch * n_embd
+
+
+def _pad(cells: int) -> int:
+    return -(-cells // KV_PAD) * KV_PAD
 
 
 def _int(value: Any) -> int:

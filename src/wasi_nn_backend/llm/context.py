@@ -1,9 +1,11 @@
 """Context: owns one llama_context* (KV memory, compute buffers, logits of the last decode).
 
 Every call that llama.cpp would answer with GGML_ASSERT/GGML_ABORT (which kills the process)
-is checked here first and raised as an exception instead: batch larger than n_batch, sequence
-ids outside [0, n_seq_max), partial seq_cp across split KV streams, K-shift on memory that
-cannot shift, logits of a batch index that produced none. Not thread-safe: one owner thread.
+is checked here first and raised as an exception instead: settings (context_params.py), batch
+larger than n_batch (for a non-causal model: n_ubatch), sequence ids outside [0, n_seq_max),
+partial seq_cp across split KV streams, K-shift on memory that cannot shift, logits of a batch
+index that produced none. The table of checks: config/limits.py. Not thread-safe: one owner
+thread.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import contextlib
 import ctypes
 import logging
 import operator
-import os
 import time
 
 import llama_cpp.llama_cpp as C
@@ -19,15 +20,13 @@ import numpy as np
 
 from .. import errors
 from .batch import Batch
-from .embeddings import pooling_name, pooling_param
+from .context_params import check_cache_types, context_params, quantized_k_can_shift
+from .context_params import index as _index
+from .embeddings import pooling_name
 from .model import Model
 
 log = logging.getLogger(__name__)
 
-KV_TYPES = {"f32": C.GGML_TYPE_F32, "f16": C.GGML_TYPE_F16,
-            "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0}
-_FLASH = {"auto": C.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-          "off": C.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 _NO_OUTPUTS: dict[int, int] = {}
 _VIEW_CACHE_MAX = 64
 
@@ -44,53 +43,10 @@ def _pointer_getter(name: str) -> ctypes._CFuncPtr:
 
 
 _get_logits_address = _pointer_getter("llama_get_logits")
-
-
-def _index(name: str, value: object) -> int:
-    try:
-        return operator.index(value)
-    except TypeError as exc:
-        raise errors.InvalidArgument(f"{name} must be an integer, got {value!r}") from exc
-
-
-def _context_params(*, n_ctx: int, n_batch: int, n_ubatch: int | None,
-                    n_seq_max: int, n_threads: int | None, n_threads_batch: int | None,
-                    flash_attn: str | bool, kv_unified: bool, type_k: str, type_v: str,
-                    no_perf: bool, embeddings: bool, pooling: str | None
-                    ) -> C.llama_context_params:
-    """Validated llama_context_params (InvalidArgument / BackendRuntimeError if impossible)."""
-    max_seq = int(C.llama_max_parallel_sequences())
-    if not 1 <= _index("n_seq_max", n_seq_max) <= max_seq:
-        raise errors.BackendRuntimeError(f"n_seq_max must be in [1, {max_seq}], got {n_seq_max}")
-    if _index("n_ctx", n_ctx) < 0 or not 1 <= _index("n_batch", n_batch) <= 1 << 20:
-        raise errors.InvalidArgument(f"impossible n_ctx={n_ctx} / n_batch={n_batch}")
-    ubatch = n_batch if n_ubatch is None else _index("n_ubatch", n_ubatch)
-    if not 1 <= ubatch <= n_batch:
-        raise errors.InvalidArgument(f"n_ubatch must be in [1, n_batch={n_batch}], got {ubatch}")
-    if isinstance(flash_attn, bool):
-        flash_attn = "on" if flash_attn else "off"
-    if flash_attn not in _FLASH or type_k not in KV_TYPES or type_v not in KV_TYPES:
-        raise errors.InvalidArgument(
-            f"bad flash_attn={flash_attn!r} / type_k={type_k!r} / type_v={type_v!r}")
-    if flash_attn == "off" and type_v not in ("f32", "f16"):
-        # llama.cpp refuses a quantized V cache without flash attention (NULL context).
-        raise errors.InvalidArgument(f"type_v={type_v} needs flash_attn 'auto' or 'on'")
-    cpus = os.cpu_count() or 1
-    threads = cpus if n_threads is None else _index("n_threads", n_threads)
-    threads_batch = threads if n_threads_batch is None else _index("n_threads", n_threads_batch)
-    if threads < 1 or threads_batch < 1:
-        raise errors.InvalidArgument("thread counts must be >= 1")
-    params = C.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, ubatch
-    params.n_seq_max = n_seq_max
-    params.n_threads, params.n_threads_batch = threads, threads_batch
-    params.flash_attn_type = _FLASH[flash_attn]
-    params.type_k, params.type_v = KV_TYPES[type_k], KV_TYPES[type_v]
-    params.kv_unified = bool(kv_unified)
-    params.no_perf = bool(no_perf)
-    params.embeddings = bool(embeddings)
-    params.pooling_type = pooling_param(pooling)
-    return params
+# llama_get_causal_attn(ctx): the bindings do not wrap it.
+_get_causal_attn = C._lib["llama_get_causal_attn"]
+_get_causal_attn.argtypes = [ctypes.c_void_p]
+_get_causal_attn.restype = ctypes.c_bool
 
 
 class Context:
@@ -107,13 +63,16 @@ class Context:
                  no_perf: bool = False, embeddings: bool = False,
                  pooling: str | None = None) -> None:
         self._handle = None
-        params = _context_params(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
+        if _index("n_ctx", n_ctx) == 0:  # llama.cpp's meaning: the model's training context
+            n_ctx = model.n_ctx_train
+        params = context_params(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                                  n_seq_max=n_seq_max, n_threads=n_threads,
                                  n_threads_batch=n_threads_batch, flash_attn=flash_attn,
                                  kv_unified=kv_unified, type_k=type_k, type_v=type_v,
                                  no_perf=no_perf, embeddings=embeddings, pooling=pooling)
         if C.llama_model_has_encoder(model.handle):
             raise errors.UnsupportedOperation("encoder(-decoder) models are not supported")
+        check_cache_types(model, type_k, type_v)
         handle = C.llama_init_from_model(model.handle, params)
         if not handle:
             raise errors.BackendRuntimeError(
@@ -128,13 +87,23 @@ class Context:
             self.close()
             raise errors.UnsupportedOperation("this model has no KV memory (not generative)")
         self._kv_unified = bool(kv_unified)
+        self._k_can_shift = quantized_k_can_shift(model, type_k)
         self._n_vocab = model.n_vocab
-        self._n_batch = int(C.llama_n_batch(handle))
         self._n_ubatch = int(C.llama_n_ubatch(handle))
         self._n_seq_max = int(C.llama_n_seq_max(handle))
-        # Non-causal models assert n_tokens <= n_ubatch inside llama_decode.
-        arch = model.architecture
-        self._causal = model.metadata.get(f"{arch}.attention.causal", "true") != "false"
+        # Non-causal attention asserts n_tokens <= n_ubatch inside llama_decode, so for such
+        # a model a decode is one micro-batch (n_batch here says so to the engine), which
+        # must hold a token of every sequence.
+        self._causal = bool(_get_causal_attn(handle))
+        self._n_batch = int(C.llama_n_batch(handle))
+        if not self._causal:
+            self._n_batch = min(self._n_batch, self._n_ubatch)
+            if self._n_batch < self._n_seq_max and not embeddings:
+                self.close()
+                raise errors.InvalidArgument(
+                    f"this model attends bidirectionally (non-causal): a decode must fit one "
+                    f"micro-batch of n_ubatch={self._n_batch} tokens, fewer than the "
+                    f"n_seq_max={self._n_seq_max} sequences it must hold")
         self._outputs = _NO_OUTPUTS  # batch index -> logits row, for the last decode
         self._logits: np.ndarray | None = None  # the last decode's logits rows
         # Views of llama.cpp's logits buffer by (address, rows): the buffer stays put from
@@ -301,7 +270,8 @@ class Context:
         """Shift positions in [p0, p1) by delta (applied as a K-shift at the next decode)."""
         seq = self._seq(seq)
         if not self.can_shift():
-            # Decoding after a shift on such memory is a GGML_ABORT.
+            # Decoding after a shift on such memory is a GGML_ABORT (or, for a quantized K
+            # without llama.cpp's rotation matrix, a SIGSEGV: context_params.py).
             raise errors.UnsupportedOperation("this model's KV memory cannot shift positions")
         C.llama_memory_seq_add(self._mem, seq, _index("p0", p0), _index("p1", p1),
                                _index("delta", delta))
@@ -322,7 +292,8 @@ class Context:
 
     def can_shift(self) -> bool:
         self.handle  # raises when closed
-        return self._mem is not None and bool(C.llama_memory_can_shift(self._mem))
+        return (self._mem is not None and self._k_can_shift
+                and bool(C.llama_memory_can_shift(self._mem)))
 
     def clear(self, *, zero_data: bool = False) -> None:
         """Empty every sequence (zero_data also zeroes the buffers, which is slow)."""
