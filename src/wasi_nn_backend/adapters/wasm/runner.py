@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ log = logging.getLogger("wasi_nn_backend.wasm")
 TRAP_EXIT_CODE = 134      # a trap ends the guest like SIGABRT (128 + 6), as wasmtime's CLI does
 TIMEOUT_EXIT_CODE = 124   # max_time passed (as timeout(1) exits)
 MAX_CAPTURE_BYTES = 64 << 20  # per stream; a guest printing more has the rest dropped
+RELEASE_WAIT_S = 10.0     # how long a run waits for wasmtime to drop its output callbacks
 OutputCallback = Callable[[int, bytes], None]
 
 
@@ -58,6 +60,7 @@ def run_guest(wasm: str | os.PathLike | bytes, args: Sequence[str] = (), *, host
     stdout, stderr = _Capture(1, on_output), _Capture(2, on_output)
     guest = GuestNn(host)
     stdin_path = _stdin_file(stdin) if stdin else None
+    store = None
     try:
         store = Store(ENGINE)
         store.set_wasi(_wasi_config(program, args, dirs, env, stdout, stderr, stdin_path))
@@ -68,9 +71,27 @@ def run_guest(wasm: str | os.PathLike | bytes, args: Sequence[str] = (), *, host
             exit_code, trap = _run(linker, store, module, max_time)
     finally:
         guest.close()
+        _close_store(store, stdout, stderr)
         if stdin_path is not None:
             os.unlink(stdin_path)
     return GuestResult(exit_code, bytes(stdout.data), bytes(stderr.data), trap)
+
+
+def _close_store(store: Store | None, *captures: _Capture) -> None:
+    """Free the Store now and wait until wasmtime has let go of the output callbacks.
+
+    wasmtime's WASI streams hold the callbacks in tasks on its tokio worker threads and drop
+    them there, shortly after the Store goes: that drop calls into Python. Had run_guest
+    returned first, a program exiting right after it could be finalizing the interpreter
+    by then, and a thread taking the GIL during finalization is ended by pthread_exit, whose
+    unwind through wasmtime's thread start aborts the process ("panic in a function that
+    cannot unwind"). Waiting here also means every byte the guest wrote is captured."""
+    if store is not None:
+        store.close()
+    for capture in captures:
+        if not capture.wait_released(RELEASE_WAIT_S):
+            log.warning("wasmtime still holds the guest's fd %d stream after %.0f s",
+                        capture.fd, RELEASE_WAIT_S)
 
 
 def _run(linker: Linker, store: Store, module: Module, max_time: float | None
@@ -148,8 +169,8 @@ def _wasi_config(program: str, args: Sequence[str], dirs: Sequence[tuple[str, st
         except WasmtimeError as error:
             raise InvalidArgument(f"cannot preopen {host_path!r} as {guest_path!r}: "
                                   f"{_cause(error)}") from None
-    config.stdout_custom = stdout
-    config.stderr_custom = stderr
+    config.stdout_custom = stdout.sink()
+    config.stderr_custom = stderr.sink()
     if stdin_path is not None:
         config.stdin_file = stdin_path
     return config
@@ -165,13 +186,24 @@ def _stdin_file(data: bytes) -> str:
 
 class _Capture:
     """A WASI output stream: wasmtime calls it (on one of its own threads, while the guest
-    waits in fd_write) with each chunk written."""
+    waits in fd_write) with each chunk written, through the ``_Sink`` it holds."""
 
     def __init__(self, fd: int, on_output: OutputCallback | None) -> None:
         self.fd = fd
         self.data = bytearray()
         self.dropped = 0
         self._on_output = on_output
+        self._released = threading.Event()
+        self._handed = False
+
+    def sink(self) -> _Sink:
+        """The callable to hand wasmtime (once): its release sets ``wait_released``."""
+        self._handed = True
+        return _Sink(self, self._released)
+
+    def wait_released(self, timeout: float) -> bool:
+        """True once wasmtime has dropped the sink (or none was handed to it)."""
+        return not self._handed or self._released.wait(timeout)
 
     def __call__(self, chunk: bytes) -> None:
         room = MAX_CAPTURE_BYTES - len(self.data)
@@ -182,3 +214,18 @@ class _Capture:
                 self._on_output(self.fd, chunk)
             except Exception:  # an exception here would reach wasmtime's C callback
                 log.exception("the on_output callback failed")
+
+
+class _Sink:
+    """What wasmtime holds for one output stream; nothing else refers to it, so it is freed
+    (on whichever thread wasmtime drops it) exactly when wasmtime lets go."""
+
+    def __init__(self, capture: _Capture, released: threading.Event) -> None:
+        self._capture = capture
+        self._released = released
+
+    def __call__(self, chunk: bytes) -> None:
+        self._capture(chunk)
+
+    def __del__(self) -> None:
+        self._released.set()
