@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 
 from ..backend import Backend
@@ -22,6 +24,7 @@ from . import terminal
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.as_program = argv is None   # the process is ours: run-wasm may end it (_backstop)
     try:
         return args.run(args)
     except WasiNnError as error:
@@ -145,16 +148,42 @@ def _info(args: argparse.Namespace) -> int:
 
 def _run_wasm(args: argparse.Namespace) -> int:
     from .wasm import NnHost, run_guest  # wasmtime loads only for this command
+    from .wasm.deadline import max_time_limit
     dirs = [tuple(spec.split(":", 1)) if ":" in spec else (spec, spec) for spec in args.dir]
     env = dict(_key_value(spec) for spec in args.env)
     config = _read_config(args.config) or {"logging": {"level": "error"}}
-    with NnHost(config=config, preloads=args.nn_preload,
-                allowed_dirs=[host for host, _ in dirs]) as host:
-        result = run_guest(args.guest, args.args, host=host, dirs=dirs, env=env,
-                           max_time=args.max_time, on_output=_echo)
+    max_time = max_time_limit(args.max_time)
+    backstop = _backstop(max_time) if args.as_program and max_time is not None else None
+    try:
+        with NnHost(config=config, preloads=args.nn_preload,
+                    allowed_dirs=[host for host, _ in dirs]) as host:
+            result = run_guest(args.guest, args.args, host=host, dirs=dirs, env=env,
+                               max_time=max_time, on_output=_echo)
+    finally:
+        if backstop is not None:
+            backstop.cancel()
     if result.trap:
         print(f"wasi-nn-backend: {result.trap.splitlines()[0]}", file=sys.stderr)
     return result.exit_code
+
+
+BACKSTOP_GRACE_S = 2.0
+
+
+def _backstop(max_time: float) -> threading.Timer:
+    """End the process (status 124) if the guest is still running BACKSTOP_GRACE_S after
+    max_time. run_guest stops wasm code and cancels requests by itself; this is for a host
+    call nothing can interrupt (a WASI sleep in poll_oneoff, a model still loading)."""
+    def stop() -> None:
+        print(f"wasi-nn-backend: the guest ran past max_time ({max_time} s) and was still "
+              f"inside a host call {BACKSTOP_GRACE_S} s later; stopped", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(124)
+    timer = threading.Timer(max_time + BACKSTOP_GRACE_S, stop)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _key_value(spec: str) -> tuple[str, str]:

@@ -67,6 +67,12 @@ class NnHost:
         return wasi_nn.backend_of(self.ctx)
 
     @property
+    def default_timeout_ms(self) -> int:
+        """The operator's deadline for every guest request (backend.default_task_timeout_ms;
+        0 = none): a guest's metadata or load config can only lower it."""
+        return self.backend.config.backend.default_task_timeout_ms
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

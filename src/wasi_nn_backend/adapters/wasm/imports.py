@@ -23,6 +23,7 @@ from wasmtime import FuncType, Linker, ValType
 from ... import wasi_nn
 from ...errors import (ErrorCode, InvalidArgument, NotFound, TooLarge, UnsupportedOperation,
                        WasiNnError, witx_code)
+from .deadline import RunDeadline
 from .host import NnHost, SharedGraph
 from .memory import WITX_MISSING_MEMORY, GuestMemory, MissingMemory, u32
 from .names import PRELOAD_PREFIX
@@ -44,11 +45,14 @@ class _Context:
     graph: SharedGraph
 
 
-def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., int]:
-    """An import body that returns an ErrorCode (or raises WasiNnError) -> a witx code."""
+def _guarded(name: str, fn: Callable[..., Any], check: Callable[[], None]
+             ) -> Callable[..., int]:
+    """An import body that returns an ErrorCode (or raises WasiNnError) -> a witx code;
+    ``check`` runs first (Timeout once the run's time is up)."""
     @functools.wraps(fn)
     def call(caller: Any, *params: int) -> int:
         try:
+            check()
             code = fn(caller, *(u32(p) for p in params))
         except MissingMemory as error:
             log.info("%s: %s", name, error.message)
@@ -66,8 +70,11 @@ def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., int]:
 class GuestNn:
     """One guest's view of an NnHost: its handles, and what it holds in the backend."""
 
-    def __init__(self, host: NnHost) -> None:
+    def __init__(self, host: NnHost, max_time: float | None = None) -> None:
+        """``max_time``: the run's limit in seconds (InvalidArgument unless > 0): past it
+        every request in flight is cancelled and every import returns runtime_error."""
         self.host = host
+        self.deadline = RunDeadline(host.default_timeout_ms, max_time, self.expire)
         self._graphs: dict[int, SharedGraph] = {}
         self._contexts: dict[int, _Context] = {}
         self._graph_ids = itertools.count()
@@ -78,10 +85,19 @@ class GuestNn:
         for name, arity in ARITY.items():
             ty = FuncType([ValType.i32()] * arity, [ValType.i32()])
             body = getattr(self, f"_{name}")
-            linker.define_func(MODULE, name, ty, _guarded(name, body), access_caller=True)
+            linker.define_func(MODULE, name, ty, _guarded(name, body, self.deadline.check),
+                               access_caller=True)
+
+    def expire(self) -> None:
+        """The run's time is up (on the deadline's timer thread): close every context, so a
+        request in flight stops within one engine step and a guest inside compute comes
+        back; GuestNn.close releases them afterwards."""
+        for context in list(self._contexts.values()):
+            wasi_nn.finalize_execution_context(self.host.ctx, context.handle)
 
     def close(self) -> None:
         """Finalize every context and drop every graph the guest still holds."""
+        self.deadline.cancel()
         contexts, self._contexts = list(self._contexts.values()), {}
         graphs, self._graphs = list(self._graphs.values()), {}
         for context in contexts:
@@ -172,11 +188,17 @@ class GuestNn:
         return wasi_nn.set_input(self.host.ctx, context.handle, index, tensor)
 
     def _compute(self, caller: Any, ctx: int) -> ErrorCode:
-        return wasi_nn.compute(self.host.ctx, self._get(self._contexts, ctx, "ctx").handle)
+        return wasi_nn.compute(self.host.ctx, self._bounded(ctx))
 
     def _compute_single(self, caller: Any, ctx: int) -> ErrorCode:
-        return wasi_nn.compute_single(self.host.ctx,
-                                      self._get(self._contexts, ctx, "ctx").handle)
+        return wasi_nn.compute_single(self.host.ctx, self._bounded(ctx))
+
+    def _bounded(self, ctx: int) -> int:
+        """The context's backend handle, its next request's deadline set under the
+        operator's (RunDeadline.bound)."""
+        handle = self._get(self._contexts, ctx, "execution context").handle
+        self.deadline.bound(self.host.backend.session(handle))
+        return handle
 
     def _fini_single(self, caller: Any, ctx: int) -> ErrorCode:
         return wasi_nn.fini_single(self.host.ctx, self._get(self._contexts, ctx, "ctx").handle)

@@ -58,7 +58,7 @@ def run_guest(wasm: str | os.PathLike | bytes, args: Sequence[str] = (), *, host
     data, program = _wasm_bytes(wasm)
     module = compile_module(data)
     stdout, stderr = _Capture(1, on_output), _Capture(2, on_output)
-    guest = GuestNn(host)
+    guest = GuestNn(host, max_time)   # its deadline starts now
     stdin_path = _stdin_file(stdin) if stdin else None
     store = None
     try:
@@ -69,6 +69,10 @@ def run_guest(wasm: str | os.PathLike | bytes, args: Sequence[str] = (), *, host
         guest.define(linker)
         with TICKER.deadline(store, max_time):
             exit_code, trap = _run(linker, store, module, max_time)
+        if guest.deadline.expired and exit_code != TIMEOUT_EXIT_CODE:
+            # Its time ran out inside a host call (cancelled, or refused as too late): it
+            # ran past max_time, whatever it did after that.
+            exit_code, trap = TIMEOUT_EXIT_CODE, _past_max_time(max_time, trap or "")
     finally:
         guest.close()
         _close_store(store, stdout, stderr)
@@ -122,8 +126,12 @@ def _trapped(trap: Trap, max_time: float | None) -> tuple[int, str]:
     _drop_frames(trap)
     report = str(trap).strip()
     if trap.trap_code == TrapCode.INTERRUPT:
-        return TIMEOUT_EXIT_CODE, f"the guest ran past max_time ({max_time} s)\n{report}"
+        return TIMEOUT_EXIT_CODE, _past_max_time(max_time, report)
     return TRAP_EXIT_CODE, f"{_cause(trap)}\n{report}"
+
+
+def _past_max_time(max_time: float | None, report: str) -> str:
+    return f"the guest ran past max_time ({max_time} s)\n{report}".rstrip()
 
 
 def _drop_frames(error: BaseException) -> None:

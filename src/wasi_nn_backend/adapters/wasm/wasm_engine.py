@@ -18,7 +18,8 @@ from contextlib import contextmanager
 
 from wasmtime import Config, Engine, Module, Store, WasmtimeError
 
-from ...errors import InvalidArgument, InvalidEncoding
+from ...errors import InvalidEncoding
+from .deadline import max_time_limit
 
 log = logging.getLogger("wasi_nn_backend.wasm")
 
@@ -51,9 +52,8 @@ class EpochTicker:
     @contextmanager
     def deadline(self, store: Store, seconds: float | None) -> Iterator[None]:
         """Within the block, wasm code in ``store`` traps (interrupt) after ``seconds``."""
-        if seconds is not None and not seconds > 0:   # NaN included
-            raise InvalidArgument(f"max_time must be a positive number of seconds, not {seconds}")
-        if seconds is None or math.isinf(seconds):
+        seconds = max_time_limit(seconds)
+        if seconds is None:
             store.set_epoch_deadline(NO_DEADLINE)
             yield
             return
