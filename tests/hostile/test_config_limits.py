@@ -62,3 +62,19 @@ def test_every_channel_answers_too_large_and_keeps_working(tiny_model_path):
         assert code == ErrorCode.SUCCESS
     finally:
         nn.deinit_backend(ctx)
+
+
+@pytest.mark.parametrize("key, most, longest", [
+    ("stop", 32, 256), ("dry_sequence_breakers", 64, 256), ("grammar_trigger_words", 64, 256),
+    ("grammar_trigger_patterns", 64, 1024)])
+def test_lists_checked_after_every_token_are_bounded(key, most, longest):
+    """Stop strings and grammar triggers are checked against the text after every token on the
+    engine thread, for every session: a request may not make that cost unbounded."""
+    from wasi_nn_backend.errors import InvalidArgument
+    base = RequestParams()
+    parse_overrides({key: [f"s{i}" for i in range(most)]}, base=base)
+    parse_overrides({key: ["x" * longest]}, base=base)
+    with pytest.raises(InvalidArgument, match=f"at most {most} items"):
+        parse_overrides({key: [f"s{i}" for i in range(most + 1)]}, base=base)
+    with pytest.raises(InvalidArgument, match=rf"{key}\[1\]: too long"):
+        parse_overrides({key: ["ok", "x" * (longest + 1)]}, base=base)

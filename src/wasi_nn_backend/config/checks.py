@@ -62,6 +62,31 @@ def _field_table() -> dict[str, _Field]:
 
 
 _FIELDS = _field_table()
+
+# Lists a request may give, bounded by what they cost per token on the engine thread (stop
+# strings and grammar triggers are checked against the text after every token, for every
+# session the engine runs): (most items, most characters per string item).
+LIST_LIMITS: dict[str, tuple[int, int | None]] = {
+    "stopping.stop": (32, 256),
+    "stopping.reverse_prompt": (1, 256),
+    "sampling.dry_sequence_breakers": (64, 256),
+    "sampling.grammar_trigger_words": (64, 256),
+    "sampling.grammar_trigger_patterns": (64, 1024),
+    "sampling.grammar_trigger_tokens": (1024, None),
+    "sampling.logit_bias": (1 << 18, None),
+}
+
+
+def _check_list(target: str, value: Any) -> None:
+    most, longest = LIST_LIMITS[target]
+    items = (value,) if isinstance(value, str) else value
+    if len(items) > most:
+        raise Bad(list(items), f"at most {most} items, got {len(items)}", "", "too long")
+    if longest is not None:
+        for index, item in enumerate(items):
+            if isinstance(item, str) and len(item) > longest:
+                subpath = "" if isinstance(value, str) else f"[{index}]"
+                raise Bad(item, f"at most {longest} characters", subpath, "too long")
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
 
 
@@ -82,7 +107,7 @@ def check(target: str, value: Any) -> Any:
     if _is_int_literal(annotation) and type(value) is not int:
         raise Bad(value, field.expected)      # pydantic lets true and 1.0 pass as Literal[1]
     try:
-        return field.adapter.validate_python(value)
+        checked = field.adapter.validate_python(value)
     except ValidationError as exc:
         first = exc.errors()[0]
         subpath = "".join(f"[{p}]" for p in first["loc"] if isinstance(p, int))
@@ -92,3 +117,6 @@ def check(target: str, value: Any) -> Any:
         kind = ("out of range" if first["type"] in _RANGE_ERRORS
                 else "not an allowed value" if first["type"] == "literal_error" else "wrong type")
         raise Bad(first["input"], expected, subpath, kind) from None
+    if target in LIST_LIMITS:
+        _check_list(target, checked)
+    return checked
