@@ -130,10 +130,12 @@ class WaitingQueue:
         self._seq = itertools.count()
         self._keys: dict[Request, tuple[int, int, int]] = {}  # (-rank, tag, seq), in order
         self._by_session: dict[int, deque[Request]] = {}      # id(session) -> its FIFO
-        # Fair queuing state per priority rank: virtual time, and each session's next tag.
-        # The session object is kept with its tag so its id() cannot be reused meanwhile.
+        # Fair queuing state per priority rank: virtual time, and each session's next tag
+        # (keyed by the session object itself, so a closed session's id() reused by a new
+        # one cannot inherit its tag). Pruned when the table doubles (_prune_tags).
         self._vtime = [0] * len(PRIORITY_RANK)
-        self._next_tag: dict[tuple[int, int], tuple[SessionState, int]] = {}
+        self._next_tag: dict[tuple[SessionState, int], int] = {}
+        self._prune_at = 64
         self._deadlines: list[tuple[float, int, Request]] = []  # heap; stale entries skipped
 
     def __len__(self) -> int:
@@ -153,10 +155,9 @@ class WaitingQueue:
         seq = next(self._seq)
         tag = 0
         if self.fair:
-            slot = (id(request.session), rank)
-            previous = self._next_tag.get(slot)
-            tag = max(self._vtime[rank], previous[1] if previous else 0)
-            self._next_tag[slot] = (request.session, tag + 1)
+            slot = (request.session, rank)
+            tag = max(self._vtime[rank], self._next_tag.get(slot, 0))
+            self._next_tag[slot] = tag + 1
         self._keys[request] = (-rank, tag, seq)
         self._by_session.setdefault(id(request.session), deque()).append(request)
         if self.track_deadlines and request.deadline is not None:
@@ -179,11 +180,13 @@ class WaitingQueue:
             fifo.remove(request)
         if not fifo:
             del self._by_session[session_id]
+        if not self._keys:
+            self._deadlines.clear()  # every entry is stale: none may keep a request alive
         if served and self.fair:
             rank = -key[0]
             self._vtime[rank] = max(self._vtime[rank], key[1])
-            if len(self._next_tag) > 2 * len(self._by_session) + 64:
-                self._prune_tags()
+        if self.fair and len(self._next_tag) > self._prune_at:
+            self._prune_tags()
         return True
 
     def admission_order(self, eligible: Callable[[SessionState], bool]) -> Iterator[Request]:
@@ -216,6 +219,11 @@ class WaitingQueue:
         return expired
 
     def _prune_tags(self) -> None:
-        # A tag at or below the virtual time gives the same start tag as no tag at all.
-        self._next_tag = {slot: entry for slot, entry in self._next_tag.items()
-                          if entry[1] > self._vtime[slot[1]]}
+        """Drop the tags that can no longer matter: a closed session's (it sends nothing
+        more), and one at or below its level's virtual time (it gives the same start tag as
+        no tag at all). A session that sends one request and closes leaves a tag one above
+        the virtual time, which does not move while every session sends one: only the first
+        rule frees it. The next prune comes when the table has doubled (amortized O(1))."""
+        self._next_tag = {slot: tag for slot, tag in self._next_tag.items()
+                          if not slot[0].closed and tag > self._vtime[slot[1]]}
+        self._prune_at = 2 * len(self._next_tag) + 64
