@@ -32,7 +32,7 @@ from wasi_nn_backend.adapters.wasm import NnHost, run_guest  # noqa: E402
 SUCCESS, INVALID_ARGUMENT, RUNTIME_ERROR, TOO_LARGE, NOT_FOUND = 0, 1, 5, 7, 8
 PROMPT_TOO_LONG = 102
 TRAP_EXIT_CODE, TIMEOUT_EXIT_CODE = 134, 124
-OPERATOR_MS = 2000       # the host's default_task_timeout_ms
+OPERATOR_MS = 1000       # the host's default_task_timeout_ms
 BOUND_S = 30.0           # generous, for a loaded 2-core CI machine
 MIB = 1 << 20
 

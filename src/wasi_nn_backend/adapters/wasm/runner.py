@@ -51,8 +51,10 @@ def run_guest(wasm: str | os.PathLike | bytes, args: Sequence[str] = (), *, host
               on_output: OutputCallback | None = None) -> GuestResult:
     """Run ``wasm`` (a path, or module bytes: binary or WAT text) with argv
     ``[file name, *args]``; ``dirs`` are (host_path, guest_path) preopens; ``max_time`` bounds
-    its running time (seconds). ``on_output(fd, data)`` sees output as it is written (1 stdout,
-    2 stderr). Raises NotFound / InvalidEncoding / InvalidArgument for a guest that cannot
+    its running time (seconds): past it wasm code is interrupted, the guest's requests are
+    cancelled and its imports refused (exit code 124); a WASI call that blocks (a sleep in
+    poll_oneoff) still runs to its end first. ``on_output(fd, data)`` sees output as it is
+    written (1 stdout, 2 stderr). Raises NotFound / InvalidEncoding / InvalidArgument for a guest that cannot
     start (no file, not WebAssembly, an import nobody defines, no ``_start``)."""
     host.check_open()
     data, program = _wasm_bytes(wasm)
