@@ -15,7 +15,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-
 from typing import TYPE_CHECKING
 
 from ...errors import InvalidArgument, Timeout

@@ -25,6 +25,7 @@ from wasmtime import (ExitTrap, Func, Linker, Module, Store, Trap, TrapCode, Was
 
 from ...errors import InvalidArgument, NotFound
 from .host import NnHost
+from .deadline import max_time_limit
 from .imports import GuestNn
 from .wasm_engine import ENGINE, TICKER, compile_module
 
@@ -57,13 +58,14 @@ def run_guest(wasm: str | os.PathLike | bytes, args: Sequence[str] = (), *, host
     written (1 stdout, 2 stderr). Raises NotFound / InvalidEncoding / InvalidArgument for a guest that cannot
     start (no file, not WebAssembly, an import nobody defines, no ``_start``)."""
     host.check_open()
+    max_time = max_time_limit(max_time)
     data, program = _wasm_bytes(wasm)
     module = compile_module(data)
     stdout, stderr = _Capture(1, on_output), _Capture(2, on_output)
     guest = GuestNn(host, max_time)   # its deadline starts now
-    stdin_path = _stdin_file(stdin) if stdin else None
-    store = None
+    stdin_path = store = None
     try:
+        stdin_path = _stdin_file(stdin) if stdin else None
         store = Store(ENGINE)
         store.set_wasi(_wasi_config(program, args, dirs, env, stdout, stderr, stdin_path))
         linker = Linker(ENGINE)
