@@ -33,13 +33,14 @@ class BackendStats:
     engines: dict[int, dict[str, Any]] = field(default_factory=dict)  # graph -> model served now
     models_loaded: int = 0      # models in memory: one per graph, plus swapped-out ones
     model_memory_bytes: int = 0  # their estimated footprint (memory.max_model_memory_mb)
+    restore_failures: int = 0   # swapped sessions whose KV state was not restored: prefilled
 
 
 def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: int = 0
             ) -> BackendStats:
     totals = {"queue_depth": 0, "queue_warnings": 0, "rejections": 0, "timeouts": 0,
               "kv_used": 0, "kv_total": 0, "swap_bytes": 0, "prefill": 0, "decode": 0,
-              "reused": 0, "decode_seconds": 0.0}
+              "reused": 0, "decode_seconds": 0.0, "restore_failures": 0}
     engines: dict[int, dict[str, Any]] = {}
     loaded = [(graph, model) for graph in graphs for model in graph.loaded_models()
               if not model.freed]
@@ -59,6 +60,7 @@ def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: in
         totals["decode"] += counters["decode_tokens"]
         totals["reused"] += counters["reused_tokens"]
         totals["decode_seconds"] += counters["decode_seconds"]
+        totals["restore_failures"] += counters["restore_failures"]
         if model is graph.current:
             engines[graph.handle] = {**counters, "queue": queue}
     active = sum(1 for s in sessions if s.running)
@@ -73,4 +75,5 @@ def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: in
         swap_bytes=totals["swap_bytes"], prefill_tokens=totals["prefill"],
         decode_tokens=totals["decode"], cache_hit_tokens=totals["reused"],
         tokens_per_second=totals["decode"] / seconds if seconds > 0 else 0.0, engines=engines,
-        models_loaded=len(loaded), model_memory_bytes=model_memory_bytes)
+        models_loaded=len(loaded), model_memory_bytes=model_memory_bytes,
+        restore_failures=totals["restore_failures"])

@@ -3,6 +3,8 @@ to shift. Returns plans (KvAction lists); performs nothing.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..config import MemoryConfig
 from ..errors import PromptTooLong
 from .plan import CopyPrefix, Evict, KvAction, Move, Shift, SwapIn, SwapOut, Trim
@@ -53,9 +55,12 @@ class SlotPool:
     def resident(self) -> list[SessionState]:
         return list(self._owner.values())
 
-    def acquire(self, session: SessionState) -> list[KvAction] | None:
-        """A slot for ``session``: [] if it has one, [Evict(victim)] if an idle session's slot
-        is taken, None if every slot is busy."""
+    def acquire(self, session: SessionState,
+                wanted: Callable[[SessionState], bool] | None = None) -> list[KvAction] | None:
+        """A slot for ``session``: [] if it has one, [Evict(victim)] (or SwapOut) if an idle
+        session's slot is taken, None if every slot is busy. Idle sessions for which
+        ``wanted`` is true (a request of theirs waits) give up their slot last: taking it
+        would swap them out only to swap them back in, maybe in this very step."""
         if session.seq_id is not None:
             return []
         actions: list[KvAction] = []
@@ -65,6 +70,8 @@ class SlotPool:
             idle = [s for s in self._owner.values() if not s.busy]
             if not idle:
                 return None
+            if wanted is not None:
+                idle = [s for s in idle if not wanted(s)] or idle
             victim = self._victim(idle)
             seq_id = victim.seq_id
             actions.extend(self._take_back(victim))

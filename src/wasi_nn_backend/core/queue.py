@@ -150,6 +150,10 @@ class WaitingQueue:
     def __contains__(self, request: object) -> bool:
         return request in self._keys
 
+    def has_waiting(self, session: SessionState) -> bool:
+        """A request of ``session`` is waiting."""
+        return id(session) in self._by_session
+
     def push(self, request: Request) -> None:
         rank = PRIORITY_RANK[request.priority] if self.priority else 0
         seq = next(self._seq)

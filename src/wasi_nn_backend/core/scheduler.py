@@ -21,9 +21,17 @@ from ..errors import WasiNnError
 from .clock import Clock
 from .kv_policy import (SlotPool, cached_tokens, plan_generation_room, plan_pressure_relief,
                         plan_prompt, pressure_limit)
-from .plan import StepPlan
+from .plan import CopyPrefix, StepPlan, SwapIn
 from .queue import QueueGate, WaitingQueue
-from .session import Request, RequestState
+from .session import Request, RequestState, SessionState
+
+
+def _drop_swap_in(plan: StepPlan, session: SessionState) -> None:
+    """A prefix copy replaces the whole sequence: restoring the session's swapped state
+    first would be wasted (and the restore would be checked against the copy's tokens).
+    The engine drops the saved bytes when it copies."""
+    plan.kv_actions[:] = [action for action in plan.kv_actions
+                          if not (isinstance(action, SwapIn) and action.session is session)]
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,7 @@ class Scheduler:
         for request in self.queue.admission_order(lambda session: not session.busy):
             if len(self.running) >= self.settings.max_concurrent:
                 return
-            actions = self.pool.acquire(request.session)
+            actions = self.pool.acquire(request.session, wanted=self.queue.has_waiting)
             if actions is None:
                 return  # every slot is busy: wait for one
             plan.kv_actions.extend(actions)
@@ -197,6 +205,8 @@ class Scheduler:
                 plan.failed.append((request, error))
                 self._failed_total += 1
                 continue
+            if any(isinstance(action, CopyPrefix) for action in prompt_actions):
+                _drop_swap_in(plan, request.session)
             plan.kv_actions.extend(prompt_actions)
             request.prompt_tokens = prompt
             request.n_past = reuse

@@ -16,6 +16,7 @@ class EngineCounters:
     evictions: int = 0
     swap_outs: int = 0
     swap_ins: int = 0
+    restore_failures: int = 0     # swap-ins that found no usable state: prefilled again
     prefix_copies: int = 0
     copied_tokens: int = 0
     moves: int = 0                # sequences moved to close gaps between busy ids

@@ -63,15 +63,33 @@ class KvApplier:
 
     def _swap_in(self, action: SwapIn) -> None:
         session = action.session
-        data = self.store.take(session)
-        restored = data is not None and self.ctx.state_seq_set(action.seq_id, data) \
-            and self.ctx.seq_pos_max(action.seq_id) == len(session.kv_tokens) - 1
-        if restored:
+        data = self._take_saved(session)
+        if data is None:
+            why = "its saved state was dropped"
+        elif not self.ctx.state_seq_set(action.seq_id, data):
+            why = "llama.cpp refused the saved state"
+        elif self.ctx.seq_pos_max(action.seq_id) != len(session.kv_tokens) - 1:
+            why = "the restored sequence has other positions than planned"
+        else:
             self.counters.swap_ins += 1
             return
-        log.warning("session %d: KV state could not be restored; prefilling it again",
-                    session.session_id)
+        self.counters.restore_failures += 1
+        log.warning("session %d: KV state could not be restored (%s); prefilling it again",
+                    session.session_id, why)
         self._restart(session)
+
+    def _take_saved(self, session: SessionState) -> bytes | None:
+        """The session's saved bytes: saved earlier in this plan (a slot taken from it, then
+        one given back to it), else from the store."""
+        for index, (saved, data) in enumerate(self._puts):
+            if saved is session:
+                del self._puts[index]
+                return data
+        return self.store.take(session)
+
+    def _drop_saved(self, session: SessionState) -> None:
+        self._puts = [(saved, data) for saved, data in self._puts if saved is not session]
+        self.store.discard(session)
 
     def _move(self, action: Move) -> None:
         """The whole sequence to its new slot, through its state bytes (as a swap-out and
@@ -94,6 +112,7 @@ class KvApplier:
     def _copy_prefix(self, action: CopyPrefix) -> None:
         session, source, count = action.session, action.source, len(action.tokens)
         target = session.seq_id
+        self._drop_saved(session)  # a swapped state it had is replaced, not restored
         self.ctx.seq_rm(target, -1, -1)
         copied = source.seq_id is not None and tuple(source.kv_tokens[:count]) == action.tokens
         if copied:
