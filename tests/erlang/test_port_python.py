@@ -43,7 +43,10 @@ def port(tmp_path_factory, tiny_model_path):
     process = PortProcess(tmp_path_factory.mktemp("port"))
     process.ctx = process.ok("init_backend", B(""))
     assert isinstance(process.ctx, int)
-    process.ok("load_by_name_with_config", process.ctx, B(tiny_model_path), B(""))
+    # one llama.cpp thread: on a busy 2-CPU machine two spin against each other (a 1500-token
+    # stream took 0.3 s or 20 s); greedy output is the same either way
+    process.ok("load_by_name_with_config", process.ctx, B(tiny_model_path),
+               B('{"model":{"threads":1}}'))
     yield process
     process.close_input()
     assert process.wait() == 0
@@ -115,8 +118,9 @@ def test_cancel_stops_a_running_generation(port, expected_reply):
     port.send((602, A("cancel"), (601,)))
     replies = dict(port.receive(timeout=30) for _ in range(2))  # in whichever order
     assert replies[602] == "ok"
-    code, message = error_of(replies[601])
-    assert code == "not_found" and "closed while it generated" in message
+    code, message = error_of(replies[601])   # cancelled before or while it generated
+    assert code == "not_found" and ("closed while it generated" in message
+                                    or "cancelled before it started" in message), message
     # cancelling again, or an Id that never ran, is still ok
     assert port.request("cancel", 601) == "ok"
     assert port.request("cancel", (B("no such"), A("request"))) == "ok"
@@ -156,7 +160,7 @@ def test_cancel_takes_one_request_id(port):
 @pytest.mark.parametrize("payload, needle", [
     (b"", "not an Erlang term"),                            # a frame of length 0
     (b"\x00garbage", "version byte 131"),                   # not ETF
-    (b"\x83\x68\x03\x61\x01", "cannot be decoded"),         # a term cut short
+    (b"\x83\x68\x03\x61\x01", "declares 3 elements"),       # a term cut short
     (erlang.term_to_binary(A("hello")), "{Id, Op, Args}"),  # a term, not a request
     (erlang.term_to_binary((1, A("init_backend"))), "tuple of 2"),
 ])

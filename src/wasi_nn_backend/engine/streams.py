@@ -1,7 +1,8 @@
 """Per-request output: text pieces as they come, then a Completion or an error.
 
 Blocking reads are built on non-blocking ones (try_get / get(timeout)); closing or failing a
-stream wakes every waiter with a typed error.
+stream wakes every waiter with a typed error. A reader of many streams at once (the Erlang
+port's forwarder) hears of each change through on_change instead of a thread per stream.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Stream:
         self._completion: Completion | None = None
         self._error: WasiNnError | None = None
         self._cancel = cancel
+        self._on_change: Callable[[], None] | None = None
 
     # -- engine side -------------------------------------------------------------------------
     def put(self, text: str, *, wake: bool = True) -> bool:
@@ -37,11 +39,13 @@ class Stream:
         with self._cond:
             self._pieces.append(text)
             self._cond.notify_all()
+        self._changed()
         return True
 
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+        self._changed()
 
     def finish(self, completion: Completion) -> None:
         with self._cond:
@@ -49,6 +53,7 @@ class Stream:
                 return
             self._completion = completion
             self._cond.notify_all()
+        self._changed()
 
     def fail(self, error: WasiNnError) -> None:
         with self._cond:
@@ -56,6 +61,19 @@ class Stream:
                 return
             self._error = error
             self._cond.notify_all()
+        self._changed()
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` now and after every change a reader can see (a piece, the end),
+        on the thread that made it, often the engine's: it must be quick, never block and never
+        read the stream (have another thread read it). One callback per stream."""
+        self._on_change = callback
+        callback()
+
+    def _changed(self) -> None:
+        callback = self._on_change
+        if callback is not None:
+            callback()
 
     # -- reader side -------------------------------------------------------------------------
     @property

@@ -3,6 +3,8 @@ function API (wasi_nn) and the Session API beneath it.
 
 Handlers take the checked arguments and return the reply term (without the Id); a failure
 raises a WasiNnError whose code becomes the reply's error atom and whose message its text.
+The generating ops' handlers return the chat turn's Stream instead; relay.py forwards it and
+builds the last reply with the op's ``finish``.
 """
 from __future__ import annotations
 
@@ -80,75 +82,12 @@ def request_key(request_id: Any) -> bytes:
         return repr(request_id).encode("utf-8", "replace")
 
 
-class Generation:
-    """One run_inference / run_inference_stream request of the port, from the moment the
-    reader took it: cancelling it before its Stream exists cancels the Stream once it does."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stream: Stream | None = None
-        self._cancelled = False
-
-    def attach(self, stream: Stream) -> None:
-        with self._lock:
-            self._stream = stream
-            cancelled = self._cancelled
-        if cancelled:
-            stream.cancel()
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._cancelled = True
-            stream = self._stream
-        if stream is not None:
-            stream.cancel()  # a no-op once it is done
-
-
-class Generations:
-    """The generations running now, by request Id (a thread-safe map), for ``cancel``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[bytes, list[Generation]] = {}
-
-    def start(self, request_id: Any) -> Generation:
-        generation = Generation()
-        with self._lock:
-            self._running.setdefault(request_key(request_id), []).append(generation)
-        return generation
-
-    def finish(self, request_id: Any, generation: Generation) -> None:
-        key = request_key(request_id)
-        with self._lock:
-            running = self._running.get(key, [])
-            if generation in running:
-                running.remove(generation)
-            if not running:
-                self._running.pop(key, None)
-
-    def cancel(self, request_id: Any) -> int:
-        """Cancel every running generation with this Id; how many there were."""
-        with self._lock:
-            running = list(self._running.get(request_key(request_id), []))
-        for generation in running:
-            generation.cancel()
-        return len(running)
-
-
 @dataclass(frozen=True)
 class Call:
     """What a handler may use besides its arguments."""
 
     backends: Backends
-    emit: Callable[[Any], bool]   # send an extra reply with this request's Id; False: port gone
-    generations: Generations | None = None
-    generation: Generation | None = None   # this request's, for the ops that generate
-
-    def track(self, stream: Stream) -> Stream:
-        """Make ``cancel`` of this request's Id reach ``stream``."""
-        if self.generation is not None:
-            self.generation.attach(stream)
-        return stream
+    cancel: Callable[[Any], int] = lambda request_id: 0   # cancel the generations of an Id
 
 
 def _api(fn: Callable[..., Any], *args: Any) -> Any:
@@ -198,23 +137,19 @@ def init_execution_context(call: Call, ctx: int, session_id: bytes) -> Any:
     return (OK, _api(wasi_nn.init_execution_context_with_session_id, ctx, session_id))
 
 
-def run_inference(call: Call, ctx: int, exec_ctx: int, prompt: bytes, config: bytes) -> Any:
-    # Session.chat's stream (chat is chat_stream(...).result()), the call wasi_nn.run_inference
-    # makes, not run_inference itself: its caller buffer would make a too-long reply cost a
-    # second generation (and a second chat turn). The stream, not chat, so `cancel` can stop it.
-    stream = call.track(_session(ctx, exec_ctx).chat_stream(_message(prompt), config or None))
-    return (OK, binary(_finished(stream.result()).text))
+def start_chat(ctx: int, exec_ctx: int, prompt: bytes, config: bytes) -> Stream:
+    """run_inference / run_inference_stream: the chat turn, submitted. Session.chat's stream
+    (the call wasi_nn.run_inference makes, not run_inference itself: its caller buffer would
+    make a too-long reply cost a second generation and a second chat turn); `cancel` stops it."""
+    return _session(ctx, exec_ctx).chat_stream(_message(prompt), config or None)
 
 
-def run_inference_stream(call: Call, ctx: int, exec_ctx: int, prompt: bytes, config: bytes
-                         ) -> Any:
-    stream = call.track(_session(ctx, exec_ctx).chat_stream(_message(prompt), config or None))
-    for piece in stream:
-        if not call.emit((TOKEN, binary(piece))):
-            stream.cancel()  # the VM is gone: stop generating for nobody
-            break
-    usage = _finished(stream.result()).usage()
-    return (DONE, binary(json.dumps(usage)))
+def reply_text(completion: Completion) -> Any:
+    return (OK, binary(_finished(completion).text))
+
+
+def reply_usage(completion: Completion) -> Any:
+    return (DONE, binary(json.dumps(_finished(completion).usage())))
 
 
 def close_execution_context(call: Call, ctx: int, exec_ctx: int) -> Any:
@@ -225,8 +160,7 @@ def close_execution_context(call: Call, ctx: int, exec_ctx: int) -> Any:
 def cancel(call: Call, request_id: Any) -> Any:
     """Stop the generation of an earlier request (within one engine step); that request then
     ends with its own error reply. ``ok`` also when it already ended or never was."""
-    if call.generations is not None:
-        call.generations.cancel(request_id)
+    call.cancel(request_id)
     return OK
 
 
@@ -235,6 +169,9 @@ class Op:
     name: str
     params: tuple[tuple[str, str], ...]   # (name in the protocol doc, kind)
     handler: Callable[..., Any]
+    finish: Callable[[Completion], Any] | None = None   # set: a generating op (relay.py)
+    streams: bool = False   # sends {token, Piece} before its last reply
+    inline: bool = False    # quick and never blocking: answered on the reader thread
 
     def check(self, args: tuple[Any, ...]) -> list[Any]:
         """The handler's arguments (binaries as bytes); InvalidArgument naming the bad one."""
@@ -264,12 +201,11 @@ OPS = {op.name: op for op in (
     Op("load_by_name_with_config", (_CTX, ("Path", BINARY), ("ConfigJson", BINARY)),
        load_by_name_with_config),
     Op("init_execution_context", (_CTX, ("SessionId", BINARY)), init_execution_context),
-    Op("run_inference", _INFER, run_inference),
-    Op("run_inference_stream", _INFER, run_inference_stream),
+    Op("run_inference", _INFER, start_chat, finish=reply_text),
+    Op("run_inference_stream", _INFER, start_chat, finish=reply_usage, streams=True),
     Op("close_execution_context", (_CTX, _EXEC), close_execution_context),
-    Op("cancel", (("RequestId", TERM),), cancel),
+    Op("cancel", (("RequestId", TERM),), cancel, inline=True),
 )}
-GENERATING = frozenset({"run_inference", "run_inference_stream"})  # what `cancel` can stop
 
 
 def parse(term: Any) -> tuple[Any, Op, list[Any]]:

@@ -1,9 +1,14 @@
-"""The port program's loop: frames in on fd 3, one thread per request, replies out on fd 4.
+"""The port program's loop: frames in on fd 3, replies out on fd 4, a bounded set of threads.
 
-A reader thread reads frames and starts a thread for each request, so a slow generation never
-holds up another session's request; replies carry the request's Id and go out in whatever
-order they finish. The main thread only waits for the end: EOF on fd 3 (the VM closed the port
-or died) or a failed write to fd 4. Then every backend made through the port is deinitialized.
+A reader thread reads and checks frames and hands each request on, never waiting for one:
+generations go to the engine as streams (relay.py: the scheduler queues them or refuses them
+with busy; one forwarder thread relays their output), `cancel` is answered at once, and the
+calls that block (init, load, sessions, deinit) run on a pool of CALL_THREADS threads with at
+most CALL_BACKLOG waiting. A full pool or queue answers busy. So a slow generation never holds
+up another session's request, and a flood costs no thread per request; replies carry the
+request's Id and go out in whatever order they finish. The main thread only waits for the end:
+EOF on fd 3 (the VM closed the port or died) or a failed write to fd 4. Then every backend
+made through the port is deinitialized.
 """
 from __future__ import annotations
 
@@ -18,30 +23,41 @@ from typing import Any
 from ...errors import ErrorCode, WasiNnError
 from . import terms
 from .frames import MAX_FRAME_BYTES, FrameReader, FrameTooLarge, FrameWriter
-from .ops import (GENERATING, Backends, BadRequest, Call, Generation, Generations, Op,
-                  error_term, parse)
+from .ops import Backends, BadRequest, Call, Op, error_term, parse
+from .relay import Relay, internal_error
+from .workers import HeldBytes, Workers
 
 log = logging.getLogger("wasi_nn_backend.erlang")
 IN_FD, OUT_FD = 3, 4   # where open_port(..., [nouse_stdio, {packet, 4}]) puts the pipes
+CALL_THREADS, CALL_BACKLOG = 4, 1024     # blocking calls: load, deinit, sessions
+START_THREADS, START_BACKLOG = 2, 4096   # chat turns being templated, tokenized, submitted
 
 
 class Port:
     def __init__(self, in_fd: int = IN_FD, out_fd: int = OUT_FD,
                  max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         self.backends = Backends()
-        self.generations = Generations()
         self._reader = FrameReader(in_fd, max_frame_bytes)
         self._writer = FrameWriter(out_fd, on_broken=self._end)
         self._ended = threading.Event()
         self._status = 0
+        # the frames of requests read but not started: as much as one frame may take
+        self._held = HeldBytes(max_frame_bytes)
+        self._calls = Workers("call", CALL_THREADS, CALL_BACKLOG)
+        self._relay = Relay(self._send, Workers("start", START_THREADS, START_BACKLOG),
+                            self._held)
+        self._call = Call(self.backends, cancel=self._relay.generations.cancel)
 
     def serve(self) -> int:
         """Answer requests until the VM goes away; deinitialize our backends. Returns the exit
         status: 0, or 1 if reading fd 3 failed other than by EOF."""
+        self._relay.forwarder.start()
         reader = threading.Thread(target=self._read_loop, name="erlang-port-reader", daemon=True)
         reader.start()
         self._ended.wait()
         self.backends.close_all()
+        self._calls.close()
+        self._relay.close()
         return self._status
 
     def _end(self) -> None:
@@ -79,35 +95,36 @@ class Port:
         except BadRequest as error:
             self._send(error.request_id, error_term(error.code, error.message))
             return
-        # registered here, on the reader thread, so a `cancel` read after this request always
-        # finds it, even before its worker thread has started generating
-        generation = self.generations.start(request_id) if op.name in GENERATING else None
-        worker = threading.Thread(target=self._run, args=(request_id, op, args, generation),
-                                  name=f"erlang-{op.name}", daemon=True)
         try:
-            worker.start()
-        except RuntimeError as error:  # out of threads: refuse this one, keep serving
-            if generation is not None:
-                self.generations.finish(request_id, generation)
-            self._send(request_id, error_term(ErrorCode.BUSY, f"cannot start a thread: {error}"))
+            if op.finish is not None:
+                self._relay.submit(request_id, op, args, len(data))
+            elif op.inline:
+                self._send(request_id, self._run(op, args))
+            else:
+                self._queue(request_id, op, args, len(data))
+        except Exception as error:  # a bug: answer it, keep reading
+            self._send(request_id, internal_error(op, error))
 
-    def _run(self, request_id: Any, op: Op, args: list[Any],
-             generation: Generation | None = None) -> None:
-        call = Call(self.backends, emit=lambda term: self._send(request_id, term),
-                    generations=self.generations, generation=generation)
+    def _queue(self, request_id: Any, op: Op, args: list[Any], size: int) -> None:
+        """Run a blocking call on the pool: busy when the pool's queue, or the bytes held by
+        requests not started, are full."""
+        def task() -> None:
+            self._held.give(size)
+            self._send(request_id, self._run(op, args))
+
         try:
-            reply = op.handler(call, *args)
+            self._held.holding(size, lambda: self._calls.submit(task))
+        except WasiNnError as error:
+            self._send(request_id, error_term(error.code, error.message))
+
+    def _run(self, op: Op, args: list[Any]) -> Any:
+        try:
+            return op.handler(self._call, *args)
         except WasiNnError as error:
             log.info("%s: %s (%s)", op.name, error.message, error.code.name.lower())
-            reply = error_term(error.code, error.message)
+            return error_term(error.code, error.message)
         except Exception as error:  # a bug: say so, keep serving
-            log.exception("%s failed unexpectedly", op.name)
-            reply = error_term(ErrorCode.UNKNOWN,
-                               f"internal error: {type(error).__name__}: {error}")
-        finally:
-            if generation is not None:
-                self.generations.finish(request_id, generation)
-        self._send(request_id, reply)
+            return internal_error(op, error)
 
     def _send(self, request_id: Any, reply: Any) -> bool:
         try:
