@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import erlang
 import pytest
@@ -280,3 +281,28 @@ def test_port_in_process_answers_until_eof():
     assert replies[1][0] == 1 and error_of(replies[1][1])[0] == "not_found"
     os.close(to_port_r)
     os.close(from_port_w)
+
+
+def test_the_port_in_process_leaves_no_thread_behind():
+    to_port_r, to_port_w = os.pipe()
+    from_port_r, from_port_w = os.pipe()
+    server = threading.Thread(target=Port(to_port_r, from_port_w).serve, daemon=True)
+    server.start()
+    with os.fdopen(from_port_r, "rb") as pipe:
+        def request(*term: Any) -> Any:
+            frame = erlang.term_to_binary(term)
+            os.write(to_port_w, struct.pack(">I", len(frame)) + frame)
+            (size,) = struct.unpack(">I", pipe.read(4))
+            return plain(erlang.binary_to_term(pipe.read(size))[1])
+
+        reply, ctx = request(1, A("init_backend"), (B('{"logging":{"level":"error"}}'),))
+        assert reply == "ok"                                        # on the call pool
+        assert request(2, A("run_inference"), (ctx, 999, B("hi"), B("")))[1][0] == "not_found"
+        assert request(3, A("cancel"), (2,)) == "ok"                # on the reader
+        os.close(to_port_w)   # EOF: the port deinitializes the backend and ends
+        server.join(timeout=30)
+    os.close(to_port_r)
+    os.close(from_port_w)
+    for thread in [t for t in threading.enumerate() if t.name.startswith("erlang-")]:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), thread.name

@@ -268,4 +268,6 @@ class Relay:
             del self._waiting[ctx]
 
     def close(self) -> None:
+        """The port ends: nothing more is started or relayed."""
+        self.starts.close()
         self.forwarder.close()
