@@ -181,8 +181,8 @@ def markdown(result: dict, args) -> str:
         f"state, {cost['prefill'] * 1000:.2f} ms prefilling it again\n"
         f"- sessions opened: {result['sessions_opened']}; open at the end: "
         f"{result['sessions_left']}; models loaded at the end: {result['models_loaded']}\n"
-        f"- RSS: {rss[0][1]:.0f} MB at the start, {rss[len(rss) // 4][1]:.0f} MB at "
-        f"{rss[len(rss) // 4][0]:.0f} s, {rss[-1][1]:.0f} MB at the end, peak "
+        f"- RSS: {rss[0][1]:.0f} MB at the start, {rss[len(rss) // 3][1]:.0f} MB at "
+        f"{rss[len(rss) // 3][0]:.0f} s, {rss[-1][1]:.0f} MB at the end, peak "
         f"{max(r for _, r in rss):.0f} MB\n")
 
 

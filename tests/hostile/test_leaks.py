@@ -73,7 +73,7 @@ def test_100000_core_sessions_leave_memory_flat():
 
 
 def test_closed_sessions_are_forgotten_through_the_api(tiny_model_path):
-    n = 1_000
+    n = 1_500
     with Backend({"model": {"n_ctx": 64, "n_seq_max": 4}, "logging": {"level": "error"}}) \
             as backend:
         graph = backend.load(tiny_model_path)
