@@ -8,9 +8,11 @@ memory.max_model_memory_mb, logging: they change how a load happens, not what is
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from .budget import Reservation
 from .config import Config, LoggingConfig, request_params
 from .engine.footprint import Footprint
 from .engine.loader import Started
+from .errors import NotFound
 
 log = logging.getLogger("wasi_nn_backend")
 
@@ -60,6 +63,10 @@ class LoadedModel:
         self._sessions = 0
         self._retired = False
         self._freed = False
+        # Callers' threads inside a C call on the model (tokenizing, a grammar check): free()
+        # waits for them, since llama_model_free under a running llama_tokenize is a crash.
+        self._users: dict[int, int] = {}
+        self._no_users = threading.Condition(self._lock)
 
     def same_as(self, key: ModelKey | None) -> bool:
         return key is not None and self.key == key
@@ -112,15 +119,38 @@ class LoadedModel:
                 "n_ctx": self.config.model.n_ctx, "load_seconds": round(self.load_seconds, 6)}
 
     # -- lifetime ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        """Around work on the model from a caller's thread: free() waits until it is done.
+        NotFound once the model is freed (or being freed)."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._freed:
+                raise NotFound(f"the model {self.path} was unloaded")
+            self._users[me] = self._users.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users[me] -= 1
+                if not self._users[me]:
+                    del self._users[me]
+                    self._no_users.notify_all()
+
     def free(self) -> None:
-        """Stop the engine (what still runs fails), free the model, give the memory back.
-        Idempotent; never call it on the engine's own thread."""
+        """Stop the engine (what still runs fails), wait for callers inside a C call on the
+        model (using()), free the model, give the memory back. Idempotent; never call it on
+        the engine's own thread. A caller's thread that frees the model while it uses it (a
+        callback) does not wait for itself: its own call then finds the model closed."""
+        me = threading.get_ident()
         with self._lock:
             if self._freed:
                 return
             self._freed = True
         try:
             self.engine.close()
+            with self._lock:
+                self._no_users.wait_for(lambda: not (self._users.keys() - {me}))
             self.model.close()
         finally:
             self._reservation.release()

@@ -209,11 +209,13 @@ class Session:
 
     @contextlib.contextmanager
     def _while_open(self) -> Iterator[None]:
-        """Work on the session's model: if the session is closed meanwhile (closed, evicted,
-        its graph unloaded) and its model freed under the call, the caller gets not_found, as
-        for any call on a closed session, not the freed model's runtime_error."""
+        """Work on the session's model from the caller's thread: the model is not freed
+        under it (an unload waits for the C call in progress), and if the session was closed
+        meanwhile (closed, evicted, its graph unloaded) the caller gets not_found, as for any
+        call on a closed session, not the freed model's runtime_error."""
         try:
-            yield
+            with self.loaded.using():
+                yield
         except BackendRuntimeError:
             if self._closed:
                 raise NotFound(f"session {self.handle} was closed during the call") from None

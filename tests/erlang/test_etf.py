@@ -86,6 +86,16 @@ def test_compressed_terms_nested_in_compressed_terms_count_once_each():
         etf.decode(b"\x83" + outer, 100 + len(inner) + 1)
 
 
+def test_compressed_terms_nested_in_each_other_count_toward_the_depth_limit():
+    """Each compressed wrapper is a level: 3,000 of them (64 KB on the wire) stop at the depth
+    limit, not at Python's recursion limit."""
+    inner = b"a\x01"
+    for _ in range(3000):
+        inner = b"P" + struct.pack(">I", len(inner)) + zlib.compress(inner)
+    with pytest.raises(NotATerm, match="nested more than 100"):
+        etf.decode(b"\x83" + inner, 256 << 20)
+
+
 @pytest.mark.parametrize("data, error, needle", [
     (b"\x83", NotATerm, "version byte"),
     (b"\x84a\x01", NotATerm, "version byte"),

@@ -74,3 +74,26 @@ def test_held_bytes_take_one_request_of_any_size_and_refuse_past_the_limit():
     with pytest.raises(ValueError):   # refused by accept: the bytes come back
         held.holding(40, lambda: (_ for _ in ()).throw(ValueError("refused")))
     held.holding(40, lambda: None)
+
+
+def test_a_quick_task_does_not_wait_behind_a_slow_one_for_the_idle_thread():
+    """One idle thread, a slow task (a model load) then a quick one: the idle thread takes the
+    slow one, so the quick one needs a thread of its own. The idle thread still counted as
+    idle until it ran, and the quick task waited for the slow one to end."""
+    workers = Workers("idle", threads=4, backlog=8)
+    try:
+        first = threading.Event()
+        workers.submit(first.set)
+        assert first.wait(5)
+        for _ in range(500):   # until the thread is back waiting for work
+            with workers._cond:
+                if workers._idle == 1:
+                    break
+            threading.Event().wait(0.01)
+        release, quick = threading.Event(), threading.Event()
+        workers.submit(lambda: release.wait(10))
+        workers.submit(quick.set)
+        assert quick.wait(5), "the quick task waited for the slow one"
+        release.set()
+    finally:
+        workers.close()

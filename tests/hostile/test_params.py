@@ -122,6 +122,20 @@ def test_thread_counts_stop_at_ggml_max_n_threads():
         assert f"model.{key}" in message and "[1, 512]" in message
 
 
+def test_the_default_thread_count_stops_at_ggml_max_n_threads(tiny_model_path, monkeypatch):
+    """No thread count given: the CPU count, at most what ggml takes (a host with more CPUs
+    than that still loads with the default config)."""
+    import os
+
+    import llama_cpp.llama_cpp as C
+
+    from wasi_nn_backend import Backend
+    monkeypatch.setattr(os, "cpu_count", lambda: limits.GGML_MAX_N_THREADS * 2)
+    with Backend({"logging": {"level": "error"}}) as backend:
+        graph = backend.load(tiny_model_path, {"model": {"n_ctx": 64, "n_seq_max": 1}})
+        assert C.llama_n_threads(graph.engine.ctx.handle) == limits.GGML_MAX_N_THREADS
+
+
 def test_n_seq_max_stops_at_llama_max_seq():
     import llama_cpp.llama_cpp as C
 

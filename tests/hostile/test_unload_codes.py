@@ -77,3 +77,52 @@ def test_a_file_that_is_not_gguf_is_not_quoted(tmp_path):
         backend.load(str(secret))
     assert "not a GGUF file" in caught.value.message
     assert "root" not in caught.value.message.replace(str(tmp_path), "")
+
+
+def test_an_unload_waits_for_a_tokenize_in_progress(tiny_model_path, monkeypatch):
+    """llama_tokenize runs on the caller's thread with the GIL released: an unload on another
+    thread must not free the model under it (that was a segfault: set_input of a long prompt
+    raced against unload). The unload waits for the call; the caller's later steps find the
+    session gone."""
+    import threading
+
+    import llama_cpp.llama_cpp as C
+
+    entered, unloading = threading.Event(), threading.Event()
+    freed_under_the_call = []
+    real = C.llama_tokenize
+
+    def tokenize(*args):
+        entered.set()
+        assert unloading.wait(10)
+        # The unload is under way: were the model freed now, this call would read freed
+        # memory. Wait a while for that to (wrongly) happen; it must not.
+        if closed.wait(0.3):
+            freed_under_the_call.append(True)
+            return 0
+        return real(*args)
+    monkeypatch.setattr(C, "llama_tokenize", tokenize)
+    code, ctx = nn.init_backend_with_config(json.dumps(CONFIG))
+    try:
+        code, graph = nn.load_by_name_with_config(ctx, tiny_model_path, None, json.dumps(CONFIG))
+        code, ex = nn.init_execution_context(ctx, graph)
+        model = nn.backend_of(ctx).graph(graph).model
+        closed = threading.Event()
+        real_close = model.close
+        monkeypatch.setattr(model, "close", lambda: (closed.set(), real_close()))
+        result = {}
+        caller = threading.Thread(target=lambda: result.setdefault("code", nn.set_input(
+            ctx, ex, 0, nn.Tensor([5], nn.TensorType.U8, b"Hello"))))
+        caller.start()
+        assert entered.wait(10)
+        unloader = threading.Thread(target=lambda: result.setdefault("unload", nn.unload(
+            ctx, graph)))
+        unloader.start()
+        unloading.set()
+        caller.join(10)
+        unloader.join(10)
+        assert not freed_under_the_call
+        assert result == {"code": ErrorCode.SUCCESS, "unload": ErrorCode.SUCCESS}
+        assert nn.compute(ctx, ex) == ErrorCode.NOT_FOUND
+    finally:
+        nn.deinit_backend(ctx)

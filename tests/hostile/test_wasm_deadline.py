@@ -202,3 +202,29 @@ def test_run_wasm_max_time_ends_a_guest_stuck_in_a_wasi_sleep(tmp_path):
     assert run.returncode == TIMEOUT_EXIT_CODE, run.stderr[-500:]
     assert b"ran past max_time (0.5 s)" in run.stderr
     assert elapsed < BOUND_S
+
+
+# Loads the preloads slowly (as a large model would), then runs an empty guest.
+SLOW_PRELOAD = """
+import sys, time
+from wasi_nn_backend.adapters import cli
+from wasi_nn_backend.adapters.wasm import host
+real = host.NnHost.__init__
+def slow(self, *args, **kwargs):
+    time.sleep(3.0)   # the work of loading a large preload, not a wait for a thread
+    real(self, *args, **kwargs)
+host.NnHost.__init__ = slow
+sys.argv = ["wasi-nn-backend", "run-wasm", "--max-time", "0.5", sys.argv[1]]
+sys.exit(cli.main())
+"""
+
+
+def test_run_wasm_max_time_counts_from_the_guests_start_not_the_preloads(tmp_path):
+    """The CLI's last-resort stop is armed when the guest's max_time runs out, so a preload
+    that takes longer than max_time + 2 s does not end a guest that never ran."""
+    guest = tmp_path / "empty.wasm"
+    guest.write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) '
+                                        '(func (export "_start")))'))
+    run = subprocess.run([sys.executable, "-c", SLOW_PRELOAD, str(guest)], capture_output=True,
+                         timeout=BOUND_S * 2, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr[-500:]

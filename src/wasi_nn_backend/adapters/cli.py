@@ -24,7 +24,7 @@ from . import terminal
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    args.as_program = argv is None   # the process is ours: run-wasm may end it (_backstop)
+    args.as_program = argv is None   # the process is ours: run-wasm may end it (_Backstop)
     try:
         return args.run(args)
     except WasiNnError as error:
@@ -153,12 +153,13 @@ def _run_wasm(args: argparse.Namespace) -> int:
     env = dict(_key_value(spec) for spec in args.env)
     config = _read_config(args.config) or {"logging": {"level": "error"}}
     max_time = max_time_limit(args.max_time)
-    backstop = _backstop(max_time) if args.as_program and max_time is not None else None
+    backstop = _Backstop(max_time) if args.as_program and max_time is not None else None
     try:
         with NnHost(config=config, preloads=args.nn_preload,
                     allowed_dirs=[host for host, _ in dirs]) as host:
             result = run_guest(args.guest, args.args, host=host, dirs=dirs, env=env,
-                               max_time=max_time, on_output=_echo)
+                               max_time=max_time, on_output=_echo,
+                               on_expire=backstop.arm if backstop is not None else None)
     finally:
         if backstop is not None:
             backstop.cancel()
@@ -170,20 +171,38 @@ def _run_wasm(args: argparse.Namespace) -> int:
 BACKSTOP_GRACE_S = 2.0
 
 
-def _backstop(max_time: float) -> threading.Timer:
-    """End the process (status 124) if the guest is still running BACKSTOP_GRACE_S after
-    max_time. run_guest stops wasm code and cancels requests by itself; this is for a host
-    call nothing can interrupt (a WASI sleep in poll_oneoff, a model still loading)."""
-    def stop() -> None:
-        print(f"wasi-nn-backend: the guest ran past max_time ({max_time} s) and was still "
-              f"inside a host call {BACKSTOP_GRACE_S} s later; stopped", file=sys.stderr)
+class _Backstop:
+    """End the process (status 124) if the guest is still running BACKSTOP_GRACE_S after its
+    max_time has passed (armed then by run_guest, so loading the preloads and compiling the
+    guest do not count). run_guest stops wasm code and cancels requests by itself; this is
+    for a host call nothing can interrupt (a WASI sleep in poll_oneoff)."""
+
+    def __init__(self, max_time: float) -> None:
+        self.max_time = max_time
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def arm(self) -> None:
+        with self._lock:
+            if self._cancelled or self._timer is not None:
+                return
+            self._timer = threading.Timer(BACKSTOP_GRACE_S, self._stop)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _stop(self) -> None:
+        print(f"wasi-nn-backend: the guest ran past max_time ({self.max_time} s) and was "
+              f"still inside a host call {BACKSTOP_GRACE_S} s later; stopped", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(124)
-    timer = threading.Timer(max_time + BACKSTOP_GRACE_S, stop)
-    timer.daemon = True
-    timer.start()
-    return timer
 
 
 def _key_value(spec: str) -> tuple[str, str]:

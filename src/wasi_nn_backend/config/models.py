@@ -35,7 +35,7 @@ class ModelSettings(_Frozen):
     n_batch: int = Field(512, ge=1, le=MAX_N_BATCH)       # most tokens in one decode
     n_ubatch: int | None = Field(None, ge=1, le=MAX_N_BATCH)  # None = n_batch
     n_seq_max: int = Field(8, ge=1, le=LLAMA_MAX_SEQ)     # KV sequence slots
-    threads: int | None = Field(None, ge=1, le=GGML_MAX_N_THREADS)  # None = os.cpu_count()
+    threads: int | None = Field(None, ge=1, le=GGML_MAX_N_THREADS)  # None = the CPU count (<= 512)
     threads_batch: int | None = Field(None, ge=1, le=GGML_MAX_N_THREADS)
     n_gpu_layers: int = Field(0, ge=-1, le=100_000)
     use_mmap: bool = True

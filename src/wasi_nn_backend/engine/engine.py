@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..config import Config, RequestParams, SamplingParams
+from ..config.limits import GGML_MAX_N_THREADS
 from ..core.clock import Clock, MonotonicClock
 from ..core.kv_policy import SlotPool
 from ..core.plan import StepPlan
@@ -45,7 +46,7 @@ class Engine:
         self.config = config
         self.clock = clock or MonotonicClock()
         self.n_ctx = settings.n_ctx
-        threads = settings.threads or os.cpu_count() or 1
+        threads = settings.threads or min(os.cpu_count() or 1, GGML_MAX_N_THREADS)
         self.counters = EngineCounters()
         self.embedder: Embedder | None = None
         if settings.embedding:  # an embedding graph: embed jobs only, no generation

@@ -59,7 +59,7 @@ def context_params(*, n_ctx: int, n_batch: int, n_ubatch: int | None,
     if flash_attn == "off" and type_v not in ("f32", "f16"):
         # llama.cpp refuses a quantized V cache without flash attention (NULL context).
         raise errors.InvalidArgument(f"type_v={type_v} needs flash_attn 'auto' or 'on'")
-    cpus = os.cpu_count() or 1
+    cpus = min(os.cpu_count() or 1, GGML_MAX_N_THREADS)   # the default: every CPU ggml takes
     threads = cpus if n_threads is None else index("n_threads", n_threads)
     threads_batch = threads if n_threads_batch is None else index("n_threads", n_threads_batch)
     if not (1 <= threads <= GGML_MAX_N_THREADS and 1 <= threads_batch <= GGML_MAX_N_THREADS):

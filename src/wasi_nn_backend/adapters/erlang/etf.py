@@ -159,7 +159,7 @@ class _Decoder:
         self.pos = len(self.data) - len(inflater.unused_data)
         inner = _Decoder(memoryview(plain), 0, self.inflate_budget)
         inner.terms = self.terms
-        term = inner.term(depth)
+        term = inner.term(depth + 1)
         if inner.pos != size:
             raise NotATerm(f"{size - inner.pos} bytes follow the compressed term")
         self.terms, self.inflate_budget = inner.terms, inner.inflate_budget

@@ -40,10 +40,12 @@ class Workers:
                            f"{self.max_threads} {self.name} threads (at most {self.backlog} "
                            f"may wait); retry later")
             self._tasks.append(task)
-            start = self._idle == 0 and self._threads < self.max_threads
+            # An idle thread woken for an earlier task counts as idle until it runs: start a
+            # thread whenever more tasks wait than idle threads can take.
+            start = len(self._tasks) > self._idle and self._threads < self.max_threads
             if start:
                 self._threads += 1
-            else:
+            if self._idle:
                 self._cond.notify()
         if start:
             try:

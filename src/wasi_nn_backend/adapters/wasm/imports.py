@@ -70,10 +70,13 @@ def _guarded(name: str, fn: Callable[..., Any], check: Callable[[], None]
 class GuestNn:
     """One guest's view of an NnHost: its handles, and what it holds in the backend."""
 
-    def __init__(self, host: NnHost, max_time: float | None = None) -> None:
+    def __init__(self, host: NnHost, max_time: float | None = None,
+                 on_expire: Callable[[], None] | None = None) -> None:
         """``max_time``: the run's limit in seconds (InvalidArgument unless > 0): past it
-        every request in flight is cancelled and every import returns runtime_error."""
+        every request in flight is cancelled and every import returns runtime_error;
+        ``on_expire`` is called first then (on the deadline's timer thread)."""
         self.host = host
+        self._on_expire = on_expire
         self.deadline = RunDeadline(host.default_timeout_ms, max_time, self.expire)
         self._graphs: dict[int, SharedGraph] = {}
         self._contexts: dict[int, _Context] = {}
@@ -92,6 +95,8 @@ class GuestNn:
         """The run's time is up (on the deadline's timer thread): close every context, so a
         request in flight stops within one engine step and a guest inside compute comes
         back; GuestNn.close releases them afterwards."""
+        if self._on_expire is not None:
+            self._on_expire()
         for context in list(self._contexts.values()):
             wasi_nn.finalize_execution_context(self.host.ctx, context.handle)
 
