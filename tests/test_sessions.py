@@ -79,3 +79,47 @@ def test_handles_are_never_reused(clock, tiny_model_path):
             assert s.handle not in seen
             seen.add(s.handle)
             s.close()
+
+
+class TickingClock(FakeClock):
+    """A fake clock that moves 0.1 s each time it is read while ``ticking``: a request that
+    reads it every step lasts seconds of fake time."""
+
+    ticking = False
+
+    def now(self) -> float:
+        if self.ticking:
+            self.advance(0.1)
+        return super().now()
+
+
+def test_idle_time_counts_from_when_the_last_request_ended(tiny_model_path):
+    clock = TickingClock()
+    backend = Backend({"backend": {"idle_timeout_ms": 1000, "default_task_timeout_ms": 0}},
+                      clock=clock)
+    graph = backend.load(tiny_model_path, {"model": {"n_ctx": 128, "n_seq_max": 2}})
+    with backend:
+        s = graph.session()
+        clock.ticking = True
+        done = s.chat("Hi", temperature=0, max_tokens=30, ignore_eos=True)
+        clock.ticking = False
+        assert done.seconds > 2          # the request ran for longer than idle_timeout_ms
+        clock.advance(0.3)               # then 0.3 s of quiet: not idle for 1 s yet
+        assert backend.cleanup_idle() == []
+        assert backend.session(s.handle) is s and len(s.history) == 2
+        clock.advance(0.8)               # 1.1 s since it answered (the timer may be first)
+        backend.cleanup_idle()
+        assert s.closed
+
+
+def test_a_session_is_not_idle_while_its_stream_waits_to_be_read(tiny_model_path):
+    clock = FakeClock()
+    backend = Backend({"backend": {"idle_timeout_ms": 1000}}, clock=clock)
+    graph = backend.load(tiny_model_path, {"model": {"n_ctx": 128, "n_seq_max": 2}})
+    with backend:
+        s = graph.session()
+        stream = s.complete_stream("Hi", temperature=0, max_tokens=3)
+        end = stream.result(timeout=30).finished_at
+        clock.advance(0.9)
+        assert backend.cleanup_idle() == []
+        assert clock.now() - end < 1 and s.last_activity == end

@@ -38,7 +38,8 @@ class Session:
         self.name = name
         self.state = SessionState(session_id=handle)
         self.context_params: RequestParams = loaded.defaults  # set_input index 1 changes it
-        self.last_activity = graph.backend.clock.now()
+        self._touched = graph.backend.clock.now()
+        self._failed_seen: dict[int, float] = {}   # id(stream) -> when a failure was seen
         self._messages: list[dict[str, str]] = []
         if system:
             self._messages.append({"role": "system", "content": system})
@@ -186,13 +187,34 @@ class Session:
     def _submit(self, tokens: list[int], params: RequestParams, *, truncate_ok: bool,
                 started_at: float) -> Stream:
         self.touch()
+        self._failed_seen = {}
         stream = self.loaded.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok,
                                            started_at=started_at)
         self._streams = [s for s in self._streams if not s.done] + [stream]
         return stream
 
     def touch(self) -> None:
-        self.last_activity = self.graph.backend.clock.now()
+        self._touched = self.graph.backend.clock.now()
+
+    @property
+    def last_activity(self) -> float:
+        """When this session was last active, on the backend's clock: now while a request of
+        it runs, else when its last request ended (idle time counts from there, not from
+        when the request started); a request that failed counts as ending when this is
+        first asked after it did."""
+        now = self.graph.backend.clock.now()
+        if self.state.busy:
+            return now
+        latest = self._touched
+        for stream in list(self._streams):
+            if not stream.done:
+                return now
+            try:
+                ended = stream.result(timeout=0).finished_at
+            except WasiNnError:
+                ended = self._failed_seen.setdefault(id(stream), now)
+            latest = max(latest, ended)
+        return latest
 
     @property
     def running(self) -> bool:
