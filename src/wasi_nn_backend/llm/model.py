@@ -291,10 +291,12 @@ class Model:
         return raw.decode("utf-8", errors="replace") if raw else None
 
     def render_chat(self, messages: Sequence[Mapping[str, str]], *,
-                    add_generation_prompt: bool = True, template: str | None = None) -> str:
-        """Render messages with ``template``, else the model's template, else ChatML."""
+                    add_generation_prompt: bool = True, template: str | None = None,
+                    tools: Sequence[Mapping[str, object]] | None = None) -> str:
+        """Render messages (and ``tools``, given to the template as transformers does) with
+        ``template``, else the model's template, else ChatML."""
         bos = self.token_text(self.bos_token) if self.valid_token(self.bos_token) else ""
         eos = self.token_text(self.eos_token) if self.valid_token(self.eos_token) else ""
         return render_template(template or self.chat_template, messages,
                                add_generation_prompt=add_generation_prompt,
-                               bos_token=bos, eos_token=eos)
+                               bos_token=bos, eos_token=eos, tools=tools)
