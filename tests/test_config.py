@@ -425,8 +425,7 @@ def test_kebab_keys(key, value, path, expected):
 
 
 @pytest.mark.parametrize("key", ["mmproj", "tts", "port", "reranking", "yarn-orig-ctx",
-                                 "n-draft-speculative", "slot-save-path", "main-gpu",
-                                 "stream-stdout"])
+                                 "n-draft-speculative", "slot-save-path", "main-gpu"])
 def test_wasmedge_keys_without_meaning_warn(key):
     cfg, warnings = parse_config({key: 1})
     assert cfg == Config()

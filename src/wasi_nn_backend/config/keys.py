@@ -82,6 +82,13 @@ def _grammar_triggers(col: Collector, value: Any, path: str, ctx: Ctx) -> None:
     _sub_object(col, value, path, routes, (), ctx)
 
 
+def _host_flag(col: Collector, value: Any, path: str, ctx: Ctx) -> None:
+    """A key the host running the backend reads itself (``stream-stdout``: the WebAssembly
+    host prints each piece to the guest's stdout during compute): checked here, no setting."""
+    if not isinstance(value, bool):
+        col.bad(path, Bad(value, "true or false"))
+
+
 def _timeout_config(col: Collector, value: Any, path: str, ctx: Ctx) -> None:
     _sub_object(col, value, path, {"max_inference_time_ms": "stopping.max_time_ms"},
                 ("adaptive_timeout", "min_timeout_ms", "timeout_multiplier"), ctx)
@@ -185,9 +192,10 @@ KEBAB: dict[str, Entry] = {
     "n-keep": _r("memory.n_keep_tokens"), "ctx-shift": _r("memory.context_shifting"),
     "enable-log": _r("logging.level", convert=enable_log),
     "enable-debug-log": _r("logging.enable_debug"),
+    "stream-stdout": Expand(_host_flag),     # read by adapters/wasm (outputs.py)
 }
 _WASMEDGE_NO_EFFECT = frozenset("""
-    stream-stdout verbosity main-gpu tensor-split split-mode use-mlock cpu-moe n-cpu-moe
+    verbosity main-gpu tensor-split split-mode use-mlock cpu-moe n-cpu-moe
     check-tensors numa mmproj model-alias model-url hf-repo hf-file hf-token rope-freq-base
     rope-freq-scale rope-scaling-type attention-type no-kv-offload warmup reranking n-prev image
     always-regenerate-image-embd tts model-vocoder tts-output-file tts-speaker-file port hostname cont-batching n-cache-reuse""".split())

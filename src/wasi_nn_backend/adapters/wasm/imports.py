@@ -27,6 +27,7 @@ from .deadline import RunDeadline
 from .host import NnHost, SharedGraph
 from .memory import WITX_MISSING_MEMORY, GuestMemory, MissingMemory, u32
 from .names import PRELOAD_PREFIX
+from .outputs import compute_printing, fetch_output, stream_stdout_flag
 
 log = logging.getLogger("wasi_nn_backend.wasm")
 
@@ -36,13 +37,13 @@ ARITY = {
     "set_input": 3, "compute": 1, "get_output": 5, "compute_single": 1, "get_output_single": 5,
     "fini_single": 1, "unload": 1, "finalize_execution_context": 1,
 }
-FETCH_BYTES = 64 << 10   # first try at an output: most fit, larger ones take a second call
 
 
 @dataclass
 class _Context:
     handle: int           # the backend's execution context
     graph: SharedGraph
+    stream_stdout: bool   # WasmEdge's stream-stdout: compute prints each piece (outputs.py)
 
 
 def _guarded(name: str, fn: Callable[..., Any], check: Callable[[], None]
@@ -71,11 +72,15 @@ class GuestNn:
     """One guest's view of an NnHost: its handles, and what it holds in the backend."""
 
     def __init__(self, host: NnHost, max_time: float | None = None,
-                 on_expire: Callable[[], None] | None = None) -> None:
+                 on_expire: Callable[[], None] | None = None,
+                 stdout: Callable[[bytes], None] | None = None) -> None:
         """``max_time``: the run's limit in seconds (InvalidArgument unless > 0): past it
         every request in flight is cancelled and every import returns runtime_error;
-        ``on_expire`` is called first then (on the deadline's timer thread)."""
+        ``on_expire`` is called first then (on the deadline's timer thread). ``stdout``:
+        where ``stream-stdout`` prints (None: nowhere)."""
         self.host = host
+        self._stdout = stdout
+        self._stream_graphs: set[int] = set()   # graph handles loaded with stream-stdout
         self._on_expire = on_expire
         self.deadline = RunDeadline(host.default_timeout_ms, max_time, self.expire)
         self._graphs: dict[int, SharedGraph] = {}
@@ -121,16 +126,18 @@ class GuestNn:
             raise InvalidArgument("the builder array is empty: builder[0] is the model")
         model = memory.read(*pairs[0], "builder[0] (model)")
         config = self._config(memory, *pairs[1]) if len(pairs) > 1 else None
+        return self._new_graph(memory, *self._load_graph(model, config, encoding, target),
+                               graph_out, config)
+
+    def _load_graph(self, model: bytes, config: bytes | None, encoding: int, target: int
+                    ) -> tuple[ErrorCode, SharedGraph | None]:
         if model.startswith(PRELOAD_PREFIX):
             _check_encoding(encoding, target)
             if len(model) - len(PRELOAD_PREFIX) > self.host.max_input_bytes:
                 raise TooLarge(f"the preload name is {len(model) - len(PRELOAD_PREFIX)} bytes; "
                                f"this host accepts at most {self.host.max_input_bytes}")
-            name = self._name(model[len(PRELOAD_PREFIX):])
-            code, graph = self.host.load_name(name, config)
-        else:
-            code, graph = self.host.load_bytes(model, config, encoding, target)
-        return self._new_graph(memory, code, graph, graph_out)
+            return self.host.load_name(self._name(model[len(PRELOAD_PREFIX):]), config)
+        return self.host.load_bytes(model, config, encoding, target)
 
     def _load_by_name(self, caller: Any, name_ptr: int, name_len: int, graph_out: int
                       ) -> ErrorCode:
@@ -144,14 +151,16 @@ class GuestNn:
                                       limit=self.host.max_input_bytes))
         config = self._config(memory, config_ptr, config_len)
         code, graph = self.host.load_name(name, config)
-        return self._new_graph(memory, code, graph, graph_out)
+        return self._new_graph(memory, code, graph, graph_out, config)
 
     def _new_graph(self, memory: GuestMemory, code: ErrorCode, graph: SharedGraph | None,
-                   graph_out: int) -> ErrorCode:
+                   graph_out: int, config: bytes | None) -> ErrorCode:
         if graph is None:
             return code
         handle = next(self._graph_ids)
         self._graphs[handle] = graph
+        if stream_stdout_flag(config):
+            self._stream_graphs.add(handle)
         memory.write_u32(graph_out, handle, "graph_out")
         return ErrorCode.SUCCESS
 
@@ -169,7 +178,7 @@ class GuestNn:
             return code
         self.host.retain(shared)
         guest_handle = next(self._context_ids)
-        self._contexts[guest_handle] = _Context(handle, shared)
+        self._contexts[guest_handle] = _Context(handle, shared, graph in self._stream_graphs)
         memory.write_u32(ctx_out, guest_handle, "ctx_out")
         return ErrorCode.SUCCESS
 
@@ -190,10 +199,18 @@ class GuestNn:
         if dims == [1]:
             dims = [len(data)]  # LlamaEdge and older examples send dims [1] for any prompt
         tensor = wasi_nn.Tensor(dims or None, wasi_nn.TensorType(tensor_type), data)
-        return wasi_nn.set_input(self.host.ctx, context.handle, index, tensor)
+        code = wasi_nn.set_input(self.host.ctx, context.handle, index, tensor)
+        flag = stream_stdout_flag(data) if index == 1 else None
+        if code is ErrorCode.SUCCESS and flag is not None:
+            context.stream_stdout = flag
+        return code
 
     def _compute(self, caller: Any, ctx: int) -> ErrorCode:
-        return wasi_nn.compute(self.host.ctx, self._bounded(ctx))
+        handle = self._bounded(ctx)
+        if self._get(self._contexts, ctx, "ctx").stream_stdout and self._stdout is not None \
+                and not self.host.backend.session(handle).loaded.config.model.embedding:
+            return compute_printing(self.host.ctx, handle, self._stdout)
+        return wasi_nn.compute(self.host.ctx, handle)
 
     def _compute_single(self, caller: Any, ctx: int) -> ErrorCode:
         return wasi_nn.compute_single(self.host.ctx, self._bounded(ctx))
@@ -227,7 +244,7 @@ class GuestNn:
         memory = GuestMemory(caller)
         memory.check(written_ptr, 4, "bytes_written")
         memory.check(out_ptr, out_max_len, "output buffer")
-        code, data = _fetch(fetch, self.host.ctx, context.handle, index)
+        code, data = fetch_output(fetch, self.host.ctx, context.handle, index)
         if code is not ErrorCode.SUCCESS:
             return code
         if len(data) > out_max_len and not (self.host.lenient_output
@@ -279,18 +296,3 @@ def _check_encoding(encoding: int, target: int) -> None:
 def _values(enum: Any) -> set[int]:
     return {int(member) for member in enum}
 
-
-def _fetch(fetch: Callable[..., tuple[ErrorCode, Any]], ctx: int, exec_ctx: int, index: int
-           ) -> tuple[ErrorCode, bytes]:
-    """The whole output through the function API's buffer contract: too_large says the size
-    needed, so a second call with that size gets it (a third if it grew meanwhile)."""
-    size = FETCH_BYTES
-    for _ in range(3):
-        buffer = bytearray(size)
-        code, value = fetch(ctx, exec_ctx, index, buffer)
-        if code is ErrorCode.SUCCESS:
-            return code, bytes(buffer[:value])
-        if code is not ErrorCode.TOO_LARGE or value is None:
-            return code, b""
-        size = value
-    return ErrorCode.TOO_LARGE, b""

@@ -56,15 +56,15 @@ def run_guest(wasm: str | os.PathLike | bytes, args: Sequence[str] = (), *, host
     its running time (seconds): past it wasm code is interrupted, the guest's requests are
     cancelled and its imports refused (exit code 124); a WASI call that blocks (a sleep in
     poll_oneoff) still runs to its end first. ``on_output(fd, data)`` sees output as it is
-    written (1 stdout, 2 stderr); ``on_expire()`` is called (on a timer thread) when
-    max_time has passed, before the guest's requests are cancelled. Raises NotFound / InvalidEncoding / InvalidArgument for a guest that cannot
+    written (1 stdout, 2 stderr; stdout includes what ``stream-stdout`` prints during
+    compute); ``on_expire()`` is called (on a timer thread) when max_time has passed, before the guest's requests are cancelled. Raises NotFound / InvalidEncoding / InvalidArgument for a guest that cannot
     start (no file, not WebAssembly, an import nobody defines, no ``_start``)."""
     host.check_open()
     max_time = max_time_limit(max_time)
     data, program = _wasm_bytes(wasm)
     module = compile_module(data)
     stdout, stderr = _Capture(1, on_output), _Capture(2, on_output)
-    guest = GuestNn(host, max_time, on_expire)   # its deadline starts now
+    guest = GuestNn(host, max_time, on_expire, stdout)   # its deadline starts now
     stdin_path = store = None
     try:
         stdin_path = _stdin_file(stdin) if stdin else None
