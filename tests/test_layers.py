@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "wasi_nn_backend"
 LAYER_OF = {
     "errors": "base", "config": "base", "logs": "base",
     "core": "core", "llm": "llm", "engine": "engine",
-    "backend": "api", "session": "api", "chat": "api", "io_context": "api", "wasi_nn": "api", "stats": "api",
+    "backend": "api", "session": "api", "chat": "api", "io_context": "api", "wasi_nn": "api", "wasi_nn_args": "api", "stats": "api",
     "graph": "api", "loaded": "api", "loading": "api", "budget": "api", "janitor": "api",
     "adapters": "adapters", "__init__": "root",
 }

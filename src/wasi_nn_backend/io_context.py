@@ -81,6 +81,12 @@ class ContextIO:
             self._last_piece = piece.encode("utf-8")
             self._text += self._last_piece
 
+    def record(self, completion: Completion, text: bytes) -> None:
+        """A chat turn run_inference delivered: get_output reads its text and usage."""
+        with self._lock:
+            self._completion, self._text = completion, text
+            self._prompt_tokens = completion.prompt_tokens
+
     def fini_single(self) -> None:
         with self._lock:
             stream, self._stream, self._last_piece = self._stream, None, b""

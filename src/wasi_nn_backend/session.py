@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chat import Turn, continuation_tokens
@@ -51,10 +51,19 @@ class Session:
         self._closed = False
 
     # -- chat --------------------------------------------------------------------------------
-    def chat(self, message: str, overrides: Overrides = None, **kwargs: Any) -> Completion:
-        """Send a user message; the assistant's reply (the history keeps both)."""
+    def chat(self, message: str, overrides: Overrides = None, *,
+             deliver: Callable[[Completion], None] | None = None, **kwargs: Any) -> Completion:
+        """Send a user message; the assistant's reply (the history keeps both). ``deliver``
+        (the function API's run_inference) is called with the reply before the turn joins
+        the history: if it raises, the turn leaves no trace and the error propagates."""
         with self._lock:
             completion = self.chat_stream(message, overrides, **kwargs).result()
+            if deliver is not None:
+                try:
+                    deliver(completion)
+                except BaseException:
+                    self._in_flight = None   # not delivered: not a turn to build on
+                    raise
             self._settle()
             return completion
 

@@ -18,31 +18,21 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeVar
 
 from .backend import Backend, Graph
 from .core.clock import Clock
+from .core.session import Completion
 from .engine.files import build_info
-from .errors import (ErrorCode, InvalidArgument, NotFound, TooLarge, UnsupportedOperation,
-                     WasiNnError)
+from .errors import ErrorCode, InvalidArgument, NotFound, UnsupportedOperation, WasiNnError
 from .io_context import ContextIO
-from .session import Session
+from .wasi_nn_args import Tensor, TensorType, buffer, write
+from .wasi_nn_args import builders as _builders, handle as _handle, index as _index
+from .wasi_nn_args import integer as _integer, tensor_bytes as _tensor_bytes, text as _text
 
 log = logging.getLogger("wasi_nn_backend.api")
 T = TypeVar("T")
-
-
-class TensorType(IntEnum):
-    """witx / WasmEdge numbering."""
-
-    F16 = 0
-    F32 = 1
-    F64 = 2
-    U8 = 3
-    I32 = 4
-    I64 = 5
 
 
 class GraphEncoding(IntEnum):
@@ -55,13 +45,6 @@ class ExecutionTarget(IntEnum):
     GPU = 1
     TPU = 2
     AUTO = 3
-
-
-@dataclass(frozen=True)
-class Tensor:
-    dimensions: Sequence[int] | None
-    type: TensorType
-    data: bytes | bytearray | memoryview | str | None
 
 
 class _Entry:
@@ -110,14 +93,6 @@ def _api(fn: Callable[..., T]) -> Callable[..., Any]:
     return wrapper
 
 
-def _handle(value: Any, what: str) -> int:
-    if value is None:
-        raise InvalidArgument(f"the {what} handle is None")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"the {what} handle must be an int, not {type(value).__name__}")
-    return value
-
-
 def backend_of(ctx: Any) -> Backend:
     """The Backend object behind a backend handle (NotFound if unknown), for hosts that need
     its Python API (stats, sessions) next to the function API."""
@@ -131,63 +106,6 @@ def _entry(ctx: Any) -> _Entry:
     if entry is None:
         raise NotFound(f"no backend with handle {handle} (never made, or deinitialized)")
     return entry
-
-
-def _text(data: Any, length: int | None, what: str) -> str | bytes | None:
-    if data is None:
-        return None
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        data = bytes(data)
-    elif not isinstance(data, str):
-        raise InvalidArgument(f"{what} must be str or bytes, not {type(data).__name__}")
-    if length is not None:
-        if length < 0 or length > len(data):
-            raise InvalidArgument(f"{what} length {length} is outside 0..{len(data)}")
-        data = data[:length]
-    return data
-
-
-def _tensor_bytes(tensor: Any) -> bytes:
-    if tensor is None:
-        raise InvalidArgument("the tensor is None")
-    if isinstance(tensor, str):
-        return tensor.encode("utf-8")
-    if isinstance(tensor, (bytes, bytearray, memoryview)):
-        return bytes(tensor)
-    if not isinstance(tensor, Tensor):
-        raise InvalidArgument(f"expected a Tensor, str or bytes, not {type(tensor).__name__}")
-    if tensor.data is None:
-        raise InvalidArgument("the tensor has no data")
-    if tensor.type != TensorType.U8:
-        name = TensorType(tensor.type).name if tensor.type in tuple(TensorType) else tensor.type
-        raise InvalidArgument(f"tensor type {name} is not supported: "
-                              "prompts and metadata are U8 (UTF-8 bytes)")
-    data = tensor.data.encode("utf-8") if isinstance(tensor.data, str) else bytes(tensor.data)
-    if tensor.dimensions:
-        size = 1
-        for dim in tensor.dimensions:
-            if dim < 0:
-                raise InvalidArgument(f"tensor dimension {dim} is negative")
-            size *= dim
-        if size > len(data):
-            raise InvalidArgument(f"tensor dimensions say {size} bytes; data has {len(data)}")
-        data = data[:size]
-    return data
-
-
-def _write(out: Any, data: bytes) -> int:
-    """Copy ``data`` into the caller's buffer, or raise TooLarge with the size needed."""
-    if out is None:
-        raise InvalidArgument("the output buffer is None")
-    view = memoryview(out)
-    if view.readonly:
-        raise InvalidArgument("the output buffer is read-only")
-    view = view.cast("B")
-    if len(data) > len(view):
-        raise TooLarge(f"the output needs {len(data)} bytes; the buffer holds {len(view)}",
-                       needed=len(data))
-    view[:len(data)] = data
-    return len(data)
 
 
 # -- backend ---------------------------------------------------------------------------------
@@ -227,14 +145,13 @@ def load(ctx: Any, builders: Sequence[bytes], encoding: int, target: int
          ) -> tuple[ErrorCode, Any]:
     """Load a model from bytes: builders[0] is the GGUF file, builders[1] optional config JSON."""
     entry = _entry(ctx)
-    if encoding not in (GraphEncoding.AUTODETECT_OR_GGML, GraphEncoding.GGML):
+    if _integer(encoding, "the graph encoding") not in (GraphEncoding.AUTODETECT_OR_GGML,
+                                                        GraphEncoding.GGML):
         raise UnsupportedOperation(f"graph encoding {encoding} is not GGML (5 or 6)")
-    if target not in tuple(ExecutionTarget):
+    if _integer(target, "the execution target") not in tuple(ExecutionTarget):
         raise InvalidArgument(f"execution target {target} is not one of 0..3")
-    if not builders or builders[0] is None:
-        raise InvalidArgument("no model bytes (builders[0]) given")
-    config = builders[1] if len(builders) > 1 else None
-    return ErrorCode.SUCCESS, entry.backend.load_bytes(bytes(builders[0]), config).handle
+    model, config = _builders(builders)
+    return ErrorCode.SUCCESS, entry.backend.load_bytes(model, config).handle
 
 
 @_api
@@ -250,7 +167,7 @@ def load_by_name_with_config(ctx: Any, name: Any, name_len: int | None, config: 
     with backend.hot_swap a swap into the graph loaded last (same handle); else a new graph
     beside the others. model_not_found, invalid_encoding, too_large (value: bytes needed)."""
     entry = _entry(ctx)
-    path = _text(name, name_len, "model name")
+    path = _text(name, name_len, "model name", paths=True)
     if not path:
         raise InvalidArgument("the model name is None or empty")
     if isinstance(path, bytes):
@@ -312,7 +229,7 @@ finalize_execution_context = close_execution_context
 
 @_api
 def set_input(ctx: Any, exec_ctx: Any, index: int, tensor: Any) -> ErrorCode:
-    _entry(ctx).io(exec_ctx).set_input(index, _tensor_bytes(tensor))
+    _entry(ctx).io(exec_ctx).set_input(_index(index), _tensor_bytes(tensor))
     return ErrorCode.SUCCESS
 
 
@@ -325,8 +242,9 @@ def compute(ctx: Any, exec_ctx: Any) -> ErrorCode:
 @_api
 def get_output(ctx: Any, exec_ctx: Any, index: int, out: Any) -> tuple[ErrorCode, Any]:
     """Write output ``index`` into ``out``: (success, bytes written) or (too_large, needed)."""
-    data = _entry(ctx).io(exec_ctx).output(index)
-    return ErrorCode.SUCCESS, _write(out, data)
+    view = buffer(out)
+    data = _entry(ctx).io(exec_ctx).output(_index(index))
+    return ErrorCode.SUCCESS, write(view, data)
 
 
 @_api
@@ -337,8 +255,9 @@ def compute_single(ctx: Any, exec_ctx: Any) -> ErrorCode:
 
 @_api
 def get_output_single(ctx: Any, exec_ctx: Any, index: int, out: Any) -> tuple[ErrorCode, Any]:
-    data = _entry(ctx).io(exec_ctx).output_single(index)
-    return ErrorCode.SUCCESS, _write(out, data)
+    view = buffer(out)
+    data = _entry(ctx).io(exec_ctx).output_single(_index(index))
+    return ErrorCode.SUCCESS, write(view, data)
 
 
 @_api
@@ -352,20 +271,27 @@ def run_inference(ctx: Any, exec_ctx: Any, index: int, tensor: Any, out: Any,
                   runtime_config: Any = None, runtime_config_len: int | None = None
                   ) -> tuple[ErrorCode, Any]:
     """Chat mode: the tensor is the user's message; the reply (UTF-8, NUL-terminated as in the
-    original) goes into ``out``. Returns (code, size including the NUL)."""
-    entry = _entry(ctx)
-    session: Session = entry.backend.session(_handle(exec_ctx, "execution context"))
-    if index != 0:
+    original) goes into ``out``. Returns (code, size including the NUL). Every argument is
+    checked before anything is generated. A reply that does not fit ``out`` is too_large with
+    the size needed and leaves no trace: the conversation stays as it was (the retry generates
+    again). get_output then reads this request's text (index 0) and usage (index 1)."""
+    io = _entry(ctx).io(exec_ctx)
+    if _index(index) != 0:
         raise InvalidArgument(f"input index {index} does not exist for run_inference (0)")
     message = _tensor_bytes(tensor)
-    if out is None:
-        raise InvalidArgument("the output buffer is None")
+    view = buffer(out)
     try:
         text = message.decode("utf-8")
     except UnicodeDecodeError as error:
         raise InvalidArgument(f"the message is not UTF-8: {error}") from None
     overrides = _text(runtime_config, runtime_config_len, "runtime config")
-    completion = session.chat(text, overrides or None)
-    size = _write(out, completion.text.encode("utf-8") + b"\0")
+    reply: list[bytes] = []
+
+    def deliver(completion: Completion) -> None:   # before the turn joins the history
+        reply.append(completion.text.encode("utf-8"))
+        write(view, reply[0] + b"\0")
+        io.record(completion, reply[0])
+
+    completion = io.session.chat(text, overrides or None, deliver=deliver)
     error = completion.error()  # context full, timeout, closed: the partial text is written
-    return (error.code if error else ErrorCode.SUCCESS), size
+    return (error.code if error else ErrorCode.SUCCESS), len(reply[0]) + 1

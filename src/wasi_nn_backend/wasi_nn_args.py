@@ -1,0 +1,159 @@
+"""Argument checks of the function API (wasi_nn.py): handles, lengths, indexes, texts, tensors,
+builder lists and output buffers. A caller's mistake is InvalidArgument (a wrong type or value)
+or InvalidEncoding (text that is not valid Unicode / UTF-8), with a one-line message: never a
+Python exception that the API would report as ``unknown``."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from .errors import InvalidArgument, InvalidEncoding, TooLarge
+
+BYTES = (bytes, bytearray, memoryview)
+
+
+class TensorType(IntEnum):
+    """witx / WasmEdge numbering."""
+
+    F16 = 0
+    F32 = 1
+    F64 = 2
+    U8 = 3
+    I32 = 4
+    I64 = 5
+
+
+@dataclass(frozen=True)
+class Tensor:
+    dimensions: Sequence[int] | None
+    type: TensorType
+    data: bytes | bytearray | memoryview | str | None
+
+
+def handle(value: Any, what: str) -> int:
+    if value is None:
+        raise InvalidArgument(f"the {what} handle is None")
+    return integer(value, f"the {what} handle")
+
+
+def integer(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{what} must be an int, not {type(value).__name__}")
+    return value
+
+
+def index(value: Any) -> int:
+    return integer(value, "the index")
+
+
+def utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidEncoding(f"{what} is not valid Unicode ({error.reason} at "
+                              f"position {error.start})") from None
+
+
+def text(data: Any, length: Any, what: str, *, paths: bool = False) -> str | bytes | None:
+    """``data`` (str or bytes) cut to ``length``; a str must be valid Unicode unless it is a
+    file name (``paths``: Python spells undecodable file names with lone surrogates)."""
+    if data is None:
+        return None
+    if isinstance(data, BYTES):
+        data = bytes(data)
+    elif not isinstance(data, str):
+        raise InvalidArgument(f"{what} must be str or bytes, not {type(data).__name__}")
+    elif not paths:
+        utf8(data, what)
+    if length is not None:
+        length = integer(length, f"the {what} length")
+        if length < 0 or length > len(data):
+            raise InvalidArgument(f"{what} length {length} is outside 0..{len(data)}")
+        data = data[:length]
+    return data
+
+
+def builders(value: Any) -> tuple[bytes, bytes | str | None]:
+    """load's builder list: [model bytes] or [model bytes, config JSON]."""
+    if isinstance(value, (str, *BYTES)) or not isinstance(value, Sequence):
+        raise InvalidArgument(f"the builders must be a list of byte strings, "
+                              f"not {type(value).__name__}")
+    if not value or value[0] is None:
+        raise InvalidArgument("no model bytes (builders[0]) given")
+    if not isinstance(value[0], BYTES):
+        raise InvalidArgument(f"builders[0] (the model) must be bytes, "
+                              f"not {type(value[0]).__name__}")
+    config = text(value[1], None, "builders[1] (the config)") if len(value) > 1 else None
+    return bytes(value[0]), config
+
+
+def tensor_bytes(tensor: Any) -> bytes:
+    if tensor is None:
+        raise InvalidArgument("the tensor is None")
+    if isinstance(tensor, str):
+        return utf8(tensor, "the input")
+    if isinstance(tensor, BYTES):
+        return bytes(tensor)
+    if not isinstance(tensor, Tensor):
+        raise InvalidArgument(f"expected a Tensor, str or bytes, not {type(tensor).__name__}")
+    if tensor.data is None:
+        raise InvalidArgument("the tensor has no data")
+    if tensor.type != TensorType.U8:
+        name = TensorType(tensor.type).name if tensor.type in tuple(TensorType) else tensor.type
+        raise InvalidArgument(f"tensor type {name!r} is not supported: "
+                              "prompts and metadata are U8 (UTF-8 bytes)")
+    if isinstance(tensor.data, str):
+        data = utf8(tensor.data, "the tensor data")
+    elif isinstance(tensor.data, BYTES):
+        data = bytes(tensor.data)
+    else:
+        raise InvalidArgument(f"the tensor data must be bytes or str, "
+                              f"not {type(tensor.data).__name__}")
+    return _cut(data, tensor.dimensions)
+
+
+def _cut(data: bytes, dimensions: Any) -> bytes:
+    if not dimensions:
+        return data
+    if isinstance(dimensions, (str, *BYTES)) or not isinstance(dimensions, Sequence):
+        raise InvalidArgument(f"tensor dimensions must be a list of ints, "
+                              f"not {type(dimensions).__name__}")
+    size = 1
+    for dim in dimensions:
+        dim = integer(dim, "a tensor dimension")
+        if dim < 0:
+            raise InvalidArgument(f"tensor dimension {dim} is negative")
+        size *= dim
+    if size > len(data):
+        raise InvalidArgument(f"tensor dimensions say {size} bytes; data has {len(data)}")
+    return data[:size]
+
+
+def buffer(out: Any) -> memoryview:
+    """The caller's output buffer as writable bytes."""
+    if out is None:
+        raise InvalidArgument("the output buffer is None")
+    try:
+        view = memoryview(out)
+    except TypeError:
+        raise InvalidArgument(f"the output buffer must be a writable buffer (a bytearray), "
+                              f"not {type(out).__name__}") from None
+    if view.readonly:
+        raise InvalidArgument("the output buffer is read-only")
+    try:
+        return view.cast("B")
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument(f"the output buffer is not plain contiguous memory: {error}"
+                              ) from None
+
+
+def write(view: memoryview, data: bytes) -> int:
+    """Copy ``data`` into the caller's buffer (from ``buffer``), or raise TooLarge with the
+    size needed (nothing is written)."""
+    if len(data) > len(view):
+        raise TooLarge(f"the output needs {len(data)} bytes; the buffer holds {len(view)}",
+                       needed=len(data))
+    view[:len(data)] = data
+    return len(data)
