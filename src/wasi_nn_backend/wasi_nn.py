@@ -67,7 +67,8 @@ class _Entry:
             return io
 
 
-USAGE_BUILD_KEYS = ("llama_build_number", "llama_commit", "llama_version", "llama_cpp_python")
+USAGE_BUILD_KEYS = ("llama_build_number", "llama_commit", "llama_version", "llama_cpp_python",
+                    "ggml_version", "ggml_commit")
 _BUILD_INFO: dict[str, Any] = {}
 _backends: dict[int, _Entry] = {}
 _backend_ids = itertools.count(1)

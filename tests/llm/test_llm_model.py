@@ -152,6 +152,9 @@ def test_close_is_idempotent_and_closes_contexts_first(tiny_model_path):
 def test_build_info():
     info = build_info()
     assert info["llama_cpp_python"] == "0.3.36"
+    # libggml's own record of the build (ggml_version(), ggml_commit()) and what follows from it
+    assert info["ggml_version"] == "0.25.3" and info["ggml_commit"].startswith("0c1e570")
+    assert info["llama_commit"] == "0c1e570" and info["llama_build_number"] == 11312
     assert info["max_parallel_sequences"] >= 64
     assert isinstance(info["system_info"], str)
 

@@ -81,13 +81,36 @@ def ensure_backend() -> None:
         _initialized = True
 
 
+# llama.cpp's build number (its release tag bNNNN, the count of its commits) of the commits
+# this project knows. The libraries record only the commit (ggml_commit); llama-cpp-python
+# builds from a shallow checkout, whose LLAMA_BUILD_NUMBER (in libllama-common) says 1.
+_BUILD_NUMBERS = {"0c1e570": 11312}   # the llama.cpp that llama-cpp-python 0.3.36 vendors
+
+
+def _ggml_text(name: str) -> str | None:
+    """``ggml_version()`` / ``ggml_commit()`` of the libggml-base that llama_cpp's libllama
+    loaded (dlsym on libllama searches its dependencies); None if the build exports none."""
+    try:
+        fn = ctypes.CFUNCTYPE(ctypes.c_char_p)((name, C._lib))
+    except (AttributeError, OSError):
+        return None
+    value = fn()
+    return _text(value) if value else None
+
+
 def build_info() -> dict[str, object]:
     """What the bindings say about the llama.cpp build (for usage JSON and diagnostics)."""
     version = getattr(C, "llama_version", None)
+    ggml_commit = _ggml_text("ggml_commit")
+    # "0c1e570-dirty": the tree had changes when built (llama-cpp-python patches its copy).
+    commit = (ggml_commit or "unknown").removesuffix("-dirty")
     info: dict[str, object] = {
-        # WasmEdge guests read these two; the bindings expose neither, so they say so.
-        "llama_build_number": 0,
-        "llama_commit": "unknown",
+        # WasmEdge guests read these two (LlamaEdge as a u64 and a string, failing on null):
+        # 0 is a commit this project knows no build number for.
+        "llama_build_number": _BUILD_NUMBERS.get(commit, 0),
+        "llama_commit": commit,
+        "ggml_version": _ggml_text("ggml_version"),
+        "ggml_commit": ggml_commit,
         "llama_version": _text(version()) if callable(version) else "unknown",
         "llama_cpp_python": getattr(_llama_pkg, "__version__", "unknown"),
         "state_seq_version": getattr(C, "LLAMA_STATE_SEQ_VERSION", None),
