@@ -31,6 +31,8 @@ import numpy as np
 
 from .. import errors
 from ..config import SamplingParams
+from . import json_schema
+from .json_rules import SchemaError
 from .lib import LLAMA_LOGGER
 from .model import Model
 
@@ -49,32 +51,17 @@ class GrammarRejected(errors.BackendRuntimeError):
         self.complete = complete
 
 
-def _check_schema_refs(node: object) -> None:
-    """Only local '#/...' refs: the converter would fetch https refs (its guard is an
-    assert, gone under python -O)."""
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
-            raise errors.InvalidArgument(f"json_schema: unsupported $ref {ref!r} (only '#/...')")
-        for value in node.values():
-            _check_schema_refs(value)
-    elif isinstance(node, list):
-        for value in node:
-            _check_schema_refs(value)
-
-
 def schema_to_gbnf(schema_text: str) -> str:
-    """JSON schema text -> GBNF (root rule 'root'); any problem -> InvalidArgument."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    """JSON schema text -> GBNF (root rule 'root', json_schema.py); any problem ->
+    InvalidArgument with a one-line message."""
     try:
-        _check_schema_refs(json.loads(schema_text))
-        return json_schema_to_gbnf(schema_text)
-    except errors.WasiNnError:
-        raise
-    except json.JSONDecodeError as exc:
-        raise errors.InvalidArgument(f"json_schema is not valid JSON: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - the port raises anything, RecursionError too
-        raise errors.InvalidArgument(f"json_schema cannot be converted: {exc!r}") from exc
+        schema = json.loads(schema_text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise errors.InvalidArgument(f"json_schema is not valid JSON: {exc}") from None
+    try:
+        return json_schema.schema_to_gbnf(schema)
+    except SchemaError as exc:
+        raise errors.InvalidArgument(f"json_schema: {exc}") from None
 
 
 # llama.cpp's GBNF parser and its left-recursion check recurse in C without a depth limit; a
@@ -151,25 +138,35 @@ def _trigger_start(pattern: re.Pattern[bytes], text: bytes) -> int:
 _capture_lock = threading.Lock()
 
 
-class _ThreadRecords(logging.Handler):
-    """Collects this thread's llama.cpp error log lines."""
+class _ThreadRecords(logging.Filter):
+    """Takes this thread's llama.cpp error log lines off LLAMA_LOGGER: they go into the
+    InvalidArgument message instead of being logged as well."""
 
     def __init__(self, sink: list[str]) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__()
         self._sink, self._thread = sink, threading.get_ident()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self._thread:
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread == self._thread and record.levelno >= logging.ERROR:
             self._sink.append(record.getMessage().strip())
+            return False
+        return True
+
+
+# llama_grammar_parser::parse's report on stderr (llama-grammar.cpp): the error, then the source.
+_PARSE_REPORT = re.compile(rb"[^\n]*error parsing grammar: ([^\n]*)\n\n")
 
 
 @contextlib.contextmanager
-def _llama_diagnostics() -> Iterator[list[str]]:
-    """Why a grammar failed: llama.cpp logs some reasons and fprintf's the parser's to fd 2,
-    so fd 2 is briefly redirected (serialised; whatever else lands there is written back)."""
+def _llama_diagnostics(source: bytes) -> Iterator[list[str]]:
+    """Why the grammar ``source`` failed, said once: llama.cpp fprintf's the parser's error and
+    the whole grammar to fd 2 and logs "failed to parse grammar" as well, so fd 2 is briefly
+    redirected (serialised) and the log record held back; both become the list's lines, and
+    whatever else landed on fd 2 meanwhile is written back."""
     lines: list[str] = []
-    handler = _ThreadRecords(lines)
-    LLAMA_LOGGER.addHandler(handler)
+    records: list[str] = []
+    held = _ThreadRecords(records)
+    LLAMA_LOGGER.addFilter(held)
     try:
         with _capture_lock, tempfile.TemporaryFile() as sink:
             if sys.stderr is not None:
@@ -178,6 +175,7 @@ def _llama_diagnostics() -> Iterator[list[str]]:
                 saved = os.dup(2)
             except OSError:  # no fd 2 (a daemon): nothing to capture
                 yield lines
+                lines.extend(records)
                 return
             os.dup2(sink.fileno(), 2)
             try:
@@ -188,11 +186,17 @@ def _llama_diagnostics() -> Iterator[list[str]]:
             sink.seek(0)
             captured = sink.read()
     finally:
-        LLAMA_LOGGER.removeHandler(handler)
-    if captured:
+        LLAMA_LOGGER.removeFilter(held)
+    report = _PARSE_REPORT.search(captured)
+    if report is not None:
+        lines.append(report.group(1).decode("utf-8", errors="replace"))
+        end = report.end()
+        if captured.startswith(source, end):       # the echoed grammar: part of the report
+            end += len(source) + 1
+        captured = captured[:report.start()] + captured[end:]
+    if captured.strip():
         os.write(2, captured)
-        text = captured.decode("utf-8", errors="replace")
-        lines[:0] = [ln.split(": ", 1)[-1] for ln in text.splitlines() if "error" in ln]
+    lines.extend(line for line in records if not lines or "failed to parse" not in line)
 
 
 class GrammarGuard:
@@ -208,7 +212,7 @@ class GrammarGuard:
             source = gbnf.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise errors.InvalidArgument(f"grammar is not valid text: {exc}") from exc
-        with _llama_diagnostics() as diagnostics:
+        with _llama_diagnostics(source) as diagnostics:
             self._handle = C.llama_sampler_init_grammar(model.vocab_handle, source, b"root")
         if not self._handle:
             detail = "; ".join(diagnostics) or "llama.cpp could not parse it"

@@ -1,0 +1,168 @@
+"""JSON schema -> GBNF (llm/json_schema.py): sampled output that ends with EOG parses and
+validates, at several seeds and temperatures; bad schemas are one-line invalid_argument."""
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+from wasi_nn_backend import errors
+from wasi_nn_backend.config import SamplingParams
+from wasi_nn_backend.llm.batch import Batch
+from wasi_nn_backend.llm.context import Context
+from wasi_nn_backend.llm.grammar import GrammarGuard, schema_to_gbnf
+from wasi_nn_backend.llm.sampler import Sampler, check_grammar
+
+# Strings are bounded (maxLength) where nothing else ends them: a random tiny model rarely
+# picks the closing quote among a whole vocabulary of allowed characters.
+S = {"type": "string", "maxLength": 6}
+SCHEMAS = {
+    "string": {"type": "object", "properties": {"line": S}, "required": ["line"]},
+    "nested": {"type": "object", "required": ["user", "tags"], "properties": {
+        "user": {"type": "object", "required": ["name", "age"],
+                 "properties": {"name": S, "age": {"type": "integer", "minimum": 0,
+                                                   "exclusiveMaximum": 130}}},
+        "tags": {"type": "array", "items": S, "maxItems": 3}}},
+    "array_of_strings": {"type": "array", "items": S, "minItems": 1, "maxItems": 4},
+    "enum": {"type": "object", "required": ["colour"],
+             "properties": {"colour": {"enum": ["red", "green", "blue", 7, None]},
+                            "ok": {"const": True}}},
+    "pattern": {"type": "object", "required": ["code", "any"], "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+        "any": {"type": "string", "pattern": "^[^a-z]{1,5}$"}}},
+    "formats": {"type": "array", "prefixItems": [
+        {"type": "string", "format": "date"}, {"type": "string", "format": "uuid"},
+        {"type": "string", "format": "time"}]},
+    "refs": {"$defs": {"point": {"type": "object", "required": ["x", "y"], "properties": {
+        "x": {"$ref": "#/definitions/coord"}, "y": {"$ref": "#/definitions/coord"}}}},
+             "definitions": {"coord": {"type": "integer", "minimum": -50, "maximum": 50}},
+             "type": "array", "items": {"$ref": "#/$defs/point"}, "maxItems": 2},
+    "integer_ranges": {"type": "array", "minItems": 3, "maxItems": 3, "items": {"anyOf": [
+        {"type": "integer", "minimum": 100, "maximum": 1234},
+        {"type": "integer", "exclusiveMinimum": -20, "exclusiveMaximum": -3}]}},
+    "all_of": {"allOf": [{"type": "object", "properties": {"a": {"type": "boolean"}},
+                          "required": ["a"]},
+                         {"type": "object", "properties": {"b": {"type": "null"}},
+                          "required": ["b"]}]},
+    "additional": {"type": "object", "properties": {"k": {"type": "boolean"}},
+                   "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 9},
+                   "maxProperties": 100},
+}
+RUNS = [(seed, temp) for seed in (1, 2, 3) for temp in (0.0, 0.8, 1.5)]
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_model):
+    with Context(tiny_model, n_ctx=512, n_batch=64, n_threads=2) as context:
+        yield context
+
+
+def generate(ctx, params, steps=160):
+    """(text, finished): finished is True when the model ended with EOG within ``steps``."""
+    model, batch = ctx.model, Batch(64)
+    ctx.seq_rm(0)
+    tokens = model.tokenize("JSON:", add_special=True, parse_special=True)
+    with Sampler(model, params, n_ctx=512) as sampler:
+        sampler.accept_prompt(tokens)
+        index, pos, out = batch.add_sequence(tokens, 0, 0), len(tokens), []
+        for _ in range(steps):
+            assert ctx.decode(batch) == 0
+            token = sampler.sample(ctx, index)
+            if model.is_eog(token):
+                return model.detokenize(out), True
+            out.append(token)
+            batch.clear()
+            index = batch.add(token, pos, 0, True)
+            pos += 1
+    return model.detokenize(out), False
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_sampled_output_parses_and_validates(ctx, name):
+    schema, finished = SCHEMAS[name], 0
+    for seed, temperature in RUNS:
+        params = SamplingParams(temperature=temperature, seed=seed, top_k=0, top_p=1.0,
+                                min_p=0.0, json_schema=json.dumps(schema))
+        text, stopped = generate(ctx, params)
+        if stopped:
+            finished += 1
+            jsonschema.validate(json.loads(text), schema)
+    assert finished >= len(RUNS) // 3, f"only {finished} of {len(RUNS)} runs stopped"
+
+
+def test_json_mode_any_object(ctx):
+    for seed in (1, 2, 3):
+        params = SamplingParams(temperature=0.8, seed=seed, json_schema='{"type":"object"}')
+        text, stopped = generate(ctx, params)
+        if stopped:
+            assert isinstance(json.loads(text), dict)
+
+
+@pytest.mark.parametrize("schema, prefix", [
+    ({"type": "object", "properties": {"line": {"type": "string"}}, "required": ["line"]},
+     '{"line": "ab'),
+    ({"type": "string", "pattern": "^[^a]+$"}, '"bc'),
+    ({"type": "string", "pattern": "^x.+$"}, '"xy'),
+    ({"type": "object", "additionalProperties": {"type": "integer"}}, '{"ab'),
+])
+def test_no_raw_control_character_inside_a_string(tiny_model, schema, prefix):
+    """Issue 14: the old converter's `char ::= [^"\\] | ...` let a raw newline into a string
+    ("Invalid control character" from json.loads); \x00-\x1F and \x7F must be escapes."""
+    by_piece = {tiny_model.token_to_piece(t): t for t in range(tiny_model.n_vocab)}
+    guard = GrammarGuard(tiny_model, schema_to_gbnf(json.dumps(schema)))
+    try:
+        for token in tiny_model.tokenize(prefix, add_special=False, parse_special=False):
+            guard.accept(token)
+        assert guard.allows(by_piece[b"c"])
+        for raw in (b"\n", b"\t", b"\x01", b"\x1f", b"\x7f"):
+            assert not guard.allows(by_piece[raw]), raw
+        guard.accept(by_piece[b"\\"])          # an escape instead: \n
+        assert guard.allows(by_piece[b"t"])
+    finally:
+        guard.close()
+
+
+@pytest.mark.parametrize("schema, words", [
+    ("{not json", ["not valid JSON"]),
+    ('{"$ref": "https://example.com/schema.json"}', ["unsupported $ref", "same document"]),
+    ('{"$ref": "#/$defs/missing"}', ["cannot resolve", "missing"]),
+    ('{"type": "strnig"}', ["unrecognized type", "strnig"]),
+    ('{"type": "object", "properties": {"a": {"type": 3}}}', ["#/properties/a", "type"]),
+    ('{"type": "string", "pattern": "^(a$"}', ["not a valid regular expression"]),
+    ('{"type": "string", "minLength": -1}', ["minLength"]),
+    ('{"type": "array", "maxItems": 100000000}', ["repetition"]),
+    ('{"enum": []}', ["enum"]),
+    ('{"anyOf": 3}', ["anyOf"]),
+    ('{"type": "integer", "minimum": 5, "maximum": 1}', ["no integer"]),
+    ('{"items": ' * 200 + "{}" + "}" * 200, ["nest deeper"]),
+])
+def test_bad_schema_is_one_line_invalid_argument(ctx, schema, words):
+    with pytest.raises(errors.InvalidArgument) as info:
+        check_grammar(ctx.model, SamplingParams(json_schema=schema))
+    message = info.value.message
+    assert "\n" not in message and "Error(" not in message and "Traceback" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_unsupported_pattern_falls_back_to_any_string_with_a_warning(caplog):
+    gbnf = schema_to_gbnf('{"type": "string", "pattern": "^(?=a)b$"}')
+    assert 'root ::= string' in gbnf or "root ::= \"\\\"\" char* \"\\\"\"" in gbnf
+    assert "not supported" in caplog.text
+
+
+@pytest.mark.parametrize("grammar, reason", [
+    ('root ::= "yes', "unexpected end of input"),
+    ("root ::= undefined", "undefined"),
+    ('root ::= root "x"', "left recursion"),
+])
+def test_bad_grammar_error_is_said_once(ctx, capfd, caplog, grammar, reason):
+    """Issue 14: llama.cpp's parser report on stderr, its "failed to parse grammar" log line and
+    the error were three copies; only the InvalidArgument remains, with the reason."""
+    with pytest.raises(errors.InvalidArgument, match=re.compile(reason, re.I)) as info:
+        check_grammar(ctx.model, SamplingParams(grammar=grammar))
+    assert "\n" not in info.value.message
+    assert capfd.readouterr().err == ""
+    assert not [r for r in caplog.records if "grammar" in r.getMessage()]
