@@ -93,11 +93,16 @@ def test_sampled_output_parses_and_validates(ctx, name):
 
 
 def test_json_mode_any_object(ctx):
-    for seed in (1, 2, 3):
-        params = SamplingParams(temperature=0.8, seed=seed, json_schema='{"type":"object"}')
-        text, stopped = generate(ctx, params)
-        if stopped:
+    stopped = 0
+    for seed, temperature in ((1, 0.8), (1, 1.5), (2, 1.5), (3, 1.5)):
+        params = SamplingParams(temperature=temperature, seed=seed, top_k=0, top_p=1.0,
+                                min_p=0.0, json_schema='{"type":"object"}')
+        text, finished = generate(ctx, params, steps=80)
+        assert text.startswith("{")
+        if finished:
+            stopped += 1
             assert isinstance(json.loads(text), dict)
+    assert stopped >= 2
 
 
 @pytest.mark.parametrize("schema, prefix", [

@@ -48,6 +48,7 @@ Aliases (alias -> canonical):
     stop_sequences -> stopping.stop     stopping.ignore_eos -> sampling.ignore_eos
     max_inference_time_ms, timeout_config.max_inference_time_ms -> stopping.max_time_ms
     grammar_triggers.{patterns,words,tokens} -> sampling.grammar_trigger_{patterns,words,tokens}
+    response_format ({"type": "json_object" | "json_schema" | "text", ...}) -> sampling.json_schema
     auto_cleanup_enabled, auto_cleanup_sessions -> backend.auto_cleanup
     cache_prompt -> memory.enable_token_cache_reuse    n_keep / n_discard -> memory.n_*_tokens
     root enable_debug -> logging.enable_debug

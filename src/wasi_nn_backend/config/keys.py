@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .models import SECTION_MODELS
-from .values import Bad, enable_log, n_predict_kebab, not_none
+from .values import Bad, enable_log, n_predict_kebab, not_none, response_format
 
 if TYPE_CHECKING:
     from .walk import Collector
@@ -124,7 +124,8 @@ SECTIONS["model"].update(
 SECTIONS["sampling"].update(
     temp=_r("sampling.temperature"), repeat_last_n=_r("sampling.penalty_last_n"),
     logprobs=_r("sampling.n_probs"), typ_p=_r("sampling.typical_p"),
-    grammar_triggers=Expand(_grammar_triggers))
+    grammar_triggers=Expand(_grammar_triggers),
+    response_format=_r("sampling.json_schema", convert=response_format))
 SECTIONS["stopping"].update(
     stop_sequences=_r("stopping.stop"), n_predict=_r("stopping.max_tokens"),
     ignore_eos=_r("sampling.ignore_eos"),

@@ -39,6 +39,30 @@ def not_none(value: Any) -> Any:
     return SKIP if value is None else value
 
 
+_RESPONSE_FORMAT = ('{"type": "json_object"} (any JSON object), {"type": "json_object", '
+                    '"schema": {...}}, {"type": "json_schema", "json_schema": {"schema": {...}}} '
+                    'or {"type": "text"}')
+
+
+def response_format(value: Any) -> Any:
+    """llama-cpp-python's / llama-server's (OpenAI's) response_format -> a json_schema value."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
+        raise Bad(value, _RESPONSE_FORMAT)
+    kind = value["type"]
+    if kind == "text":
+        return ""
+    if kind == "json_object":
+        return value.get("schema", {"type": "object"})
+    if kind == "json_schema":
+        inner = value.get("json_schema")
+        if isinstance(inner, Mapping) and "schema" in inner:
+            return inner["schema"]
+        if "schema" in value:
+            return value["schema"]
+        raise Bad(value, _RESPONSE_FORMAT, ".json_schema.schema", "invalid value")
+    raise Bad(kind, _RESPONSE_FORMAT, ".type", "invalid value")
+
+
 # ---- conversions applied to a target whatever spelling gave it (NORMALIZE) -------------------
 
 def _flash_attn(value: Any) -> Any:
