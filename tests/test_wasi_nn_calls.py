@@ -91,6 +91,8 @@ MALFORMED = [
      E.INVALID_ENCODING),
     ("surrogate session id", lambda c, g, x: nn.init_execution_context_with_session_id(
         c, "\udc80", g), E.INVALID_ENCODING),
+    ("high surrogate model name", lambda c, g, x: nn.load_by_name(c, "a\ud800b"),
+     E.INVALID_ENCODING),
     ("int builders", lambda c, g, x: nn.load(c, 5, 6, 0), E.INVALID_ARGUMENT),
     ("int in builders", lambda c, g, x: nn.load(c, [5], 6, 0), E.INVALID_ARGUMENT),
     ("str in builders", lambda c, g, x: nn.load(c, ["GGUF"], 6, 0), E.INVALID_ARGUMENT),

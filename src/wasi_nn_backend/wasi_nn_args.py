@@ -48,25 +48,26 @@ def index(value: Any) -> int:
     return integer(value, "the index")
 
 
-def utf8(text: str, what: str) -> bytes:
+def utf8(text: str, what: str, errors: str = "strict") -> bytes:
     try:
-        return text.encode("utf-8")
+        return text.encode("utf-8", errors)
     except UnicodeEncodeError as error:
         raise InvalidEncoding(f"{what} is not valid Unicode ({error.reason} at "
                               f"position {error.start})") from None
 
 
 def text(data: Any, length: Any, what: str, *, paths: bool = False) -> str | bytes | None:
-    """``data`` (str or bytes) cut to ``length``; a str must be valid Unicode unless it is a
-    file name (``paths``: Python spells undecodable file names with lone surrogates)."""
+    """``data`` (str or bytes) cut to ``length``; a str must be valid Unicode, or for a file
+    name (``paths``) what the file system can take (Python spells undecodable bytes of file
+    names as lone surrogates U+DC80..U+DCFF)."""
     if data is None:
         return None
     if isinstance(data, BYTES):
         data = bytes(data)
     elif not isinstance(data, str):
         raise InvalidArgument(f"{what} must be str or bytes, not {type(data).__name__}")
-    elif not paths:
-        utf8(data, what)
+    else:
+        utf8(data, what, "surrogateescape" if paths else "strict")
     if length is not None:
         length = integer(length, f"the {what} length")
         if length < 0 or length > len(data):
