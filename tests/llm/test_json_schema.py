@@ -142,12 +142,15 @@ def test_no_raw_control_character_inside_a_string(tiny_model, schema, prefix):
     ('{"anyOf": 3}', ["anyOf"]),
     ('{"type": "integer", "minimum": 5, "maximum": 1}', ["no integer"]),
     ('{"items": ' * 200 + "{}" + "}" * 200, ["nest deeper"]),
+    ('{"type": "string", "pattern": "' + "(" * 2000 + "a" + ")" * 2000 + '"}',
+     ["not a valid regular expression"]),
 ])
 def test_bad_schema_is_one_line_invalid_argument(ctx, schema, words):
     with pytest.raises(errors.InvalidArgument) as info:
         check_grammar(ctx.model, SamplingParams(json_schema=schema))
     message = info.value.message
     assert "\n" not in message and "Error(" not in message and "Traceback" not in message
+    assert len(message) < 300, message
     for word in words:
         assert word in message, message
 

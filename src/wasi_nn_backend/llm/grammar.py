@@ -62,6 +62,8 @@ def schema_to_gbnf(schema_text: str) -> str:
         return json_schema.schema_to_gbnf(schema)
     except SchemaError as exc:
         raise errors.InvalidArgument(f"json_schema: {exc}") from None
+    except RecursionError:
+        raise errors.InvalidArgument("json_schema nests too deeply to convert") from None
 
 
 # llama.cpp's GBNF parser and its left-recursion check recurse in C without a depth limit; a

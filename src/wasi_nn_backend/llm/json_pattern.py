@@ -118,7 +118,8 @@ class PatternConverter:
         try:
             parsed = P.parse(pattern)
         except (re.error, RecursionError, OverflowError) as exc:
-            raise SchemaError(f"pattern {pattern!r} is not a valid regular expression: {exc}") \
+            shown = pattern if len(pattern) <= 60 else pattern[:57] + "..."
+            raise SchemaError(f"pattern {shown!r} is not a valid regular expression: {exc}") \
                 from None
         if parsed.state.flags & (re.I | re.M | re.S | re.X | re.A | re.L):
             raise Unsupported("inline flags")

@@ -37,7 +37,8 @@ def schema_to_gbnf(schema: Any) -> str:
 
 
 def _fail(path: str, message: str) -> None:
-    raise SchemaError(f"JSON schema error at {path}: {message}")
+    where = path if len(path) <= 100 else "..." + path[-97:]
+    raise SchemaError(f"JSON schema error at {where}: {message}")
 
 
 def _count(schema: dict, key: str, path: str, default: int | None) -> int | None:
