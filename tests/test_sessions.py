@@ -123,3 +123,29 @@ def test_a_session_is_not_idle_while_its_stream_waits_to_be_read(tiny_model_path
         clock.advance(0.9)
         assert backend.cleanup_idle() == []
         assert clock.now() - end < 1 and s.last_activity == end
+
+
+def test_a_session_is_not_idle_while_it_embeds_nor_right_after(tiny_encoder_path):
+    clock = FakeClock()
+    backend = Backend({"backend": {"idle_timeout_ms": 1000}}, clock=clock)
+    graph = backend.load(tiny_encoder_path, {"embedding": True, "model": {"n_ctx": 64}})
+    with backend:
+        s = graph.session()
+        engine = s.loaded.engine
+        real = engine.embed
+        closed_meanwhile = []
+
+        def slow_embed(tokens):           # 5 s pass while the embedding is computed
+            future = real(tokens)
+            clock.advance(5)
+            closed_meanwhile.extend(backend.cleanup_idle())
+            return future
+
+        engine.embed = slow_embed
+        try:
+            assert len(s.embed("hello")) > 0
+        finally:
+            del engine.embed
+        assert closed_meanwhile == []
+        clock.advance(0.5)
+        assert backend.cleanup_idle() == [] and not s.closed

@@ -40,6 +40,8 @@ class Session:
         self.context_params: RequestParams = loaded.defaults  # set_input index 1 changes it
         self._touched = graph.backend.clock.now()
         self._failed_seen: dict[int, float] = {}   # id(stream) -> when a failure was seen
+        self._embedding = 0                          # embed calls in progress
+        self._embedding_lock = threading.Lock()
         self._messages: list[dict[str, str]] = []
         if system:
             self._messages.append({"role": "system", "content": system})
@@ -144,8 +146,7 @@ class Session:
             if not text:
                 raise InvalidArgument(f"text {index} is empty")
             tokens.append(self.tokenize_prompt(text, limit=self.loaded.engine.embed_limit))
-        self.touch()
-        with self._while_open():
+        with self._embeds(), self._while_open():
             vectors = self.loaded.engine.embed(tokens).result()
         result = [vector.tolist() for vector in vectors]
         return result[0] if single else result
@@ -167,6 +168,18 @@ class Session:
             model = self.loaded.model
             model.check_fits(prompt, limit)
             return model.tokenize(prompt, add_special=True, parse_special=True)
+
+    @contextlib.contextmanager
+    def _embeds(self) -> Iterator[None]:
+        """An embed call: the session is not idle while it runs, and idle from its end."""
+        with self._embedding_lock:
+            self._embedding += 1
+        try:
+            yield
+        finally:
+            with self._embedding_lock:
+                self._embedding -= 1
+            self.touch()
 
     # -- shared ------------------------------------------------------------------------------
     def set_context_overrides(self, overrides: Overrides) -> list[str]:
@@ -212,7 +225,7 @@ class Session:
         when the request started); a request that failed counts as ending when this is
         first asked after it did."""
         now = self.graph.backend.clock.now()
-        if self.state.busy:
+        if self.state.busy or self._embedding:
             return now
         latest = self._touched
         for stream in list(self._streams):
@@ -228,7 +241,8 @@ class Session:
     @property
     def running(self) -> bool:
         """A request of it is queued or generating (idle cleanup and LRU leave it alone)."""
-        return self.state.busy or any(not stream.done for stream in list(self._streams))
+        return (self.state.busy or self._embedding > 0
+                or any(not stream.done for stream in list(self._streams)))
 
     @property
     def closed(self) -> bool:
