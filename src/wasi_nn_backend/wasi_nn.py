@@ -243,9 +243,9 @@ def compute(ctx: Any, exec_ctx: Any) -> ErrorCode:
 @_api
 def get_output(ctx: Any, exec_ctx: Any, index: int, out: Any) -> tuple[ErrorCode, Any]:
     """Write output ``index`` into ``out``: (success, bytes written) or (too_large, needed)."""
+    io = _entry(ctx).io(exec_ctx)
     view = buffer(out)
-    data = _entry(ctx).io(exec_ctx).output(_index(index))
-    return ErrorCode.SUCCESS, write(view, data)
+    return ErrorCode.SUCCESS, write(view, io.output(_index(index)))
 
 
 @_api
@@ -256,9 +256,9 @@ def compute_single(ctx: Any, exec_ctx: Any) -> ErrorCode:
 
 @_api
 def get_output_single(ctx: Any, exec_ctx: Any, index: int, out: Any) -> tuple[ErrorCode, Any]:
+    io = _entry(ctx).io(exec_ctx)
     view = buffer(out)
-    data = _entry(ctx).io(exec_ctx).output_single(_index(index))
-    return ErrorCode.SUCCESS, write(view, data)
+    return ErrorCode.SUCCESS, write(view, io.output_single(_index(index)))
 
 
 @_api
