@@ -13,6 +13,7 @@ from wasi_nn_backend.config import SamplingParams
 from wasi_nn_backend.llm.batch import Batch
 from wasi_nn_backend.llm.context import Context
 from wasi_nn_backend.llm.grammar import GrammarGuard, schema_to_gbnf
+from wasi_nn_backend.llm.json_rules import int_range
 from wasi_nn_backend.llm.sampler import Sampler, check_grammar
 
 # Strings are bounded (maxLength) where nothing else ends them: a random tiny model rarely
@@ -174,3 +175,22 @@ def test_bad_grammar_error_is_said_once(ctx, capfd, caplog, grammar, reason):
     assert "\n" not in info.value.message
     assert capfd.readouterr().err == ""
     assert not [r for r in caplog.records if "grammar" in r.getMessage()]
+
+
+def _gbnf_to_regex(gbnf: str) -> re.Pattern[str]:
+    """An integer-range rule ("lit", [class], {m,n}, |, parens) as a Python regex."""
+    return re.compile(re.sub(r'"([^"]*)"', lambda m: re.escape(m.group(1)), gbnf)
+                      .replace(" ", ""))
+
+
+@pytest.mark.parametrize("lo, hi", [
+    (lo, hi) for lo in (None, -120, -15, -1, 0, 1, 9, 10, 42, 100, 123, 1000)
+    for hi in (None, -20, -3, 0, 7, 10, 99, 150, 999, 1234)
+    if (lo is not None or hi is not None) and (lo is None or hi is None or lo <= hi)])
+def test_integer_ranges_match_exactly_the_integers_in_range(lo, hi):
+    """minimum 100 once admitted 10 (llama.cpp's recursion on "00"); maximum -1 admitted -01."""
+    rx = _gbnf_to_regex(int_range(lo, hi))
+    wrong = [n for n in range(-1300, 1300)
+             if bool(rx.fullmatch(str(n))) != ((lo is None or n >= lo) and (hi is None or n <= hi))]
+    assert wrong == []
+    assert not [s for s in ("01", "007", "-01", "-0", "") if rx.fullmatch(s)]

@@ -137,44 +137,31 @@ def _uniform_range(lo: str, hi: str) -> str:
     return out
 
 
-def int_range(lo: int | None, hi: int | None, decimals: int = 16, top: bool = True) -> str:
-    """GBNF for the integers in [lo, hi] (None = unbounded; at least one bound given)."""
+def int_range(lo: int | None, hi: int | None) -> str:
+    """GBNF for the integers in [lo, hi] (None = unbounded; at least one bound given).
+    Bounded ranges as llama.cpp's build_min_max_int; a half-open one is the bounded part up to
+    the next power of ten plus every longer number (llama.cpp's own recursion there accepts 10
+    for minimum 100, and -01 for maximum -1)."""
     if lo is not None and hi is not None:
         if lo < 0 and hi < 0:
-            return '"-" (' + int_range(-hi, -lo, decimals, True) + ")"
+            return '"-" (' + int_range(-hi, -lo) + ")"
         out = ""
         if lo < 0:
-            out = '"-" (' + int_range(0, -lo, decimals, True) + ") | "
+            out = '"-" (' + int_range(1, -lo) + ") | "
             lo = 0
         lo_s, hi_s = str(lo), str(hi)
         for digits in range(len(lo_s), len(hi_s)):
             out += _uniform_range(lo_s, "9" * digits) + " | "
             lo_s = "1" + "0" * digits
         return out + _uniform_range(lo_s, hi_s)
-    fewer = max(decimals - 1, 1)
     if lo is not None:
-        if lo < 0:
-            return ('"-" (' + int_range(None, -lo, decimals, False) + ") | [0] | [1-9] "
-                    + _more_digits(0, decimals - 1))
-        if lo == 0:
-            return "[0] | [1-9] " + _more_digits(0, fewer) if top else _more_digits(1, decimals)
-        if lo <= 9:
-            c, start = str(lo), "1" if top else "0"
-            out = ""
-            if c > start:
-                out = _digit_range(start, chr(ord(c) - 1)) + " " + _more_digits(1, fewer) + " | "
-            return out + _digit_range(c, "9") + " " + _more_digits(0, fewer)
-        lo_s = str(lo)
-        c, out = lo_s[0], ""
-        if c > "1":
-            out = (_digit_range("1" if top else "0", chr(ord(c) - 1)) + " "
-                   + _more_digits(len(lo_s), fewer) + " | ")
-        out += _digit_range(c, c) + " (" + int_range(int(lo_s[1:]), None, fewer, False) + ")"
-        if c < "9":
-            out += " | " + _digit_range(chr(ord(c) + 1), "9") + " " + _more_digits(len(lo_s) - 1, fewer)
-        return out
+        if lo <= 0:
+            negative = '"-" (' + int_range(1, -lo) + ") | " if lo < 0 else ""
+            return negative + "[0] | [1-9] " + _more_digits(0, 15)
+        digits = len(str(lo))
+        longer = f" | [1-9] {_more_digits(digits, 15)}" if digits < 16 else ""
+        return int_range(lo, 10 ** digits - 1) + longer
     assert hi is not None
     if hi >= 0:
-        prefix = '"-" [1-9] ' + _more_digits(0, fewer) + " | " if top else ""
-        return prefix + int_range(0, hi, decimals, True)
-    return '"-" (' + int_range(-hi, None, decimals, False) + ")"
+        return '"-" [1-9] ' + _more_digits(0, 15) + " | " + int_range(0, hi)
+    return '"-" (' + int_range(-hi, None) + ")"
