@@ -90,7 +90,7 @@ def test_two_handles_do_not_interfere(tmp_path):
 def test_stream_goes_to_stderr_with_colors_and_the_file_never_has_them(tmp_path, capsys):
     log_file = tmp_path / "color.log"
     with configure_logging(LoggingConfig(level="info", colors=True, timestamps=False,
-                                         file=str(log_file))):
+                                         file=str(log_file)), stderr=True):
         pkg.warning("coloured")
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -100,14 +100,57 @@ def test_stream_goes_to_stderr_with_colors_and_the_file_never_has_them(tmp_path,
 
 
 def test_timestamps_on_by_default(capsys):
-    with configure_logging(LoggingConfig(level="info")):
+    with configure_logging(LoggingConfig(level="info"), stderr=True):
         pkg.info("stamped")
     line = next(x for x in capsys.readouterr().err.splitlines() if "stamped" in x)
     assert line[:4].isdigit() and line[4] == "-" and " INFO wasi_nn_backend: stamped" in line
 
 
 def test_a_file_that_cannot_be_opened_is_a_warning_not_a_failure(tmp_path, capsys):
+    """(on stderr when the program asked for stderr output, as the CLI does)"""
     bad = tmp_path / "missing-dir" / "x.log"
-    with configure_logging(LoggingConfig(level="info", file=str(bad))) as handle:
+    with configure_logging(LoggingConfig(level="info", file=str(bad)), stderr=True) as handle:
         assert len(handle.handlers) == 1 and "cannot open" in handle.warnings[0]
     assert "cannot open" in capsys.readouterr().err
+
+
+def test_the_library_writes_nothing_to_stderr_by_itself(capsys):
+    """Library convention: a NullHandler, no stream handler, unless asked (the CLI asks)."""
+    assert any(isinstance(h, logging.NullHandler) for h in pkg.handlers)
+    with configure_logging(LoggingConfig(level="info")) as handle:
+        assert handle.handlers == ()
+        pkg.warning("only the application's handlers decide")
+    assert capsys.readouterr().err == ""
+
+
+def test_an_application_that_configures_logging_sees_each_line_once(capsys):
+    import sys
+
+    from wasi_nn_backend import Backend
+    root = logging.getLogger()
+    app = logging.StreamHandler(sys.stderr)       # what logging.basicConfig() would add
+    root.addHandler(app)
+    try:
+        with Backend({"logging": {"level": "info"}}):
+            pass
+    finally:
+        root.removeHandler(app)
+    assert capsys.readouterr().err.count("backend ready") == 1
+
+
+def test_a_program_prints_the_package_lines_on_stderr(capsys):
+    from wasi_nn_backend.logs import log_to_stderr
+    handler = log_to_stderr("warn")
+    try:
+        pkg.info("not shown")
+        pkg.getChild("config").warning("temprature: unknown key")
+    finally:
+        pkg.removeHandler(handler)
+    assert capsys.readouterr().err == "wasi-nn-backend: warning: temprature: unknown key\n"
+    handler = log_to_stderr(None, LoggingConfig(timestamps=False))   # the port program's
+    try:
+        with configure_logging(LoggingConfig(level="info")):   # a backend at info
+            pkg.info("backend ready")
+    finally:
+        pkg.removeHandler(handler)
+    assert capsys.readouterr().err == "INFO wasi_nn_backend: backend ready\n"

@@ -2,11 +2,14 @@
 
 Everything the package logs goes through ``logging.getLogger("wasi_nn_backend")`` or a child of it;
 llama.cpp's own lines arrive on the child ``wasi_nn_backend.llama`` (llm/lib.py forwards them).
-``configure_logging`` attaches handlers to the package logger only (never the root logger):
+As a library should, the package logger has only a NullHandler of its own: records propagate to
+the application's logging setup and nothing is printed twice. ``configure_logging`` attaches
+handlers to the package logger only (never the root logger):
 
-* a stream handler on stderr (ANSI level colours when ``colors``), and
 * a FileHandler when ``file`` is set (append mode, UTF-8; it flushes after every record, so the
-  file really holds the lines while the backend runs; never colours).
+  file really holds the lines while the backend runs; never colours), and
+* a stream handler on stderr (ANSI level colours when ``colors``) only when the program asks
+  (``stderr=True``): the command line and the Erlang port program do (``log_to_stderr``).
 
 ``level`` is debug / info / warn / error / fatal / none; ``enable_debug`` forces debug; ``none``
 attaches nothing and emits nothing. Several backends may be configured at once: each call gets
@@ -34,6 +37,8 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
 _COLORS = {logging.DEBUG: "\x1b[36m", logging.INFO: "\x1b[32m", logging.WARNING: "\x1b[33m",
            logging.ERROR: "\x1b[31m", logging.CRITICAL: "\x1b[1;31m"}
 _RESET = "\x1b[0m"
+
+logging.getLogger(PACKAGE_LOGGER).addHandler(logging.NullHandler())
 
 _lock = threading.Lock()
 _open_levels: dict[int, int] = {}     # id(handle) -> level, for every open handle
@@ -111,12 +116,14 @@ def _apply_level_locked(logger: logging.Logger) -> None:
         _saved_level = None
 
 
-def _handlers(cfg: LoggingConfig, level: int, warnings: list[str]) -> list[logging.Handler]:
+def _handlers(cfg: LoggingConfig, level: int, stderr: bool,
+              warnings: list[str]) -> list[logging.Handler]:
     if level >= _SILENT:
         return []
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(_formatter(cfg, cfg.colors))
-    handlers: list[logging.Handler] = [stream]
+    handlers: list[logging.Handler] = []
+    if stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+        handlers[-1].setFormatter(_formatter(cfg, cfg.colors))
     if cfg.file:
         try:
             # StreamHandler.emit flushes after every record, so the file is always current.
@@ -130,12 +137,13 @@ def _handlers(cfg: LoggingConfig, level: int, warnings: list[str]) -> list[loggi
     return handlers
 
 
-def configure_logging(cfg: LoggingConfig) -> LogHandle:
-    """Attach handlers for ``cfg`` to the package logger; close the handle to take them off."""
+def configure_logging(cfg: LoggingConfig, *, stderr: bool = False) -> LogHandle:
+    """Attach handlers for ``cfg`` to the package logger (its file; stderr only when
+    ``stderr``) and set the level it emits at; close the handle to undo both."""
     logger = logging.getLogger(PACKAGE_LOGGER)
     level = python_level(cfg)
     warnings: list[str] = []
-    handlers = _handlers(cfg, level, warnings)
+    handlers = _handlers(cfg, level, stderr, warnings)
     handle = LogHandle(logger, handlers, level, warnings)
     with _lock:
         for handler in handlers:
@@ -156,3 +164,22 @@ def _announce(handle: LogHandle, cfg: LoggingConfig) -> None:
     for handler in handle.handlers:
         if record.levelno >= handler.level:
             handler.handle(record)
+
+
+def log_to_stderr(level: str | None, cfg: LoggingConfig | None = None) -> logging.Handler:
+    """A program's own output of the package's lines on stderr (the CLI, the port program).
+    ``level`` filters (debug ... none); None passes what the package emits, i.e. what the open
+    backends' ``logging.level`` asks for (warnings and up while none is open). Lines look like
+    ``wasi-nn-backend: warning: ...``, or as ``cfg``'s timestamps and colors say when given.
+    Take it off with ``logging.getLogger(PACKAGE_LOGGER).removeHandler``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ProgramFormatter("%(message)s") if cfg is None
+                         else _formatter(cfg, cfg.colors))
+    handler.setLevel(LEVELS[level] if level is not None else logging.NOTSET)
+    logging.getLogger(PACKAGE_LOGGER).addHandler(handler)
+    return handler
+
+
+class _ProgramFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"wasi-nn-backend: {record.levelname.lower()}: {super().format(record)}"
