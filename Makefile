@@ -7,10 +7,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
+# The first install compiles llama-cpp-python (llama.cpp, C++): 5-7 minutes on 2 cores; pip's
+# lines show it working ("Building wheel for llama-cpp-python ...").
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	@echo "Installing into $(VENV). The first time, pip compiles llama-cpp-python (llama.cpp) with"
+	@echo "your C++ compiler: about 5-7 minutes on 2 cores, while pip says 'Building wheel'."
+	$(BIN)/pip install --progress-bar on -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

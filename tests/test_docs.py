@@ -31,3 +31,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and "model_not_found" in err[0]
     assert cli.main(["generate", str(tmp_path / "x.gguf"), "-p", "hi", "--config", "{bad"]) == 2
     assert "invalid_encoding" in capsys.readouterr().err
+
+
+def test_readme_links_stay_in_the_repository():
+    """A clone (or the sdist) has no ../shared: every relative link points at a file inside."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    targets = re.findall(r"\]\(([^)\s]+)\)", README)
+    assert targets
+    for target in targets:
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = (root / target.split("#")[0]).resolve()
+        assert path.is_relative_to(root) and path.exists(), target

@@ -6,25 +6,33 @@
     wasi-nn-backend info MODEL                what a GGUF model is, and what loading it takes
     wasi-nn-backend run-wasm GUEST.wasm ...   a WebAssembly guest calling wasi_ephemeral_nn
     wasi-nn-backend erlang-port               the Erlang port program (frames on fds 3 and 4)
+    wasi-nn-backend erlang-client [--dest D]  where the Erlang client is (or copy it to D)
+
+The package's log lines go to stderr: warnings and errors by default, -v adds info (-vv
+debug), -q keeps only errors.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from ..backend import Backend
 from ..errors import InvalidArgument, WasiNnError
-from . import terminal
-
+from ..logs import PACKAGE_LOGGER, log_to_stderr
+from . import bundled, terminal
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.as_program = argv is None   # the process is ours: run-wasm may end it (_Backstop)
+    args.log_level = _log_level(args)
+    handler = log_to_stderr(args.log_level)
     try:
         return args.run(args)
     except WasiNnError as error:
@@ -36,21 +44,57 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        logging.getLogger(PACKAGE_LOGGER).removeHandler(handler)
+
+
+def _log_level(args: argparse.Namespace) -> str | None:
+    """The level of the lines printed on stderr (-v / -q), and of the backends the command
+    makes. The port program without either follows its backends' logging.level (None)."""
+    verbose, quiet = getattr(args, "verbose", 0), getattr(args, "quiet", False)
+    if verbose and quiet:
+        _parser().error("--verbose and --quiet exclude each other")  # exits with status 2
+    if quiet:
+        return "error"
+    if verbose:
+        return "info" if verbose == 1 else "debug"
+    return None if args.run is _erlang_port else "warn"
+
+
+def _program_version() -> str:
+    try:
+        return version("wasi-nn-backend")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _verbosity() -> argparse.ArgumentParser:
+    """-v / -q, accepted before the command and after it."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="print the package's info lines on stderr (-vv: debug)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print only errors on stderr (no warnings)")
+    return common
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = [_verbosity()]
     parser = argparse.ArgumentParser(prog="wasi-nn-backend", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=common)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_program_version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    add = _adder(commands, common)
 
-    demo = commands.add_parser(
+    demo = add(
         "demo", help="the bundled model recites the Zen of Python, one session per line")
-    demo.add_argument("--model", help="GGUF file (default: the bundled models/zen-demo.gguf)")
+    demo.add_argument("--model", help="GGUF file (default: the bundled zen-demo.gguf)")
     demo.add_argument("--sessions", type=int, default=19,
                       help="concurrent sessions, one per line of the Zen (default: all 19)")
     demo.set_defaults(run=_demo)
 
-    generate = commands.add_parser("generate", help="generate text for one prompt")
+    generate = add("generate", help="generate text for one prompt")
     generate.add_argument("model", help="GGUF file")
     generate.add_argument("-p", "--prompt", required=True, help="the prompt (or chat message)")
     generate.add_argument("--config", help="JSON settings, or @FILE to read them from a file")
@@ -58,13 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--stream", action="store_true", help="print pieces as they come")
     generate.set_defaults(run=_generate)
 
-    chat = commands.add_parser("chat", help="talk with a model (keeps the conversation)")
+    chat = add("chat", help="talk with a model (keeps the conversation)")
     chat.add_argument("model", help="GGUF file")
     chat.add_argument("--config", help="JSON settings, or @FILE to read them from a file")
     chat.add_argument("--system", help="a system prompt")
     chat.set_defaults(run=_chat)
 
-    info = commands.add_parser(
+    info = add(
         "info", help="describe a GGUF model: architecture, parameters, context trained, "
         "vocabulary, quantization, chat template, file size, load time, memory needed")
     info.add_argument("model", help="GGUF file")
@@ -73,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                       "sequence)")
     info.set_defaults(run=_info)
 
-    wasm = commands.add_parser("run-wasm", help="run a WebAssembly (WASI) guest that calls the "
+    wasm = add("run-wasm", help="run a WebAssembly (WASI) guest that calls the "
                                "wasi_ephemeral_nn imports")
     wasm.add_argument("--nn-preload", action="append", default=[], metavar="NAME:GGML:AUTO:PATH",
                       help="a model the guest loads by NAME (repeatable)")
@@ -89,11 +133,27 @@ def _parser() -> argparse.ArgumentParser:
     wasm.add_argument("args", nargs=argparse.REMAINDER, help="the guest's arguments")
     wasm.set_defaults(run=_run_wasm)
 
-    port = commands.add_parser(
+    port = add(
         "erlang-port", help="the Erlang port program: {packet,4} External Term Format frames on "
         "fds 3 and 4 (open_port with nouse_stdio; docs/erlang-protocol.md)")
     port.set_defaults(run=_erlang_port)
+
+    client = add(
+        "erlang-client", help="print the folder holding the Erlang client (wasi_nn.erl), its "
+        "README and the port protocol, or copy them into --dest")
+    client.add_argument("--dest", metavar="DIR", help="copy the files into DIR (created)")
+    client.set_defaults(run=_erlang_client)
     return parser
+
+
+def _adder(commands: argparse._SubParsersAction, common: list[argparse.ArgumentParser]):
+    def add(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=common, **kwargs)
+    return add
+
+
+def _backend_config(args: argparse.Namespace) -> dict:
+    return {"logging": {"level": args.log_level or "warn"}}
 
 
 def _read_config(value: str | None) -> str | None:
@@ -104,7 +164,7 @@ def _read_config(value: str | None) -> str | None:
 
 def _generate(args: argparse.Namespace) -> int:
     config = _read_config(args.config)
-    with Backend({"logging": {"level": "error"}}) as backend:
+    with Backend(_backend_config(args)) as backend:
         session = terminal.load(backend, args.model, config).session()
         run = session.chat_stream if args.chat else session.complete_stream
         stream = run(args.prompt)
@@ -120,7 +180,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    with Backend({"logging": {"level": "error"}}) as backend:
+    with Backend(_backend_config(args)) as backend:
         graph = terminal.load(backend, args.model, _read_config(args.config))
         return terminal.chat(graph, args.system, sys.stdout, sys.stdin)
 
@@ -129,7 +189,7 @@ _INFO_DEFAULTS = {"model": {"n_ctx": 256, "n_seq_max": 1}}
 
 
 def _info(args: argparse.Namespace) -> int:
-    with Backend({"logging": {"level": "error"}}) as backend:
+    with Backend(_backend_config(args)) as backend:
         config = _read_config(args.config) or _INFO_DEFAULTS
         graph = terminal.load(backend, args.model, config)
         info = graph.info()
@@ -151,7 +211,7 @@ def _run_wasm(args: argparse.Namespace) -> int:
     from .wasm.deadline import max_time_limit
     dirs = [tuple(spec.split(":", 1)) if ":" in spec else (spec, spec) for spec in args.dir]
     env = dict(_key_value(spec) for spec in args.env)
-    config = _read_config(args.config) or {"logging": {"level": "error"}}
+    config = _read_config(args.config) or _backend_config(args)
     max_time = max_time_limit(args.max_time)
     backstop = _Backstop(max_time) if args.as_program and max_time is not None else None
     try:
@@ -223,9 +283,18 @@ def _erlang_port(args: argparse.Namespace) -> int:
     return run()
 
 
+def _erlang_client(args: argparse.Namespace) -> int:
+    if args.dest is None:
+        print(bundled.erlang_client_dir())
+        return 0
+    for path in bundled.write_erlang_client(args.dest):
+        print(path)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    return run_demo(args.sessions, args.model)
+    return run_demo(args.sessions, args.model, log_level=args.log_level or "warn")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`wasi-nn-backend demo`: the bundled model recites the Zen of Python, one session per line,
 all decoding together in one engine; their text streams side by side, then a table.
 
-models/zen-demo.gguf was trained (tools/train_demo_model.py) to reproduce the text Python's own
+The model, zen-demo.gguf (package data: adapters/bundled.py), was trained (tools/train_demo_model.py) to reproduce the text Python's own
 `this` module holds, so every line it prints can be checked against that text.
 """
 from __future__ import annotations
@@ -16,8 +16,10 @@ from typing import TextIO
 
 from ..backend import Backend
 from ..engine.streams import Stream
+from ..errors import InvalidArgument, WasiNnError
+from .bundled import demo_model
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[3] / "models" / "zen-demo.gguf"
+MAX_TOKENS = 64   # per line: the longest line of the Zen is 15 tokens
 
 
 def zen_text() -> str:
@@ -58,19 +60,30 @@ class Lane:
     seconds: float = 0.0
     done: bool = False
     began: float = field(default_factory=time.perf_counter)
+    failure: str = ""     # why the request did not end its line: "timeout", an error, ...
 
     @property
     def correct(self) -> bool:
-        return self.prompt + self.text == self.expected
+        return self.prompt + self.text == self.expected and not self.failure
+
+    @property
+    def mark(self) -> str:
+        if self.correct:
+            return "exact"
+        return f"DIFFERS ({self.failure})" if self.failure else "DIFFERS"
 
 
-def run_demo(sessions: int, model: str | None, out: TextIO | None = None) -> int:
+def run_demo(sessions: int, model: str | None, out: TextIO | None = None,
+             log_level: str = "warn") -> int:
     out = out or sys.stdout  # looked up now: tests swap sys.stdout
     lines = zen_lines()
-    path = model or str(BUNDLED_MODEL)
-    picked = lines[1:sessions + 1] if sessions < len(lines) else lines[1:]
-    config = {"model": {"n_ctx": 256, "n_seq_max": max(len(picked), 1)},
-              "logging": {"level": "error"}}
+    if sessions < 1:
+        raise InvalidArgument(f"--sessions {sessions}: give at least 1 (one session per line, "
+                              f"up to {len(lines) - 1})")
+    path = model or str(demo_model())
+    picked = lines[1:sessions + 1]
+    config = {"model": {"n_ctx": 256, "n_seq_max": len(picked)},
+              "logging": {"level": log_level}}
     with Backend(config) as backend:
         graph = backend.load(path)
         out.write(f"model: {Path(path).name} ({graph.model.size_bytes / 1e6:.1f} MB)   "
@@ -79,7 +92,8 @@ def run_demo(sessions: int, model: str | None, out: TextIO | None = None) -> int
         lanes = []
         for session, line in zip(handles, picked):
             prompt = line_prompt(line, lines)
-            stream = session.complete_stream(prompt, temperature=0, max_tokens=64, stop=["\n"])
+            stream = session.complete_stream(prompt, temperature=0, max_tokens=MAX_TOKENS,
+                                             stop=["\n"])
             lanes.append(Lane(prompt, line, stream))
         _follow(lanes, out, live=out.isatty())
         steps = graph.engine.counters.steps
@@ -117,19 +131,32 @@ def _follow(lanes: list[Lane], out: TextIO, live: bool) -> None:
 
 
 def _finish(lane: Lane) -> None:
-    result = lane.stream.result()
-    lane.text = result.text
-    lane.tokens = len(result.generated_tokens)
     lane.seconds = time.perf_counter() - lane.began
     lane.done = True
+    try:
+        result = lane.stream.result()
+    except WasiNnError as error:
+        lane.failure = f"{error.code.name.lower()}: {error.message}"
+        return
+    lane.text = result.text
+    lane.tokens = len(result.generated_tokens)
+    lane.failure = _why(result.finish_reason.value, lane.tokens)
+
+
+def _why(finish_reason: str, tokens: int) -> str:
+    """What ended a line other than its end (stop at the newline, or the model's end)."""
+    if finish_reason == "stop":
+        return ""
+    if finish_reason == "length":
+        return f"length: {tokens} tokens, no end of line"
+    return finish_reason   # timeout, time, cancelled
 
 
 def _table(lanes: list[Lane], steps: int, out: TextIO) -> None:
     out.write(f"\n{'session':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>8}  line\n")
     for index, lane in enumerate(lanes, start=1):
-        mark = "exact" if lane.correct else "DIFFERS"
         out.write(f"{index:>7} {lane.tokens:>7} {lane.seconds:>8.3f} "
-                  f"{lane.tokens / max(lane.seconds, 1e-9):>8.1f}  {mark}\n")
+                  f"{lane.tokens / max(lane.seconds, 1e-9):>8.1f}  {lane.mark}\n")
     total = sum(lane.tokens for lane in lanes)
     wall = max((lane.seconds for lane in lanes), default=0.0)
     out.write(f"{'total':>7} {total:>7} {wall:>8.3f} {total / max(wall, 1e-9):>8.1f}\n\n")

@@ -1,0 +1,1 @@
+../../../../erlang/wasi_nn.erl
