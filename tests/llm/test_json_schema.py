@@ -194,3 +194,43 @@ def test_integer_ranges_match_exactly_the_integers_in_range(lo, hi):
              if bool(rx.fullmatch(str(n))) != ((lo is None or n >= lo) and (hi is None or n <= hi))]
     assert wrong == []
     assert not [s for s in ("01", "007", "-01", "-0", "") if rx.fullmatch(s)]
+
+
+def _grammar_accepts(model, by_piece, gbnf: str, text: str) -> bool:
+    """Whether llama.cpp's grammar takes ``text`` whole, fed one byte token at a time."""
+    guard = GrammarGuard(model, gbnf)
+    try:
+        for byte in text.encode("utf-8"):
+            token = by_piece[bytes([byte])]
+            if not guard.allows(token):
+                return False
+            guard.accept(token)
+        return guard.is_complete()
+    finally:
+        guard.close()
+
+
+@pytest.mark.parametrize("pattern", [
+    "^[A-Z]{2}-\\d{1,2}$", "^a.b$", "^[^a]+$", "b", "^(ab|c)*$", "^\\w\\s?\\W$", '^"\\\\$',
+    "^[\\n\\t -~]{0,3}$", "^x?é$",
+])
+def test_pattern_grammar_takes_exactly_the_matching_strings(tiny_model, pattern):
+    """The JSON-encoded string is taken iff its decoded value matches (re.search, as the
+    jsonschema validator does), for strings over letters, digits, quotes, backslashes and
+    control characters."""
+    by_piece = {}
+    for token in range(tiny_model.n_vocab):
+        by_piece.setdefault(tiny_model.token_to_piece(token), token)
+    gbnf = schema_to_gbnf(json.dumps({"type": "string", "pattern": pattern}))
+    alphabet = ["a", "b", "c", "x", "A", "Z", "0", "5", "-", " ", '"', "\\", "\n", "\t", "\x01",
+                "é", "_", "~"]
+    rng = __import__("random").Random(pattern)
+    samples = {"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+               for _ in range(150)}
+    samples |= {"AB-1", "AB-12", "a\nb", "axb", 'a"b', "ab", "ccab", '"\\', "x é", "é", "\n\t~",
+                "a_ -", "ab_"}
+    end = re.compile(pattern[:-1] + "\\Z" if pattern.endswith("$") else pattern)  # ECMA's $
+    wrong = [s for s in sorted(samples)
+             if _grammar_accepts(tiny_model, by_piece, gbnf, json.dumps(s, ensure_ascii=False))
+             != bool(end.search(s))]
+    assert wrong == []

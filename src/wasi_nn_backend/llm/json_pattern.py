@@ -11,6 +11,7 @@ raises Unsupported: llama.cpp then accepts any string, and so does the converter
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -20,16 +21,31 @@ from re import _parser as P  # type: ignore[attr-defined]
 from .json_rules import CHAR_RULE, SchemaError, Unsupported, format_literal, repetition
 
 MAX_CODE = 0x10FFFF
+Ranges = list[tuple[int, int]]
 _MUST_ESCAPE = [*range(0x20), 0x22, 0x5C, 0x7F]          # never raw inside a JSON string
 _NEVER = ((0xD800, 0xDFFF),)                               # surrogates: no UTF-8 for them
+# \d \w \s are ASCII, \D \W \S exclude every Unicode digit / word / space character: what
+# the grammar produces matches under Python's rules (the jsonschema package) and ECMA-262's.
 _CATEGORIES = {
     K.CATEGORY_DIGIT: ((0x30, 0x39),),
     K.CATEGORY_SPACE: ((0x09, 0x0D), (0x20, 0x20)),
     K.CATEGORY_WORD: ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)),
 }
-_NOT_CATEGORIES = {K.CATEGORY_NOT_DIGIT: K.CATEGORY_DIGIT, K.CATEGORY_NOT_SPACE: K.CATEGORY_SPACE,
-                   K.CATEGORY_NOT_WORD: K.CATEGORY_WORD}
-Ranges = list[tuple[int, int]]
+_NOT_CATEGORIES = {K.CATEGORY_NOT_DIGIT: str.isdecimal, K.CATEGORY_NOT_SPACE: str.isspace,
+                   K.CATEGORY_NOT_WORD: lambda c: c.isalnum() or c == "_"}
+
+
+@functools.cache
+def _unicode_class(test: Callable[[str], bool]) -> tuple[tuple[int, int], ...]:
+    """The code point ranges whose characters pass ``test`` (one pass, cached)."""
+    ranges: Ranges = []
+    for code in range(MAX_CODE + 1):
+        if test(chr(code)):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    return tuple(ranges)
 
 
 def _normalize(ranges: Ranges) -> Ranges:
@@ -102,7 +118,7 @@ def _in_ranges(items: list) -> Ranges:
         elif op is K.CATEGORY and arg in _CATEGORIES:
             ranges += _CATEGORIES[arg]
         elif op is K.CATEGORY and arg in _NOT_CATEGORIES:
-            ranges += _complement(list(_CATEGORIES[_NOT_CATEGORIES[arg]]))
+            ranges += _complement(list(_unicode_class(_NOT_CATEGORIES[arg])))
         else:
             raise Unsupported(f"character class item {op}")
     return _complement(ranges) if negate else _normalize(ranges)
@@ -156,8 +172,8 @@ class PatternConverter:
             return self._set([(arg, arg)])  # type: ignore[list-item]
         if op is K.NOT_LITERAL:
             return self._set(_complement([(arg, arg)]))  # type: ignore[list-item]
-        if op is K.ANY:
-            return self._set(_complement([(0x0A, 0x0A)]))
+        if op is K.ANY:   # no line terminator, as ECMA-262 (Python's `.` excludes only \n)
+            return self._set(_complement([(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]))
         if op is K.IN:
             return self._set(_in_ranges(arg))  # type: ignore[arg-type]
         if op is K.BRANCH:
