@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -51,9 +52,11 @@ class GrammarRejected(errors.BackendRuntimeError):
         self.complete = complete
 
 
+@functools.lru_cache(maxsize=64)
 def schema_to_gbnf(schema_text: str) -> str:
     """JSON schema text -> GBNF (root rule 'root', json_schema.py); any problem ->
-    InvalidArgument with a one-line message."""
+    InvalidArgument with a one-line message. Cached: a schema is converted (and an unsupported
+    pattern in it logged) once, not at every check and request."""
     try:
         schema = json.loads(schema_text)
     except (json.JSONDecodeError, RecursionError) as exc:
