@@ -128,14 +128,39 @@ def test_an_application_that_configures_logging_sees_each_line_once(capsys):
 
     from wasi_nn_backend import Backend
     root = logging.getLogger()
-    app = logging.StreamHandler(sys.stderr)       # what logging.basicConfig() would add
+    app = logging.StreamHandler(sys.stderr)       # logging.basicConfig(level=logging.INFO)
     root.addHandler(app)
+    saved = root.level
+    root.setLevel(logging.INFO)
     try:
         with Backend({"logging": {"level": "info"}}):
             pass
     finally:
         root.removeHandler(app)
+        root.setLevel(saved)
     assert capsys.readouterr().err.count("backend ready") == 1
+
+
+def test_an_application_at_warning_hears_no_info_lines_by_default(capsys):
+    """The default logging config sets no level on the package logger: an application whose
+    logging is at WARNING does not start receiving the package's INFO lines (a Backend used to
+    set its logger to INFO, past the application's threshold)."""
+    import sys
+
+    from wasi_nn_backend import Backend
+    root = logging.getLogger()
+    app = logging.StreamHandler(sys.stderr)       # logging.basicConfig(level=logging.WARNING)
+    root.addHandler(app)
+    saved = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        with Backend():
+            pkg.warning("a warning still comes through")
+    finally:
+        root.removeHandler(app)
+        root.setLevel(saved)
+    err = capsys.readouterr().err
+    assert "backend ready" not in err and "a warning still comes through" in err
 
 
 def test_a_program_prints_the_package_lines_on_stderr(capsys):

@@ -12,7 +12,9 @@ handlers to the package logger only (never the root logger):
   (``stderr=True``): the command line and the Erlang port program do (``log_to_stderr``).
 
 ``level`` is debug / info / warn / error / fatal / none; ``enable_debug`` forces debug; ``none``
-attaches nothing and emits nothing. Several backends may be configured at once: each call gets
+attaches nothing and emits nothing. In a library the default (info, no ``file``) sets no
+level: the application's logging setup decides what it hears; a program that prints the lines
+itself (``log_to_stderr``) gets what its backends ask for. Several backends may be configured at once: each call gets
 its own handlers, each handler filters at its own level, and the package logger's level is the
 lowest level any open handle asks for (restored to what it was when the last handle closes).
 ``LogHandle.close()`` removes exactly its own handlers and is idempotent. Records still propagate
@@ -148,8 +150,13 @@ def configure_logging(cfg: LoggingConfig, *, stderr: bool = False) -> LogHandle:
     with _lock:
         for handler in handlers:
             logger.addHandler(handler)
-        _open_levels[id(handle)] = level
-        _apply_level_locked(logger)
+        if handlers or level != logging.INFO or any(
+                getattr(h, "wasi_nn_program", False) for h in logger.handlers):
+            # The default (info, no file) in a library leaves the level to the application's
+            # logging setup: a root handler at WARNING must not start receiving our INFO. A
+            # program (log_to_stderr: the CLI, the port) prints what its backends ask for.
+            _open_levels[id(handle)] = level
+            _apply_level_locked(logger)
     for text in warnings:
         logger.warning("%s", text)
     _announce(handle, cfg)
@@ -176,6 +183,7 @@ def log_to_stderr(level: str | None, cfg: LoggingConfig | None = None) -> loggin
     handler.setFormatter(_ProgramFormatter("%(message)s") if cfg is None
                          else _formatter(cfg, cfg.colors))
     handler.setLevel(LEVELS[level] if level is not None else logging.NOTSET)
+    handler.wasi_nn_program = True     # type: ignore[attr-defined]  (configure_logging reads it)
     logging.getLogger(PACKAGE_LOGGER).addHandler(handler)
     return handler
 

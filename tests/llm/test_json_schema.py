@@ -145,6 +145,9 @@ def test_no_raw_control_character_inside_a_string(tiny_model, schema, prefix):
     ('{"items": ' * 200 + "{}" + "}" * 200, ["nest deeper"]),
     ('{"type": "string", "pattern": "' + "(" * 2000 + "a" + ")" * 2000 + '"}',
      ["not a valid regular expression"]),
+    ('{"allOf": [{"properties": [1]}]}', ["allOf", "properties must be an object"]),
+    ('{"allOf": [{"properties": {"a": {}}, "required": 5}]}', ["allOf", "required a list"]),
+    ('{"allOf": [{"anyOf": [{"properties": "x"}]}]}', ["allOf"]),
 ])
 def test_bad_schema_is_one_line_invalid_argument(ctx, schema, words):
     with pytest.raises(errors.InvalidArgument) as info:

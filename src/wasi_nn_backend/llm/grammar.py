@@ -67,6 +67,9 @@ def schema_to_gbnf(schema_text: str) -> str:
         raise errors.InvalidArgument(f"json_schema: {exc}") from None
     except RecursionError:
         raise errors.InvalidArgument("json_schema nests too deeply to convert") from None
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        # A shape the converter's checks missed: still the caller's schema, not our bug.
+        raise errors.InvalidArgument(f"json_schema cannot be converted: {exc}") from None
 
 
 # llama.cpp's GBNF parser and its left-recursion check recurse in C without a depth limit; a

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .json_rules import constant, format_literal
+from .json_rules import SchemaError, constant, format_literal
 
 
 def _encoded(name: str) -> str:
@@ -105,9 +105,13 @@ def all_of_rule(conv: Any, parts: list, name: str, rule_name: str, path: str) ->
             target: Any = conv.resolve_pointer(ref, path) if isinstance(ref, str) else None
             add(target, is_required, depth + 1)
         elif "properties" in part:
-            for prop, schema in (part["properties"] or {}).items():
+            properties, names = part["properties"] or {}, part.get("required") or []
+            if not isinstance(properties, dict) or not isinstance(names, list):
+                raise SchemaError(f"JSON schema error at {path}/allOf: properties must be an "
+                                  "object and required a list")
+            for prop, schema in properties.items():
                 props.append((prop, schema))
-                if is_required and prop in (part.get("required") or []):
+                if is_required and prop in names:
                     required.add(prop)
         elif isinstance(part.get("enum"), list) or "const" in part:
             values = part["enum"] if "enum" in part else [part["const"]]
