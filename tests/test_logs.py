@@ -1,7 +1,9 @@
 """logs.py: a LoggingConfig really reaches the package logger's handlers, and only its own."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 
 import pytest
 
@@ -123,21 +125,25 @@ def test_the_library_writes_nothing_to_stderr_by_itself(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_an_application_that_configures_logging_sees_each_line_once(capsys):
-    import sys
-
-    from wasi_nn_backend import Backend
+@contextlib.contextmanager
+def application_logging(level: int):
+    """What logging.basicConfig(level=level) sets up, taken off afterwards."""
     root = logging.getLogger()
-    app = logging.StreamHandler(sys.stderr)       # logging.basicConfig(level=logging.INFO)
+    app = logging.StreamHandler(sys.stderr)
     root.addHandler(app)
     saved = root.level
-    root.setLevel(logging.INFO)
+    root.setLevel(level)
     try:
-        with Backend({"logging": {"level": "info"}}):
-            pass
+        yield
     finally:
         root.removeHandler(app)
         root.setLevel(saved)
+
+
+def test_an_application_that_configures_logging_sees_each_line_once(capsys):
+    from wasi_nn_backend import Backend
+    with application_logging(logging.INFO), Backend({"logging": {"level": "info"}}):
+        pass
     assert capsys.readouterr().err.count("backend ready") == 1
 
 
@@ -145,20 +151,9 @@ def test_an_application_at_warning_hears_no_info_lines_by_default(capsys):
     """The default logging config sets no level on the package logger: an application whose
     logging is at WARNING does not start receiving the package's INFO lines (a Backend used to
     set its logger to INFO, past the application's threshold)."""
-    import sys
-
     from wasi_nn_backend import Backend
-    root = logging.getLogger()
-    app = logging.StreamHandler(sys.stderr)       # logging.basicConfig(level=logging.WARNING)
-    root.addHandler(app)
-    saved = root.level
-    root.setLevel(logging.WARNING)
-    try:
-        with Backend():
-            pkg.warning("a warning still comes through")
-    finally:
-        root.removeHandler(app)
-        root.setLevel(saved)
+    with application_logging(logging.WARNING), Backend():
+        pkg.warning("a warning still comes through")
     err = capsys.readouterr().err
     assert "backend ready" not in err and "a warning still comes through" in err
 

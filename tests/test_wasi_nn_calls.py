@@ -11,17 +11,10 @@ import pytest
 
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.errors import ErrorCode as E
-from nn_results import ok  # tests/nn_results.py
+from nn_results import ctx, ok  # noqa: F401  (ctx: a fixture; tests/nn_results.py)
 
 GREEDY = '{"temperature": 0, "max_tokens": 12, "ignore_eos": true}'
 CONFIG = '{"model": {"n_ctx": 256, "n_seq_max": 4}}'
-
-
-@pytest.fixture
-def ctx():
-    handle = ok(nn.init_backend())
-    yield handle
-    nn.deinit_backend(handle)
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ import pytest
 
 from wasi_nn_backend import errors
 from wasi_nn_backend.config import SamplingParams
-from wasi_nn_backend.llm.batch import Batch
 from wasi_nn_backend.llm.context import Context
 from wasi_nn_backend.llm.grammar import GrammarGuard, schema_to_gbnf
 from wasi_nn_backend.llm.json_rules import int_range
-from wasi_nn_backend.llm.sampler import Sampler, check_grammar
+from wasi_nn_backend.llm.sampler import check_grammar
+
+from sampling_loop import sample_text
 
 # Strings are bounded (maxLength) where nothing else ends them: a random tiny model rarely
 # picks the closing quote among a whole vocabulary of allowed characters.
@@ -62,22 +63,7 @@ def ctx(tiny_model):
 
 def generate(ctx, params, steps=160):
     """(text, finished): finished is True when the model ended with EOG within ``steps``."""
-    model, batch = ctx.model, Batch(64)
-    ctx.seq_rm(0)
-    tokens = model.tokenize("JSON:", add_special=True, parse_special=True)
-    with Sampler(model, params, n_ctx=512) as sampler:
-        sampler.accept_prompt(tokens)
-        index, pos, out = batch.add_sequence(tokens, 0, 0), len(tokens), []
-        for _ in range(steps):
-            assert ctx.decode(batch) == 0
-            token = sampler.sample(ctx, index)
-            if model.is_eog(token):
-                return model.detokenize(out), True
-            out.append(token)
-            batch.clear()
-            index = batch.add(token, pos, 0, True)
-            pos += 1
-    return model.detokenize(out), False
+    return sample_text(ctx, params, "JSON:", steps)
 
 
 @pytest.mark.parametrize("name", list(SCHEMAS))

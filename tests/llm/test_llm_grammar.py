@@ -14,6 +14,8 @@ from wasi_nn_backend.llm.context import Context
 from wasi_nn_backend.llm.grammar import check_gbnf_text
 from wasi_nn_backend.llm.sampler import GrammarRejected, Sampler, check_grammar
 
+from sampling_loop import sample_text
+
 GREEDY = {"temperature": 0.0}
 
 
@@ -25,22 +27,7 @@ def ctx(tiny_model):
 
 def generate(ctx, params, prompt="Hello world", steps=24):
     """Sampled text until EOG or `steps` tokens, as a string."""
-    model, batch = ctx.model, Batch(64)
-    ctx.seq_rm(0)
-    tokens = model.tokenize(prompt, add_special=True, parse_special=True)
-    with Sampler(model, params, n_ctx=512) as sampler:
-        sampler.accept_prompt(tokens)
-        index, pos, out = batch.add_sequence(tokens, 0, 0), len(tokens), []
-        for _ in range(steps):
-            assert ctx.decode(batch) == 0
-            token = sampler.sample(ctx, index)
-            if model.is_eog(token):
-                break
-            out.append(token)
-            batch.clear()
-            index = batch.add(token, pos, 0, True)
-            pos += 1
-    return model.detokenize(out)
+    return sample_text(ctx, params, prompt, steps)[0]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
