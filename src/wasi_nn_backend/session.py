@@ -39,7 +39,6 @@ class Session:
         self.state = SessionState(session_id=handle)
         self.context_params: RequestParams = loaded.defaults  # set_input index 1 changes it
         self._touched = graph.backend.clock.now()
-        self._failed_seen: dict[int, float] = {}   # id(stream) -> when a failure was seen
         self._embedding = 0                          # embed calls in progress
         self._embedding_lock = threading.Lock()
         self._messages: list[dict[str, str]] = []
@@ -209,7 +208,6 @@ class Session:
     def _submit(self, tokens: list[int], params: RequestParams, *, truncate_ok: bool,
                 started_at: float) -> Stream:
         self.touch()
-        self._failed_seen = {}
         stream = self.loaded.engine.submit(self.state, tokens, params, truncate_ok=truncate_ok,
                                            started_at=started_at)
         self._streams = [s for s in self._streams if not s.done] + [stream]
@@ -220,10 +218,9 @@ class Session:
 
     @property
     def last_activity(self) -> float:
-        """When this session was last active, on the backend's clock: now while a request of
-        it runs, else when its last request ended (idle time counts from there, not from
-        when the request started); a request that failed counts as ending when this is
-        first asked after it did."""
+        """When this session was last active, on the backend's clock (the engines run on
+        it): now while a request of it runs, else when its last request ended, finished or
+        failed (idle time counts from there, not from when the request started)."""
         now = self.graph.backend.clock.now()
         if self.state.busy or self._embedding:
             return now
@@ -231,11 +228,9 @@ class Session:
         for stream in list(self._streams):
             if not stream.done:
                 return now
-            try:
-                ended = stream.result(timeout=0).finished_at
-            except WasiNnError:
-                ended = self._failed_seen.setdefault(id(stream), now)
-            latest = max(latest, ended)
+            ended = stream.ended_at
+            if ended is not None:
+                latest = max(latest, ended)
         return latest
 
     @property

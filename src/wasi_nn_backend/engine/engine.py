@@ -399,4 +399,4 @@ class Engine:
         self.counters.failed += 1
         if live is not None:
             live.close_sampler()
-            live.stream.fail(error)
+            live.stream.fail(error, at=self.clock.now())

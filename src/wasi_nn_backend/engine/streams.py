@@ -22,6 +22,7 @@ class Stream:
         self._pieces: deque[str] = deque()
         self._completion: Completion | None = None
         self._error: WasiNnError | None = None
+        self._failed_at: float | None = None
         self._cancel = cancel
         self._on_change: Callable[[], None] | None = None
 
@@ -55,11 +56,12 @@ class Stream:
             self._cond.notify_all()
         self._changed()
 
-    def fail(self, error: WasiNnError) -> None:
+    def fail(self, error: WasiNnError, at: float | None = None) -> None:
+        """End with ``error``; ``at`` is when, on the engine's clock (see ended_at)."""
         with self._cond:
             if self.done:
                 return
-            self._error = error
+            self._error, self._failed_at = error, at
             self._cond.notify_all()
         self._changed()
 
@@ -79,6 +81,13 @@ class Stream:
     @property
     def done(self) -> bool:
         return self._completion is not None or self._error is not None
+
+    @property
+    def ended_at(self) -> float | None:
+        """When the request ended, on the engine's clock (finished or failed); None while it
+        runs or when a failure gave no time."""
+        completion = self._completion
+        return completion.finished_at if completion is not None else self._failed_at
 
     def try_get(self) -> str | None:
         """The next piece, or None if none is there now. Raises the stream's error once all
