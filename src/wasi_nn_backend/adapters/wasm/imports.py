@@ -206,21 +206,22 @@ class GuestNn:
         return code
 
     def _compute(self, caller: Any, ctx: int) -> ErrorCode:
-        handle = self._bounded(ctx)
-        if self._get(self._contexts, ctx, "ctx").stream_stdout and self._stdout is not None \
-                and not self.host.backend.session(handle).loaded.config.model.embedding:
-            return compute_printing(self.host.ctx, handle, self._stdout)
-        return wasi_nn.compute(self.host.ctx, handle)
+        context, session = self._bounded(ctx)
+        if context.stream_stdout and self._stdout is not None \
+                and not session.loaded.config.model.embedding:
+            return compute_printing(self.host.ctx, context.handle, self._stdout)
+        return wasi_nn.compute(self.host.ctx, context.handle)
 
     def _compute_single(self, caller: Any, ctx: int) -> ErrorCode:
-        return wasi_nn.compute_single(self.host.ctx, self._bounded(ctx))
+        return wasi_nn.compute_single(self.host.ctx, self._bounded(ctx)[0].handle)
 
-    def _bounded(self, ctx: int) -> int:
-        """The context's backend handle, its next request's deadline set under the
+    def _bounded(self, ctx: int) -> tuple[_Context, Any]:
+        """The context and its session, the next request's deadline set under the
         operator's (RunDeadline.bound)."""
-        handle = self._get(self._contexts, ctx, "execution context").handle
-        self.deadline.bound(self.host.backend.session(handle))
-        return handle
+        context = self._get(self._contexts, ctx, "execution context")
+        session = self.host.backend.session(context.handle)
+        self.deadline.bound(session)
+        return context, session
 
     def _fini_single(self, caller: Any, ctx: int) -> ErrorCode:
         return wasi_nn.fini_single(self.host.ctx, self._get(self._contexts, ctx, "ctx").handle)
