@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from wasi_nn_backend import Backend
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 
 ASK = {"temperature": 0, "ignore_eos": True, "max_tokens": 32}
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 
 DEFAULT = Path(__file__).parent / ".models" / "bench-250m-q8_0.gguf"
 SHAPE = {"n_embd": 1024, "n_layer": 16, "n_head": 16, "n_head_kv": 4, "n_ff": 2816,

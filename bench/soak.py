@@ -24,7 +24,7 @@ from soak_ops import GREEDY, HANG_S, Conversations, Tally, rss_mb
 from swap import resume_seconds
 
 from wasi_nn_backend import Backend
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 from wasi_nn_backend.errors import WasiNnError
 
 CONFIG = {"model": {"n_ctx": 256, "n_seq_max": 8, "threads": 1},

@@ -12,7 +12,7 @@ import pytest
 if importlib.util.find_spec("wasi_nn_backend") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama  # noqa: E402
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")

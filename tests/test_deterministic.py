@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from wasi_nn_backend import Backend
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 
 ASK = {"temperature": 0, "ignore_eos": True, "max_tokens": 32}
 PROMPT = "The quick brown fox jumps over the lazy dog and"

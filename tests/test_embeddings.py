@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from wasi_nn_backend import Backend
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 from wasi_nn_backend.errors import (InvalidArgument, NotFound, PromptTooLong,
                                     UnsupportedOperation)
 

@@ -11,7 +11,7 @@ import pytest
 
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.errors import ErrorCode as E
-from wasi_nn_backend.io_context import embedding_json
+from wasi_nn_backend.api.exec_context import embedding_json
 from nn_results import ok  # tests/nn_results.py
 
 CONFIG = '{"embedding": true, "ctx-size": 128, "threads": 1}'

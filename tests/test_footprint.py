@@ -8,7 +8,7 @@ import re
 import pytest
 
 from wasi_nn_backend import Backend
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 from wasi_nn_backend.config import ModelSettings
 from wasi_nn_backend.engine.footprint import estimate_footprint
 from wasi_nn_backend.llm.gguf_header import read_gguf_header

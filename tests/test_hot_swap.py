@@ -11,7 +11,7 @@ import pytest
 
 from wasi_nn_backend import Backend
 from wasi_nn_backend import wasi_nn as nn
-from wasi_nn_backend.adapters.tiny_model import write_not_gguf
+from wasi_nn_backend.testing.tiny_model import write_not_gguf
 from wasi_nn_backend.errors import ErrorCode as E
 from wasi_nn_backend.errors import (InvalidArgument, InvalidEncoding, ModelNotFound, NotFound,
                                     TooLarge)

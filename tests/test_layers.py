@@ -1,9 +1,14 @@
-"""DESIGN.md's import direction: adapters -> wasi_nn/backend -> engine -> {core, llm}; errors
-and config anywhere; only llm/ imports llama_cpp; core and llm never import each other; nothing
-imports adapters."""
+"""docs/DESIGN.md's layers, checked on the source (imports for annotations only count too):
+
+    edges (wasi_nn, adapters/*) -> api -> engine -> {core, llm};  errors, config, logs anywhere
+
+Only llm/ imports llama_cpp; core and llm never import each other; nothing imports an edge but
+the root's re-exports; core has no threads; and no two modules anywhere import each other,
+however long the way round (no import cycles)."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "wasi_nn_backend"
@@ -11,18 +16,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "wasi_nn_backend"
 # layer of each top-level module/package -> layers it may import
 LAYER_OF = {
     "errors": "base", "config": "base", "logs": "base",
-    "core": "core", "llm": "llm", "engine": "engine",
-    "backend": "api", "session": "api", "chat": "api", "io_context": "api", "wasi_nn": "api", "wasi_nn_args": "api", "stats": "api",
-    "graph": "api", "loaded": "api", "loading": "api", "budget": "api", "janitor": "api",
-    "adapters": "adapters", "__init__": "root",
+    "core": "core", "llm": "llm", "engine": "engine", "api": "api",
+    "wasi_nn": "edge", "adapters": "edge",
+    "testing": "testing", "__init__": "root",
 }
 ALLOWED = {
     "base": {"base"},
     "core": {"base", "core"},
     "llm": {"base", "llm"},
     "engine": {"base", "core", "llm", "engine"},
-    "api": {"base", "core", "engine", "api"},
-    "adapters": {"base", "core", "engine", "api", "adapters"},
+    "api": {"base", "core", "llm", "engine", "api"},
+    "edge": {"base", "core", "engine", "api", "edge"},
+    "testing": {"base", "llm", "engine"},
     "root": {"base", "core", "engine", "api"},
 }
 
@@ -33,35 +38,66 @@ def _modules():
         yield path, parts
 
 
+def _module_name(parts: tuple[str, ...]) -> str:
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
 def _imports(path: Path, parts: tuple[str, ...]):
-    """Absolute names (relative to the package) that ``path`` imports, plus external roots."""
+    """(kind, dotted name): internal names relative to the package (the module, or the
+    package it comes from), external names as written."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    package_parts = list(parts[:-1])
-    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-                   for n in ast.walk(node)}  # annotations only: not a runtime dependency
+    package = list(parts[:-1])
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield "external", alias.name
+                if alias.name.startswith("wasi_nn_backend"):
+                    yield "internal", alias.name.split(".", 1)[1] if "." in alias.name \
+                        else "__init__"
+                else:
+                    yield "external", alias.name
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0:
                 name = node.module or ""
-                if name.startswith("wasi_nn_backend"):
-                    rest = name.split(".")[1:]
-                    yield "internal", rest[0] if rest else "__init__"
-                else:
+                if not name.startswith("wasi_nn_backend"):
                     yield "external", name
+                    continue
+                target = name.split(".")[1:]
             else:
-                base = package_parts[:len(package_parts) - (node.level - 1)]
-                target = base + (node.module.split(".") if node.module else [])
-                if target:
-                    yield "internal", target[0]
-                else:  # "from . import x" at the top level
-                    for alias in node.names:
-                        yield "internal", alias.name
+                target = package[:len(package) - (node.level - 1)] \
+                    + (node.module.split(".") if node.module else [])
+            for alias in node.names:   # "from .pkg import module" imports the module
+                yield "internal", ".".join(target + [alias.name]) or "__init__"
+
+
+def _resolve(name: str, known: set[str]) -> str | None:
+    """The module a dotted internal name lands in (a name imported from a module is that
+    module)."""
+    parts = name.split(".")
+    while parts:
+        candidate = ".".join(parts)
+        if candidate in known:
+            return candidate
+        parts.pop()
+    return "__init__" if name else None
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(parts): (path, parts) for path, parts in _modules()}
+    known = set(modules)
+    graph: dict[str, set[str]] = {}
+    for name, (path, parts) in modules.items():
+        edges = set()
+        for kind, target in _imports(path, parts):
+            if kind == "internal":
+                resolved = _resolve(target, known)
+                if resolved is not None and resolved != name:
+                    edges.add(resolved)
+        graph[name] = edges
+    return graph
+
+
+def _layer(module: str) -> str:
+    return LAYER_OF[module.split(".")[0]]
 
 
 def test_only_llm_imports_llama_cpp():
@@ -71,20 +107,71 @@ def test_only_llm_imports_llama_cpp():
     assert offenders == []
 
 
+def test_every_module_has_a_layer():
+    for path, parts in _modules():
+        assert parts[0] in LAYER_OF, f"{path} is in no layer: add it to LAYER_OF"
+
+
 def test_imports_point_one_way():
     violations = []
-    for path, parts in _modules():
-        layer = LAYER_OF[parts[0]]
-        for kind, name in _imports(path, parts):
-            if kind != "internal":
+    for module, targets in _graph().items():
+        for target in targets:
+            if target == "__init__" and module.startswith(("testing",)):
                 continue
-            target = LAYER_OF.get(name)
-            assert target is not None, f"{path}: unknown module {name}: add it to LAYER_OF"
-            if target not in ALLOWED[layer]:
-                violations.append(f"{path.relative_to(PACKAGE)} ({layer}) imports {name} ({target})")
+            if _layer(target) not in ALLOWED[_layer(module)]:
+                violations.append(f"{module} ({_layer(module)}) imports {target} "
+                                  f"({_layer(target)})")
     assert violations == []
 
 
-def test_every_module_has_a_layer():
-    for path, parts in _modules():
-        assert parts[0] in LAYER_OF, f"{path} is in no layer"
+def test_no_import_cycles():
+    """Tarjan's strongly connected components: every module alone in its own."""
+    graph = _graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert cycles == [], "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path, monkeypatch):
+    """The check itself: two modules importing each other (one for annotations only) are
+    found."""
+    package = tmp_path / "wasi_nn_backend"
+    (package / "api").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "api" / "__init__.py").write_text("")
+    (package / "api" / "a.py").write_text("from .b import B\n")
+    (package / "api" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import A\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    graph = _graph()
+    assert graph["api.a"] == {"api.b"} and graph["api.b"] == {"api.a"}

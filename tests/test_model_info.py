@@ -11,7 +11,7 @@ import pytest
 from wasi_nn_backend import Backend
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.adapters import cli
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 from wasi_nn_backend.errors import ErrorCode as E
 
 SMALL = {"model": {"n_ctx": 256, "n_seq_max": 2}, "logging": {"level": "error"}}

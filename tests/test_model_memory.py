@@ -132,7 +132,7 @@ def test_an_embedding_graph_counts_only_its_one_decode_of_kv(tiny_model_path):
 
 
 def test_without_a_limit_kv_beyond_physical_memory_is_refused(tiny_model_path, monkeypatch):
-    from wasi_nn_backend import budget
+    from wasi_nn_backend.api import budget
     header = read_gguf_header(tiny_model_path)
     configs = [{"n_ctx": 256, "n_seq_max": 1, "n_batch": n} for n in (512, 256, 128)]
     written = [estimate_footprint(header, ModelSettings(**c)) for c in configs]

@@ -50,7 +50,7 @@ if str(ROOT / "src") not in sys.path:  # a bare checkout (the package not instal
     sys.path.insert(0, str(ROOT / "src"))
 
 from wasi_nn_backend.adapters.demo import prompt_words, zen_lines, zen_text  # noqa: E402
-from wasi_nn_backend.adapters.tiny_model import (  # noqa: E402
+from wasi_nn_backend.testing.tiny_model import (  # noqa: E402
     BOS, BYTE_BASE, CHATML, EOS, IM_END, IM_START, UNK, write_llama_metadata,
 )
 

@@ -4,13 +4,13 @@ Layering (imports point one way; a test enforces it):
     adapters -> wasi_nn / backend -> engine -> {core, llm};  errors and config anywhere.
 Only llm/ imports llama_cpp. This module only re-exports.
 """
-from .backend import Backend, BackendStats, Graph
+from .api.backend import Backend, BackendStats, Graph
 from .config import Config, RequestParams, parse_config
 from .core.clock import FakeClock, MonotonicClock
 from .core.session import Completion, FinishReason
 from .engine.streams import Stream
 from .errors import ErrorCode, WasiNnError
-from .session import Session
+from .api.session import Session
 
 __all__ = ["Backend", "BackendStats", "Completion", "Config", "ErrorCode", "FakeClock",
            "FinishReason", "Graph", "MonotonicClock", "RequestParams", "Session", "Stream",

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from wasi_nn_backend.backend import Backend
+from wasi_nn_backend.api.backend import Backend
 
 try:  # tests/erlang as a package, or (pytest's default rootdir mode) as a plain directory
     from . import erlang_toolchain

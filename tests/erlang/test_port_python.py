@@ -17,7 +17,7 @@ from erlang_port import CLI, PORT_MODULE, A, B, PortProcess, error_of, plain
 
 from wasi_nn_backend.adapters.erlang import Port
 from wasi_nn_backend.adapters.erlang.frames import FrameReader, FrameTooLarge
-from wasi_nn_backend.backend import Backend
+from wasi_nn_backend.api.backend import Backend
 
 CONFIG = '{"temperature":0,"max_tokens":8,"ignore_eos":true}'
 # long enough that a quick request lands mid-generation; no deadline, so a loaded machine

@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from wasi_nn_backend import errors
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 from wasi_nn_backend.config import limits, parse_config
 
 

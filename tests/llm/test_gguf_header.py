@@ -8,7 +8,7 @@ import gguf
 import pytest
 
 from wasi_nn_backend import errors
-from wasi_nn_backend.adapters.tiny_model import write_not_gguf
+from wasi_nn_backend.testing.tiny_model import write_not_gguf
 from wasi_nn_backend.llm.gguf_header import read_gguf_header
 
 

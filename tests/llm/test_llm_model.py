@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from wasi_nn_backend.adapters.tiny_model import BOS, EOS, IM_END, IM_START, write_not_gguf, write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import BOS, EOS, IM_END, IM_START, write_not_gguf, write_tiny_llama
 from wasi_nn_backend import errors
 from wasi_nn_backend.llm.context import Context
 from wasi_nn_backend.llm.lib import build_info

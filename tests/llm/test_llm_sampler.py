@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from wasi_nn_backend.adapters.tiny_model import IM_END
+from wasi_nn_backend.testing.tiny_model import IM_END
 from wasi_nn_backend import errors
 from wasi_nn_backend.config import SamplingParams
 from wasi_nn_backend.llm.batch import Batch

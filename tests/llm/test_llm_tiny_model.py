@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from wasi_nn_backend.adapters.tiny_model import write_tiny_llama
+from wasi_nn_backend.testing.tiny_model import write_tiny_llama
 from wasi_nn_backend import errors
 from wasi_nn_backend.llm.batch import Batch
 from wasi_nn_backend.llm.context import Context

@@ -9,7 +9,7 @@ import pytest
 from wat_harness import GENERATED_TOKENS, HOST_CONFIG, PROMPT, WatKit
 
 from wasi_nn_backend.adapters.wasm import NnHost
-from wasi_nn_backend.backend import Backend
+from wasi_nn_backend.api.backend import Backend
 
 
 # -- fixtures ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 
 from wasi_nn_backend.adapters.wasm.host import NnHost
 from wasi_nn_backend.adapters.wasm.runner import GuestResult, run_guest
-from wasi_nn_backend.backend import Backend
+from wasi_nn_backend.api.backend import Backend
 
 try:  # tests/wasm as a package, or (pytest's default rootdir mode) as a plain directory
     from . import toolchain

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from wasi_nn_backend.backend import Backend
-from wasi_nn_backend.io_context import embedding_json
+from wasi_nn_backend.api.backend import Backend
+from wasi_nn_backend.api.exec_context import embedding_json
 
 SUCCESS, UNSUPPORTED_OPERATION = 0, 6
 CONFIG = b'{"embedding": true, "ctx-size": 128, "threads": 1}'

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..backend import Backend
+from ..api.backend import Backend
 from ..engine.streams import Stream
 from ..errors import InvalidArgument, WasiNnError
 from .bundled import demo_model

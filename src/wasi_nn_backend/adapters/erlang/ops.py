@@ -19,7 +19,7 @@ from ... import wasi_nn
 from ...core.session import Completion
 from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument
 from ...engine.streams import Stream
-from ...session import Session
+from ...api.session import Session
 from . import terms
 from .terms import ERROR, OK, atom, atom_name, binary, binary_value, describe, is_integer
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ...errors import InvalidArgument, Timeout
 
 if TYPE_CHECKING:
-    from ...session import Session
+    from ...api.session import Session
 
 
 def max_time_limit(seconds: float | None) -> float | None:

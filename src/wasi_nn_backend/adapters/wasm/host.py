@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import wasi_nn
-from ...backend import Backend
+from ...api.backend import Backend
 from ...errors import BackendRuntimeError, ErrorCode, error_for
 from .names import ModelNames
 

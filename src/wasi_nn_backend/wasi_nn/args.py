@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from .errors import InvalidArgument, InvalidEncoding, TooLarge
+from ..errors import InvalidArgument, InvalidEncoding, TooLarge
 
 BYTES = (bytes, bytearray, memoryview)
 

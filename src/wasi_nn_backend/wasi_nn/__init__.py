@@ -21,15 +21,15 @@ from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import Any, TypeVar
 
-from .backend import Backend, Graph
-from .core.clock import Clock
-from .core.session import Completion
-from .engine.files import build_info
-from .errors import ErrorCode, InvalidArgument, NotFound, UnsupportedOperation, WasiNnError
-from .io_context import ContextIO
-from .wasi_nn_args import Tensor, TensorType, buffer, write
-from .wasi_nn_args import builders as _builders, handle as _handle, index as _index
-from .wasi_nn_args import integer as _integer, tensor_bytes as _tensor_bytes, text as _text
+from ..api.backend import Backend, Graph
+from ..core.clock import Clock
+from ..core.session import Completion
+from ..engine.files import build_info
+from ..errors import ErrorCode, InvalidArgument, NotFound, UnsupportedOperation, WasiNnError
+from ..api.exec_context import ContextIO
+from .args import Tensor, TensorType, buffer, write
+from .args import builders as _builders, handle as _handle, index as _index
+from .args import integer as _integer, tensor_bytes as _tensor_bytes, text as _text
 
 log = logging.getLogger("wasi_nn_backend.api")
 T = TypeVar("T")

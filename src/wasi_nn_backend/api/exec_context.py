@@ -13,9 +13,9 @@ import json
 import threading
 from typing import Any
 
-from .core.session import Completion
-from .engine.streams import Stream
-from .errors import EndOfSequence, InvalidArgument, InvalidEncoding, WasiNnError
+from ..core.session import Completion
+from ..engine.streams import Stream
+from ..errors import EndOfSequence, InvalidArgument, InvalidEncoding, WasiNnError
 from .session import Session
 
 

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chat import Turn, continuation_tokens
-from .config import RequestParams, parse_overrides
-from .core.session import Completion, SessionState
-from .engine.streams import Stream
-from .errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
+from ..config import RequestParams, parse_overrides
+from ..core.session import Completion, SessionState
+from ..engine.streams import Stream
+from ..errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
 
 if TYPE_CHECKING:
     from .graph import Graph
-    from .loaded import LoadedModel
+    from .models import LoadedModel
 
 Overrides = dict[str, Any] | str | bytes | None
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .budget import MemoryBudget
-from .config import Config, parse_config
-from .core.clock import Clock
-from .engine.footprint import Footprint
-from .engine.loader import GgufHeader, estimate_footprint, read_gguf_header, start_model
-from .errors import InvalidArgument
-from .loaded import LoadedModel, ModelKey, model_key
+from ..config import Config, parse_config
+from ..core.clock import Clock
+from ..engine.footprint import Footprint
+from ..engine.loader import GgufHeader, estimate_footprint, read_gguf_header, start_model
+from ..errors import InvalidArgument
+from .models import LoadedModel, ModelKey, model_key
 
 log = logging.getLogger("wasi_nn_backend")
 

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .budget import MemoryBudget
-from .config import Config, parse_config
-from .core.clock import Clock, MonotonicClock
-from .errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
+from ..config import Config, parse_config
+from ..core.clock import Clock, MonotonicClock
+from ..errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
 from .graph import Graph
 from .janitor import Janitor
 from .loading import LoadRequest, SingleFlight, open_loaded, prepare
-from .logs import configure_logging
+from ..logs import configure_logging
 from .session import Session
 from .stats import BackendStats
 from .stats import collect as collect_stats

@@ -5,7 +5,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from .errors import WasiNnError
+from ..errors import WasiNnError
 
 if TYPE_CHECKING:
     from .backend import Backend

@@ -193,7 +193,7 @@ def write_tiny_llama(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int
     """
     path = Path(path)
     if quant is not None:
-        from ..engine.files import quantize_model
+        from ..llm.lib import quantize_model
         f32_path = path.with_name(path.stem + ".f32.gguf")
         write_tiny_llama(f32_path, seed=seed, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                          n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,

@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import NotFound
+from ..errors import NotFound
 
 if TYPE_CHECKING:
     from .backend import Backend
-    from .loaded import LoadedModel
+    from .models import LoadedModel
     from .session import Session
 
 log = logging.getLogger("wasi_nn_backend")

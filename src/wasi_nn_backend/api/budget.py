@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import threading
 
-from .engine.footprint import Footprint, mb
-from .errors import TooLarge
+from ..engine.footprint import Footprint, mb
+from ..errors import TooLarge
 
 
 def physical_memory_bytes() -> int:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .budget import Reservation
-from .config import Config, LoggingConfig, request_params
-from .engine.footprint import Footprint
-from .engine.loader import Started
-from .errors import NotFound
+from ..config import Config, LoggingConfig, request_params
+from ..engine.footprint import Footprint
+from ..engine.loader import Started
+from ..errors import NotFound
 
 log = logging.getLogger("wasi_nn_backend")
 
