@@ -45,17 +45,16 @@ def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: in
     loaded = [(graph, model) for graph in graphs for model in graph.loaded_models()
               if not model.freed]
     for graph, model in loaded:
-        engine = model.engine
-        counters = engine.counters.snapshot()
-        queue = engine.scheduler.stats()
-        used, total = engine.kv_cells()
+        readings = model.engine.readings()
+        counters, queue = readings.counters, readings.queue
+        used, total = readings.kv_cells_used, readings.kv_cells_total
         totals["queue_depth"] += queue.waiting
         totals["queue_warnings"] += queue.queue_warnings_total
         totals["rejections"] += queue.rejected_total
         totals["timeouts"] += counters["timeouts"]
         totals["kv_used"] += used
         totals["kv_total"] += total
-        totals["swap_bytes"] += engine.swap.bytes_used
+        totals["swap_bytes"] += readings.offload_bytes
         totals["prefill"] += counters["prefill_tokens"]
         totals["decode"] += counters["decode_tokens"]
         totals["reused"] += counters["reused_tokens"]

@@ -50,6 +50,11 @@ class SchedulerStats:
     queue_warnings_total: int   # times the queue reached queue_warning_threshold
     queue_peak: int             # most requests waiting at once (queued or on their way)
 
+    @classmethod
+    def zero(cls) -> SchedulerStats:
+        """The stats of a queue nothing ever entered (an embedding engine has none)."""
+        return cls(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
 
 class Scheduler:
     def __init__(self, *, n_batch: int, n_ctx: int, pool: SlotPool, settings: BackendSettings,

@@ -1,10 +1,10 @@
 """Embedding jobs: token lists -> one vector each (a matrix per text with pooling ``none``).
 
 A graph loaded with ``embedding: true`` gets an embedding Context (contexts.py) instead of a
-generating one; its engine thread alone runs these jobs (Engine.embed posts them). Jobs that arrive together
-are served together: their texts are packed, in order, into as few decodes as fit, each text
-in its own sequence, at most n_seq_max texts and ``limit`` tokens per decode. ``limit`` is
-min(n_ctx, n_ubatch), so a decode is one llama.cpp micro-batch and every text is pooled whole
+generating one; its engine thread alone runs these jobs (EmbeddingEngine.embed, embedding.py,
+posts them). Jobs that arrive together are served together: their texts are packed, in order,
+into as few decodes as fit, each text in its own sequence, at most n_seq_max texts and ``limit``
+tokens per decode. ``limit`` is min(n_ctx, n_ubatch), so a decode is one llama.cpp micro-batch and every text is pooled whole
 (llama.cpp pools per micro-batch; non-causal models also assert n_tokens <= n_ubatch). The KV is
 unified: with one stream per sequence llama.cpp cuts texts of unequal lengths into equal parts
 per micro-batch, which breaks pooling. Identical token lists in one flush are decoded once (and

@@ -10,18 +10,20 @@ from typing import Any
 from ..config import Config
 from ..core.clock import Clock
 from ..llm.gguf_header import GgufHeader, read_gguf_header
-from .engine import Engine
+from .base import EngineBase
+from .embedding import EmbeddingEngine
 from .files import file_type_name, load_model
+from .generating import GeneratingEngine
 from .footprint import Footprint, estimate_footprint
 
 __all__ = ["Footprint", "GgufHeader", "Started", "estimate_footprint", "read_gguf_header",
-           "start_model"]
+           "start_engine", "start_model"]
 
 
 @dataclass(frozen=True)
 class Started:
     model: Any              # llm.Model
-    engine: Engine
+    engine: EngineBase      # a GeneratingEngine or an EmbeddingEngine (start_engine)
     load_seconds: float     # loading the weights and creating the context (wall time)
     facts: dict[str, Any]   # what Graph.info and the usage JSON report about the model
 
@@ -32,12 +34,19 @@ def start_model(path: str, header: GgufHeader, config: Config, *, clock: Clock, 
     began = time.perf_counter()
     model = load_model(path, config.model, progress)
     try:
-        engine = Engine(model, config, clock=clock, name=name)
+        engine = start_engine(model, config, clock=clock, name=name)
     except BaseException:
         model.close()
         raise
     seconds = time.perf_counter() - began
     return Started(model, engine, seconds, model_facts(model, header))
+
+
+def start_engine(model: Any, config: Config, *, clock: Clock | None = None,
+                 name: str = "model") -> EngineBase:
+    """The engine kind the config asks for: embeddings (``model.embedding``) or generation."""
+    kind = EmbeddingEngine if config.model.embedding else GeneratingEngine
+    return kind(model, config, clock=clock, name=name)
 
 
 def model_facts(model: Any, header: GgufHeader) -> dict[str, Any]:

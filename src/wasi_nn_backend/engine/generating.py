@@ -1,34 +1,28 @@
-"""One engine per loaded model: a thread that alone touches the model's Context, Batch and
-Samplers. Public methods are thread-safe: they post commands to the inbox and return a Stream.
+"""The generating engine: one thread per loaded model that alone touches the model's Context,
+Batch and Samplers. Public methods are thread-safe: they post commands to the inbox (base.py)
+and return a Stream.
 
 step = plan -> kv actions -> fill ONE batch -> decode -> sample -> stop checks -> emit
 """
 from __future__ import annotations
 
 import logging
-import os
-import threading
-from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
 
-from ..config import Config, RequestParams, SamplingParams
-from ..config.limits import GGML_MAX_N_THREADS
-from ..core.clock import Clock, MonotonicClock
+from ..config import Config, RequestParams
+from ..core.clock import Clock
 from ..core.kv_policy import SlotPool
 from ..core.plan import StepPlan
 from ..core.scheduler import Scheduler
 from ..core.session import FinishReason, Request, RequestState, SessionState
 from ..core.text import TextAssembler
-from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, NotFound,
-                      UnsupportedOperation, WasiNnError)
-from ..llm.model import Model
+from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, UnsupportedOperation,
+                      WasiNnError)
 from ..llm.grammar import GrammarRejected
-from ..llm.sampler import Sampler, check_grammar
-from .counters import EngineCounters
-from .contexts import embedding_context, generation_context
-from .embedder import EmbedJob, Embedder, check_texts
+from ..llm.model import Model
+from ..llm.sampler import Sampler
+from .base import EngineBase, EngineReadings
+from .contexts import generation_context
 from .kv_apply import KvApplier
 from .live import LiveRequest
 from .packing import BatchPacker, Outputs
@@ -38,22 +32,12 @@ from .swap import SwapStore
 log = logging.getLogger("wasi_nn_backend.engine")
 
 
-class Engine:
+class GeneratingEngine(EngineBase):
     def __init__(self, model: Model, config: Config, *, clock: Clock | None = None,
                  name: str = "model") -> None:
+        super().__init__(model, config, clock=clock, name=name)
         settings = config.model
-        self.model = model
-        self.config = config
-        self.clock = clock or MonotonicClock()
-        self.n_ctx = settings.n_ctx
-        threads = settings.threads or min(os.cpu_count() or 1, GGML_MAX_N_THREADS)
-        self.counters = EngineCounters()
-        self.embedder: Embedder | None = None
-        if settings.embedding:  # an embedding graph: embed jobs only, no generation
-            self.ctx = embedding_context(model, settings, threads)
-            self.embedder = Embedder(self.ctx, settings, self.counters)
-        else:
-            self.ctx = generation_context(model, settings, threads)
+        self.ctx = generation_context(model, settings, self.threads)
         n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
         self.packer = BatchPacker(n_batch)
         memory = config.memory
@@ -70,12 +54,7 @@ class Engine:
         self._live: dict[Request, LiveRequest] = {}
         self._with_deadline = 0  # live requests that have a deadline
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
-        self._inbox: deque[Callable[[], Any]] = deque()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._closed_by_owner = False
-        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
-        self._thread.start()
+        self.start()
 
     # -- thread-safe API ---------------------------------------------------------------------
     def submit(self, session: SessionState, prompt_tokens: list[int], params: RequestParams,
@@ -83,10 +62,6 @@ class Engine:
         """Queue a generation on ``session``; its output arrives on the returned Stream.
         ``started_at`` (the clock's time when the caller began the request, before
         tokenizing it) is when its deadline starts counting; default now."""
-        if self.embedder is not None:
-            raise UnsupportedOperation(
-                "this graph was loaded with embedding: true: it computes embeddings (compute, "
-                "session.embed), not text; load the model without it to generate")
         if not prompt_tokens:
             raise InvalidArgument("the prompt is empty (no tokens)")
         now = self.clock.now() if started_at is None else started_at
@@ -107,130 +82,45 @@ class Engine:
         return stream
 
     def embed(self, token_lists: list[list[int]]) -> Future:
-        """One vector per token list (float32 arrays) on the Future, computed together with
-        other jobs that arrive meanwhile (embedder.py). InvalidArgument / PromptTooLong for a
-        text that is empty or too long; UnsupportedOperation on a generating graph."""
-        if self.embedder is None:
-            raise UnsupportedOperation("this graph generates text; load the model with "
-                                       "embedding: true to compute embeddings")
-        check_texts(token_lists, self.embedder.limit)
-        job = EmbedJob([list(tokens) for tokens in token_lists])
-        self._post(lambda: self.embedder.submit(job))
-        return job.future
+        raise UnsupportedOperation("this graph generates text; load the model with "
+                                   "embedding: true to compute embeddings")
 
     @property
     def embed_limit(self) -> int:
-        """The most tokens one text may have for embed (n_ctx on a generating graph)."""
-        return self.embedder.limit if self.embedder is not None else self.n_ctx
-
-    def check_sampling(self, sampling: SamplingParams) -> None:
-        """Raise InvalidArgument now for a grammar or JSON schema that cannot be used."""
-        check_grammar(self.model, sampling)
+        """The most tokens one text may have for embed: n_ctx on a generating graph."""
+        return self.n_ctx
 
     def close_session(self, session: SessionState) -> Future:
         """Stop the session's requests and free its KV sequence; the future resolves when done."""
         return self.call(lambda: self._drop_session(session))
 
-    def call(self, fn: Callable[[], Any]) -> Future:
-        """Run ``fn`` on the engine thread between steps; its result comes on the Future."""
-        future: Future = Future()
-
-        def run() -> None:
-            try:
-                future.set_result(fn())
-            except BaseException as error:  # handed to the caller, not swallowed
-                future.set_exception(error)
-        self._post(run)
-        return future
-
-    def close(self) -> None:
-        """Stop the thread: its model is being freed (an unload, the last session of a model
-        swapped out, the backend closing). Waiting and running requests fail with not_found:
-        what they ran on is gone, as the function API documents."""
-        with self._cond:
-            self._closed_by_owner = True
-            self._stopping = True
-            self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join()  # the context must be freed before anyone frees the model
-
     def kv_cells(self) -> tuple[int, int]:
         """(cells holding session tokens, cells in the context) — a reading, not a lock."""
-        if self.embedder is not None:
-            return 0, 0  # nothing is held between embedding decodes
         used = sum(len(s.kv_tokens) for s in self.pool.resident)
         return used, self.n_ctx * self.pool.n_slots
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _post(self, command: Callable[[], Any]) -> None:
-        with self._cond:
-            if self._stopping:
-                raise self._gone_error("the model was unloaded")
-            self._inbox.append(command)
-            self._cond.notify_all()
-
-    def _post_quietly(self, command: Callable[[], Any]) -> None:
-        try:
-            self._post(command)
-        except WasiNnError:
-            pass  # closing already fails every request
+    def readings(self) -> EngineReadings:
+        used, total = self.kv_cells()
+        return EngineReadings(self.counters.snapshot(), self.scheduler.stats(), used, total,
+                              self.swap.bytes_used)
 
     # -- engine thread -----------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            while True:
-                if not (self._inbox or self._stopping) and self.scheduler.has_work:
-                    self._step()  # busy with no commands: the next step, no lock taken
-                    continue
-                if self._unwoken and not self.scheduler.has_work:
-                    self._wake_readers()  # no decode is coming to wake them
-                with self._cond:
-                    self._cond.wait_for(lambda: self._inbox or self._stopping
-                                        or self.scheduler.has_work)
-                    if self._stopping:
-                        break
-                    commands = list(self._inbox)
-                    self._inbox.clear()
-                for command in commands:
-                    try:
-                        command()
-                    except Exception:  # a bug in one command must not strand the others
-                        log.exception("engine command failed")
-                if self.embedder is not None and self.embedder.pending:
-                    self.embedder.flush()  # every job that arrived with this wake-up, together
-                if self.scheduler.has_work:
-                    self._step()
-        except BaseException:  # a bug: fail every request rather than hang its waiters
-            log.exception("engine thread failed")
-        finally:
-            self._shutdown()
+    def _has_work(self) -> bool:
+        return self.scheduler.has_work
 
-    def _shutdown(self) -> None:
-        with self._cond:
-            self._stopping = True
-            pending, self._inbox = list(self._inbox), deque()
-        for command in pending:  # let queued calls resolve (their futures must not hang)
-            try:
-                command()
-            except BaseException:
-                log.exception("command failed during shutdown")
-        error = self._gone_error("the model was unloaded while the request ran")
+    def _before_wait(self) -> None:
+        if self._unwoken and not self.scheduler.has_work:
+            self._wake_readers()  # no decode is coming to wake them
+
+    def _after_commands(self) -> None:
+        if self.scheduler.has_work:
+            self._step()
+
+    def _release(self, error: WasiNnError) -> None:
         for live in list(self._live.values()):
             self._fail(live.request, error)
-        if self.embedder is not None:
-            self.embedder.close(error)
         self.packer.close()
         self.ctx.close()
-
-    def _gone_error(self, what: str) -> WasiNnError:
-        """not_found when the owner closed this engine; a thread that died of a bug is a
-        runtime_error (the log has its traceback)."""
-        if self._closed_by_owner:
-            return NotFound(what)
-        return BackendRuntimeError("the model's engine failed (see the log)")
 
     def _wake_readers(self) -> None:
         """Wake the readers of the pieces sampled since the last call. Called just before
