@@ -72,7 +72,7 @@ def test_swap_under_concurrent_chats(tiny_model_path, tiny_model_path_b, alone):
     with ThreadPoolExecutor(12) as pool:
         early_runs = [pool.submit(early, i) for i in range(6)]
         assert all(event.wait(WAIT) for event in opened)
-        swap = pool.submit(graph.swap, tiny_model_path_b, CONFIG)
+        swap = pool.submit(graph.replace_model, tiny_model_path_b, CONFIG)
         go.set()
         racing = [pool.submit(anytime, 10 + i) for i in range(4)]
         assert swap.result(WAIT) is graph                         # the same handle
@@ -99,7 +99,7 @@ def test_old_model_lives_until_its_last_session_closes(tiny_model_path, tiny_mod
         old_session = graph.session()
         first = old_session.chat(turns(0)[0], **GREEDY).text
         old = graph.current
-        graph.swap(tiny_model_path_b, CONFIG)
+        graph.replace_model(tiny_model_path_b, CONFIG)
         assert not old.freed and graph.retired == [old]
         assert graph.info()["old_models_serving"] == 1
         assert backend.stats().models_loaded == 2
@@ -117,14 +117,14 @@ def test_old_model_lives_until_its_last_session_closes(tiny_model_path, tiny_mod
 
 
 def test_idle_cleanup_frees_the_old_model(tiny_model_path, tiny_model_path_b):
-    from wasi_nn_backend.core.clock import FakeClock
+    from wasi_nn_backend.engine.clock import FakeClock
     clock = FakeClock()
     config = {**CONFIG, "backend": {"idle_timeout_ms": 1000}}
     with Backend(config, clock=clock) as backend:
         graph = backend.load(tiny_model_path, config)
         graph.session().complete("Hi", **GREEDY)
         old = graph.current
-        graph.swap(tiny_model_path_b, config)
+        graph.replace_model(tiny_model_path_b, config)
         clock.advance(2)
         backend.cleanup_idle()
         assert old.freed
@@ -134,10 +134,10 @@ def test_swap_with_no_sessions_frees_the_old_model_at_once(tiny_model_path, tiny
     with Backend(CONFIG) as backend:
         graph = backend.load(tiny_model_path, CONFIG)
         old = graph.current
-        assert graph.swap(tiny_model_path_b, CONFIG) is graph
+        assert graph.replace_model(tiny_model_path_b, CONFIG) is graph
         assert old.freed and graph.current.path == tiny_model_path_b
         same = graph.current
-        assert graph.swap(tiny_model_path_b, CONFIG) is graph and graph.current is same
+        assert graph.replace_model(tiny_model_path_b, CONFIG) is graph and graph.current is same
 
 
 def test_failed_swaps_leave_the_old_model_serving(tiny_model_path, tmp_path, alone):
@@ -151,16 +151,16 @@ def test_failed_swaps_leave_the_old_model_serving(tiny_model_path, tmp_path, alo
                (tiny_model_path, {"model": {"n_ctx": 65536, "n_seq_max": 8}}, TooLarge)]
         for path, config, error in bad:
             with pytest.raises(error):
-                graph.swap(path, config)
+                graph.replace_model(path, config)
             assert graph.current is old and not old.freed and old.engine.alive
         assert [session.chat(m, **GREEDY).text for m in turns(0)] == alone(tiny_model_path, 0)
         with pytest.raises(InvalidArgument):
-            backend.swap(graph.handle, tiny_model_path, CONFIG)   # a handle is not a Graph
+            backend.replace_model(graph.handle, tiny_model_path, CONFIG)   # a handle is not a Graph
         with pytest.raises(InvalidArgument):
-            graph.swap(None, CONFIG)
+            graph.replace_model(None, CONFIG)
         graph.close()
         with pytest.raises(NotFound):
-            graph.swap(tiny_model_path, CONFIG)
+            graph.replace_model(tiny_model_path, CONFIG)
 
 
 # -- the function API: the original's model switch, with backend.hot_swap ---------------------

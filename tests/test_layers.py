@@ -107,6 +107,16 @@ def test_only_llm_imports_llama_cpp():
     assert offenders == []
 
 
+def test_core_has_no_threads():
+    """core/ is pure: the engine owns every thread and every lock (engine/gate.py locks the
+    queue limit callers share)."""
+    offenders = [f"{path}: {name}" for path, parts in _modules() if parts[0] == "core"
+                 for kind, name in _imports(path, parts)
+                 if kind == "external" and name.split(".")[0] in ("threading", "_thread")
+                 or kind == "external" and name.startswith("concurrent")]
+    assert offenders == []
+
+
 def test_every_module_has_a_layer():
     for path, parts in _modules():
         assert parts[0] in LAYER_OF, f"{path} is in no layer: add it to LAYER_OF"

@@ -19,7 +19,7 @@ import threading
 import pytest
 
 from wasi_nn_backend import wasi_nn as nn
-from wasi_nn_backend.core.clock import FakeClock
+from wasi_nn_backend.engine.clock import FakeClock
 from wasi_nn_backend.errors import ErrorCode as E
 from nn_results import ok  # tests/nn_results.py
 
@@ -165,8 +165,7 @@ def test_09_session_management(tiny_model_path):
     exec_ctx = ok(nn.init_execution_context(ctx, graph))
     reply(infer(ctx, exec_ctx, "Hello, my name is Alice.", runtime=GREEDY))
     reply(infer(ctx, exec_ctx, "What is my name?", runtime=GREEDY))
-    entry = nn._backends[ctx]
-    session = entry.backend.session(exec_ctx)
+    session = nn.backend_of(ctx).session(exec_ctx)
     assert [m["role"] for m in session.history] == ["user", "assistant"] * 2
     assert "Alice" in session.history[0]["content"]
     nn.deinit_backend(ctx)

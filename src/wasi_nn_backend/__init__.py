@@ -6,8 +6,9 @@ Only llm/ imports llama_cpp. This module only re-exports.
 """
 from .api.backend import Backend, BackendStats, Graph
 from .config import Config, RequestParams, parse_config
-from .core.clock import FakeClock, MonotonicClock
+from .core.clock import MonotonicClock
 from .core.session import Completion, FinishReason
+from .engine.clock import FakeClock
 from .engine.streams import Stream
 from .errors import ErrorCode, WasiNnError
 from .api.session import Session

@@ -1,5 +1,5 @@
 from wasi_nn_backend.config import BackendSettings, MemoryConfig, RequestParams
-from wasi_nn_backend.core.clock import FakeClock
+from wasi_nn_backend.engine.clock import FakeClock
 from wasi_nn_backend.core.kv_policy import SlotPool
 from wasi_nn_backend.core.scheduler import Scheduler
 from wasi_nn_backend.core.session import Request, RequestState, SessionState

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from wasi_nn_backend.config import BackendSettings, MemoryConfig, RequestParams
-from wasi_nn_backend.core.clock import FakeClock
+from wasi_nn_backend.engine.clock import FakeClock
 from wasi_nn_backend.core.kv_policy import SlotPool
-from wasi_nn_backend.core.queue import QueueGate
+from wasi_nn_backend.engine.gate import QueueGate
 from wasi_nn_backend.core.scheduler import Scheduler, SchedulerStats
 from wasi_nn_backend.core.session import Request, RequestState, SessionState
 from wasi_nn_backend.errors import Busy, ErrorCode, PromptTooLong

@@ -1,7 +1,8 @@
-"""Clocks. Deadlines are absolute seconds on an injected clock, so timeout tests never sleep."""
+"""Clocks. Deadlines are absolute seconds on an injected clock, so timeout tests never sleep
+(engine/clock.py has FakeClock: it is read by engine threads and moved by callers, so it
+locks, and core has no threads)."""
 from __future__ import annotations
 
-import threading
 import time
 from typing import Protocol
 
@@ -14,19 +15,3 @@ class Clock(Protocol):
 class MonotonicClock:
     def now(self) -> float:
         return time.monotonic()
-
-
-class FakeClock:
-    """A clock that moves only when told to (tests)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds

@@ -1,17 +1,19 @@
-"""The waiting queue: who is admitted next, and the gate that refuses requests when it is full.
+"""The waiting queue: who is admitted next, and the limit that refuses requests when it is full.
 
-QueueGate is the one thread-safe object here: callers enter() it on their own thread, so a
-full queue is refused at once instead of after a trip through the engine's inbox. WaitingQueue
-is used by the engine thread only (through the Scheduler).
+Nothing here is thread-safe: the Scheduler uses WaitingQueue and a QueueLimit on the engine
+thread. Callers count themselves in on their own threads (a full queue is refused at once
+instead of after a trip through the engine's inbox), so the engine gives its Scheduler a
+QueueLimit under a lock (engine/gate.py's QueueGate); core itself has no threads.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 from ..config import BackendSettings
 from ..errors import Busy
@@ -22,13 +24,39 @@ log = logging.getLogger("wasi_nn_backend.scheduler")
 PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
 
 
-class QueueGate:
+class Gate(Protocol):
+    """What the Scheduler needs of its queue limit: a QueueLimit, or engine/gate.py's
+    QueueGate (the same under a lock)."""
+
+    def enter(self) -> None: ...
+    def leave(self) -> None: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def peak(self) -> int: ...
+    @property
+    def rejected_total(self) -> int: ...
+    @property
+    def warnings_total(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What one count_in() decided: refused, or counted in (and whether to warn)."""
+
+    refused: bool
+    count: int
+    warn: bool
+
+
+class QueueLimit:
     """Counts requests accepted but not yet admitted, and refuses new ones past the limit.
 
     enter() counts a request in or raises Busy; leave() counts one out. A warning is logged
     (and counted) when the count reaches ``warn_at``; it is re-armed only once the count falls
     below ``warn_at - warn_at // 10``, so a queue hovering at the threshold logs once, not on
-    every request. ``warn_at`` 0 turns the warning off.
+    every request. ``warn_at`` 0 turns the warning off. enter() is count_in() then report():
+    a caller that locks around the count can log and raise outside its lock.
     """
 
     def __init__(self, *, reject_at: int, warn_at: int = 0,
@@ -39,7 +67,6 @@ class QueueGate:
         self.warn_at = warn_at
         self._rearm_below = warn_at - warn_at // 10
         self._describe_limit = describe_limit or f"limit {reject_at}"
-        self._lock = threading.Lock()
         self._count = 0
         self._peak = 0
         self._armed = True
@@ -47,7 +74,7 @@ class QueueGate:
         self._warnings_total = 0
 
     @classmethod
-    def from_settings(cls, settings: BackendSettings) -> QueueGate:
+    def from_settings(cls, settings: BackendSettings) -> QueueLimit:
         reject_at = min(settings.queue_size, settings.queue_reject_threshold)
         return cls(reject_at=reject_at, warn_at=settings.queue_warning_threshold,
                    describe_limit=f"limit {reject_at}: queue_reject_threshold="
@@ -56,56 +83,56 @@ class QueueGate:
 
     def enter(self) -> None:
         """Count one more waiting request, or raise Busy when ``reject_at`` already wait."""
-        warn = False
-        with self._lock:
-            count = self._count
-            refused = count >= self.reject_at
-            if refused:
-                self._rejected_total += 1
-            else:
-                count = self._count = count + 1
-                self._peak = max(self._peak, count)
-                warn = bool(self.warn_at) and self._armed and count >= self.warn_at
-                if warn:
-                    self._armed = False
-                    self._warnings_total += 1
-        # Log and raise outside the lock: handlers may be slow.
-        if refused:
-            log.debug("request refused: %d waiting (%s)", count, self._describe_limit)
-            raise Busy(f"the request queue is full: {count} requests are waiting for admission "
-                       f"({self._describe_limit}); retry later")
+        self.report(self.count_in())
+
+    def count_in(self) -> Entry:
+        """The counting half of enter(): refuse, or count in (and maybe disarm the warning)."""
+        count = self._count
+        if count >= self.reject_at:
+            self._rejected_total += 1
+            return Entry(True, count, False)
+        count = self._count = count + 1
+        self._peak = max(self._peak, count)
+        warn = bool(self.warn_at) and self._armed and count >= self.warn_at
         if warn:
+            self._armed = False
+            self._warnings_total += 1
+        return Entry(False, count, warn)
+
+    def report(self, entry: Entry) -> None:
+        """The telling half of enter(): raise Busy for a refusal, log a warning."""
+        if entry.refused:
+            log.debug("request refused: %d waiting (%s)", entry.count, self._describe_limit)
+            raise Busy(f"the request queue is full: {entry.count} requests are waiting for "
+                       f"admission ({self._describe_limit}); retry later")
+        if entry.warn:
             log.warning("request queue has %d waiting requests (queue_warning_threshold=%d; "
-                        "new requests are refused at %d)", count, self.warn_at, self.reject_at)
+                        "new requests are refused at %d)", entry.count, self.warn_at,
+                        self.reject_at)
 
     def leave(self) -> None:
         """Count one waiting request out. A leave() without a matching enter() (a request
         submitted to the Scheduler directly, as unit tests do) is ignored: never below 0."""
-        with self._lock:
-            if self._count > 0:
-                self._count -= 1
-            if self._count < self._rearm_below:
-                self._armed = True
+        if self._count > 0:
+            self._count -= 1
+        if self._count < self._rearm_below:
+            self._armed = True
 
     @property
     def count(self) -> int:
-        with self._lock:
-            return self._count
+        return self._count
 
     @property
     def peak(self) -> int:
-        with self._lock:
-            return self._peak
+        return self._peak
 
     @property
     def rejected_total(self) -> int:
-        with self._lock:
-            return self._rejected_total
+        return self._rejected_total
 
     @property
     def warnings_total(self) -> int:
-        with self._lock:
-            return self._warnings_total
+        return self._warnings_total
 
 
 class WaitingQueue:

@@ -5,8 +5,9 @@ in the order core/queue.py's WaitingQueue gives: priority, then fairness between
 then arrival), then pack ONE batch: a token for every generating request first, then prompt
 chunks of prefilling requests until n_batch tokens.
 
-The waiting queue is bounded by ``gate`` (a thread-safe QueueGate): callers enter() it on their
-own thread before posting a request to the engine, and the Scheduler calls ``gate.leave()``
+The waiting queue is bounded by ``gate`` (core/queue.py's QueueLimit; the engine passes one
+under a lock, engine/gate.py): callers enter() it on their own thread before posting a request
+to the engine, and the Scheduler calls ``gate.leave()``
 exactly once for each request that leaves the waiting queue, in these methods only:
   - plan()           a request taken for admission (admitted, or failed at admission);
   - remove()         a request that was still waiting (cancelled, session closed, failed);
@@ -22,7 +23,7 @@ from .clock import Clock
 from .kv_policy import (SlotPool, cached_tokens, plan_generation_room, plan_pressure_relief,
                         plan_prompt, pressure_limit)
 from .plan import CopyPrefix, StepPlan, SwapIn
-from .queue import QueueGate, WaitingQueue
+from .queue import Gate, QueueLimit, WaitingQueue
 from .session import Request, RequestState, SessionState
 
 
@@ -59,7 +60,8 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, *, n_batch: int, n_ctx: int, pool: SlotPool, settings: BackendSettings,
                  memory: MemoryConfig, can_shift: bool, clock: Clock,
-                 deterministic: bool = False, compact: bool = False) -> None:
+                 deterministic: bool = False, compact: bool = False,
+                 gate: Gate | None = None) -> None:
         self.n_batch = n_batch
         # One KV stream per sequence: keep the busy sequences' ids consecutive (pool.compact).
         self.compact = compact and not deterministic
@@ -72,7 +74,7 @@ class Scheduler:
         self.memory = memory
         self.can_shift = can_shift
         self.clock = clock
-        self.gate = QueueGate.from_settings(settings)
+        self.gate: Gate = gate if gate is not None else QueueLimit.from_settings(settings)
         self.queue = WaitingQueue(priority=settings.priority_scheduling_enabled,
                                   fair=settings.fair_scheduling_enabled,
                                   track_deadlines=settings.auto_queue_cleanup)

@@ -23,6 +23,7 @@ from ..llm.model import Model
 from ..llm.sampler import Sampler
 from .base import EngineBase, EngineReadings
 from .contexts import generation_context
+from .gate import QueueGate
 from .kv_apply import KvApplier
 from .live import LiveRequest
 from .packing import BatchPacker, Outputs
@@ -44,11 +45,12 @@ class GeneratingEngine(EngineBase):
         self.pool = SlotPool(settings.n_seq_max, swap=memory.max_memory_mb > 0,
                              strategy=memory.cache_strategy,
                              deletion_strategy=memory.cache_deletion_strategy)
+        self.gate = QueueGate.from_settings(config.backend)  # entered on callers' threads
         self.scheduler = Scheduler(
             n_batch=n_batch, n_ctx=settings.n_ctx, pool=self.pool,
             settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
             clock=self.clock, deterministic=settings.deterministic,
-            compact=not self.ctx.kv_unified)
+            compact=not self.ctx.kv_unified, gate=self.gate)
         self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
         self.kv = KvApplier(self.ctx, self.swap, self.counters)
         self._live: dict[Request, LiveRequest] = {}
@@ -73,11 +75,11 @@ class GeneratingEngine(EngineBase):
                           deadline=now + timeout_ms / 1000 if timeout_ms else None)
         stream = Stream(cancel=lambda: self._post_quietly(lambda: self._cancel(request)))
         live = LiveRequest(request, stream, TextAssembler(params.stopping.stop))
-        self.scheduler.gate.enter()  # Busy at once, on the caller's thread, when full
+        self.gate.enter()  # Busy at once, on the caller's thread, when full
         try:
             self._post(lambda: self._admit(live))
         except BaseException:
-            self.scheduler.gate.leave()
+            self.gate.leave()
             raise
         return stream
 
