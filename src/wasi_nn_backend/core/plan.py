@@ -83,7 +83,7 @@ class StepPlan:
     prefill: list[tuple[Request, int]] = field(default_factory=list) # (request, tokens this step)
     failed: list[tuple[Request, WasiNnError]] = field(default_factory=list)
     context_full: list[Request] = field(default_factory=list)        # shifting off, no room
-    steady: bool = False  # the last step's decode again, nothing else (Scheduler.plan)
+    steady: bool = False  # the last step's decode again, nothing else (core/steady.py)
 
     @property
     def empty(self) -> bool:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from ..config import BackendSettings, MemoryConfig
 from ..errors import WasiNnError
 from .clock import Clock
-from .kv_policy import (SlotPool, cached_tokens, plan_generation_room, plan_pressure_relief,
-                        plan_prompt, pressure_limit)
+from .kv_policy import SlotPool, plan_generation_room, plan_pressure_relief, plan_prompt
 from .plan import CopyPrefix, StepPlan, SwapIn
 from .queue import Gate, QueueLimit, WaitingQueue
+from .steady import SteadyDecode
 from .session import Request, RequestState, SessionState
 
 
@@ -80,9 +80,9 @@ class Scheduler:
                                   track_deadlines=settings.auto_queue_cleanup)
         self.running: list[Request] = []
         self._rotation = 0  # round-robin start when more generate than fit one batch
-        # While every running request just decodes: (their list, steps until one may need a
-        # context shift, steps until the caches may pass the pressure limit). See plan().
-        self._steady: tuple[list[Request], int, int] | None = None
+        # While every running request just decodes, the last plan again (core/steady.py).
+        self.steady = SteadyDecode(n_ctx=n_ctx, pool=pool, memory=memory,
+                                   deterministic=deterministic)
         self._submitted_total = 0
         self._admitted_total = 0
         self._failed_total = 0
@@ -109,7 +109,7 @@ class Scheduler:
 
     def remove(self, request: Request) -> None:
         """Forget a request (finished, failed or cancelled); its session becomes idle."""
-        self._steady = None
+        self.steady.forget()
         if request in self.running:
             self.running.remove(request)
             request.session.busy = False
@@ -148,32 +148,14 @@ class Scheduler:
         return True
 
     def plan(self) -> StepPlan:
-        """The next step. While nothing waits and every running request only decodes, the
-        plan is the last one again for as many steps as no request can need a context shift
-        and the caches stay under the pressure limit, without looking at each request: the
-        steady state of a long generation (what a step costs in Python counts there)."""
-        steady = self._steady
-        if steady is not None and not self.queue and len(self.running) == len(steady[0]) \
-                and steady[1] > 0 and steady[2] > 0:
-            decode, room, headroom = steady
-            self._steady = (decode, room - 1, headroom - 1)
-            return StepPlan(decode=list(decode), steady=True)
-        self._steady = None
+        """The next step: the last one again while it is steady (core/steady.py), else a full
+        plan."""
+        plan = self.steady.repeat(waiting=bool(self.queue), running=len(self.running))
+        if plan is not None:
+            return plan
         plan = self._plan()
-        self._steady = self._steady_from(plan)
+        self.steady.consider(plan, self.running)
         return plan
-
-    def _steady_from(self, plan: StepPlan) -> tuple[list[Request], int, int] | None:
-        """Steps after ``plan`` that may repeat it (None: not one to repeat)."""
-        if self.deterministic or plan.kv_actions or plan.prefill or plan.failed \
-                or plan.context_full or not plan.decode or len(plan.decode) != len(self.running):
-            return None
-        # Room: one more token each step, no shift while len + 1 <= n_ctx (plan_generation_room).
-        room = min(self.n_ctx - len(r.session.kv_tokens) for r in plan.decode) - 1
-        # Pressure: the caches grow by one token per request per step.
-        spare = pressure_limit(self.pool, n_ctx=self.n_ctx, memory=self.memory) \
-            - cached_tokens(self.pool)
-        return list(plan.decode), room, spare // len(plan.decode) - 1
 
     def _plan(self) -> StepPlan:
         plan = StepPlan()

@@ -4,13 +4,13 @@ A graph loaded with ``embedding: true`` gets an embedding Context (contexts.py) 
 generating one; its engine thread alone runs these jobs (EmbeddingEngine.embed, embedding.py,
 posts them). Jobs that arrive together are served together: their texts are packed, in order,
 into as few decodes as fit, each text in its own sequence, at most n_seq_max texts and ``limit``
-tokens per decode. ``limit`` is min(n_ctx, n_ubatch), so a decode is one llama.cpp micro-batch and every text is pooled whole
-(llama.cpp pools per micro-batch; non-causal models also assert n_tokens <= n_ubatch). The KV is
-unified: with one stream per sequence llama.cpp cuts texts of unequal lengths into equal parts
-per micro-batch, which breaks pooling. Identical token lists in one flush are decoded once (and
-so get identical vectors). After each decode every sequence it used is removed
-(llama_memory_seq_rm): nothing is held between decodes, so a text's vector never depends on an
-earlier job, and is bit-identical whenever it is decoded with the same neighbours.
+tokens per decode. ``limit`` is min(n_ctx, n_ubatch), so a decode is one llama.cpp micro-batch
+and every text is pooled whole (llama.cpp pools per micro-batch; non-causal models also assert
+n_tokens <= n_ubatch). The KV is unified: with one stream per sequence llama.cpp cuts texts of
+unequal lengths into equal parts per micro-batch, which breaks pooling. Identical token lists in
+one flush are decoded once (and so get identical vectors). After each decode every sequence it
+used is removed (llama_memory_seq_rm): nothing is held between decodes, so a text's vector never
+depends on an earlier job, and is bit-identical whenever it is decoded with the same neighbours.
 """
 from __future__ import annotations
 

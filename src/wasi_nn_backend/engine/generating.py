@@ -14,6 +14,7 @@ from ..core.clock import Clock
 from ..core.kv_policy import SlotPool
 from ..core.plan import StepPlan
 from ..core.scheduler import Scheduler
+from ..core.steady import Outputs
 from ..core.session import FinishReason, Request, RequestState, SessionState
 from ..core.text import TextAssembler
 from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, UnsupportedOperation,
@@ -26,7 +27,7 @@ from .contexts import generation_context
 from .gate import QueueGate
 from .kv_apply import KvApplier
 from .live import LiveRequest
-from .packing import BatchPacker, Outputs
+from .packing import BatchPacker
 from .streams import Stream
 from .swap import SwapStore
 
@@ -151,11 +152,13 @@ class GeneratingEngine(EngineBase):
     def _step(self) -> None:
         self._expire_deadlines()
         plan = self.scheduler.plan()
-        outputs = self.packer.repack(plan)
-        if outputs is not None:  # the last step's decode again: its batch, new tokens
+        steady = self.scheduler.steady  # the last step's decode again (core/steady.py)
+        outputs = steady.repack(plan, self.packer.batch.retoken)
+        if outputs is not None:
             self.counters.steady_steps += 1
         else:
             outputs = self._prepare(plan)
+            steady.packed(outputs)
         self._wake_readers()
         batch = self.packer.batch
         if batch.n_tokens == 0:

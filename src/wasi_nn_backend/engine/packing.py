@@ -1,18 +1,16 @@
-"""Packing a step's plan into the one llama batch (engine thread only), and repacking it when
-a step repeats the last one's decode."""
+"""Packing a step's plan into the one llama batch (engine thread only). A step that repeats
+the last one's decode does not pack: core/steady.py rewrites the kept batch's tokens."""
 from __future__ import annotations
 
 from ..core.plan import StepPlan
 from ..core.session import Request
+from ..core.steady import Outputs
 from ..llm.batch import Batch
-
-Outputs = list[tuple[Request, int]]  # (request, batch index of its logits)
 
 
 class BatchPacker:
     def __init__(self, n_batch: int) -> None:
         self.batch = Batch(n_batch)
-        self._last: Outputs | None = None  # the last pack, if it only decoded
 
     def pack(self, plan: StepPlan) -> Outputs:
         """One batch, its sequences in increasing seq_id order: with one KV stream per
@@ -37,17 +35,6 @@ class BatchPacker:
                                        seq_id, logits_last=ends_prompt)
             if ends_prompt:
                 outputs.append((request, index))
-        self._last = None if plan.prefill else outputs
-        return outputs
-
-    def repack(self, plan: StepPlan) -> Outputs | None:
-        """A steady plan (the last decode again, nothing else): the last batch with each
-        request's new token and position. None when the last pack was not that decode."""
-        outputs = self._last
-        if not plan.steady or outputs is None or len(outputs) != len(plan.decode):
-            return None
-        for request, index in outputs:
-            self.batch.retoken(index, request.pending_token, len(request.session.kv_tokens))
         return outputs
 
     def close(self) -> None:
