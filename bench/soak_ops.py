@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from wasi_nn_backend import Backend
-from wasi_nn_backend.core.session import FinishReason
+from wasi_nn_backend.core.request import FinishReason
 from wasi_nn_backend.errors import ErrorCode, WasiNnError
 
 GREEDY = {"temperature": 0, "max_tokens": 8}

@@ -53,13 +53,13 @@ def test_deterministic_scheduler_plans_one_sequence_per_step():
     from wasi_nn_backend.engine.clock import FakeClock
     from wasi_nn_backend.core.kv_policy import SlotPool
     from wasi_nn_backend.core.scheduler import Scheduler
-    from wasi_nn_backend.core.session import Request, SessionState
+    from wasi_nn_backend.core.request import Request, SequenceState
 
     scheduler = Scheduler(n_batch=8, n_ctx=64, pool=SlotPool(4),
                           settings=BackendSettings(), memory=MemoryConfig(), can_shift=True,
                           clock=FakeClock(), deterministic=True)
     for i in range(3):
-        scheduler.submit(Request(session=SessionState(i), prompt_tokens=[1, 2, 3],
+        scheduler.submit(Request(session=SequenceState(i), prompt_tokens=[1, 2, 3],
                                  params=RequestParams()))
     seen = []
     for _ in range(3):

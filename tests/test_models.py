@@ -10,7 +10,7 @@ import pytest
 
 from wasi_nn_backend import Backend
 from wasi_nn_backend import wasi_nn as nn
-from wasi_nn_backend.core.session import FinishReason
+from wasi_nn_backend.core.request import FinishReason
 from wasi_nn_backend.errors import ErrorCode as E
 from wasi_nn_backend.errors import NotFound
 from nn_results import ok  # tests/nn_results.py

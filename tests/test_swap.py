@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wasi_nn_backend import Backend
-from wasi_nn_backend.core.session import SessionState
-from wasi_nn_backend.engine.swap import SwapStore
+from wasi_nn_backend.core.request import SequenceState
+from wasi_nn_backend.engine.offload import OffloadStore
 
 GREEDY = {"temperature": 0, "ignore_eos": True, "max_tokens": 12}
 TURN1 = "The cat sat on the mat and"
@@ -40,7 +40,7 @@ def test_swapped_or_evicted_session_continues_exactly(tiny_model_path, memory_mb
         first = a.complete(TURN1, **GREEDY)
         b.complete("Something else entirely", **GREEDY)   # takes the only slot
         assert a.state.seq_id is None
-        assert (a.state.swapped_tokens is not None) == (memory_mb > 0)
+        assert (a.state.offloaded_tokens is not None) == (memory_mb > 0)
         second = a.complete(TURN1 + first.text + TURN2, **GREEDY)
         assert [first.generated_tokens, second.generated_tokens] == expected
         counters = graph.engine.counters
@@ -63,7 +63,7 @@ def test_many_sessions_round_robin_on_two_slots(tiny_model_path):
         for _ in range(2):  # every session comes back after others took its slot
             got = [s.complete(p, **GREEDY).generated_tokens for s, p in zip(sessions, prompts)]
             assert got == alone
-        assert graph.engine.swap.bytes_used <= 64 * 1024 * 1024
+        assert graph.engine.offload.bytes_used <= 64 * 1024 * 1024
         assert graph.engine.counters.swap_ins >= 4
 
 
@@ -73,18 +73,18 @@ def test_closing_a_swapped_session_frees_its_bytes(tiny_model_path):
         a, b = graph.session(), graph.session()
         a.complete(TURN1, **GREEDY)
         b.complete(TURN1, **GREEDY)
-        assert len(graph.engine.swap) == 1 and graph.engine.swap.bytes_used > 0
+        assert len(graph.engine.offload) == 1 and graph.engine.offload.bytes_used > 0
         a.close()
-        assert len(graph.engine.swap) == 0 and graph.engine.swap.bytes_used == 0
+        assert len(graph.engine.offload) == 0 and graph.engine.offload.bytes_used == 0
 
 
 def test_store_drops_least_recently_swapped_past_budget():
-    store = SwapStore(max_bytes=250)
-    sessions = [SessionState(i, swapped_tokens=[1]) for i in range(3)]
+    store = OffloadStore(max_bytes=250)
+    sessions = [SequenceState(i, offloaded_tokens=[1]) for i in range(3)]
     for s in sessions:
         store.put(s, b"x" * 100)
     assert store.bytes_used == 200 and len(store) == 2
-    assert sessions[0].swapped_tokens is None and store.take(sessions[0]) is None
+    assert sessions[0].offloaded_tokens is None and store.take(sessions[0]) is None
     assert store.take(sessions[2]) == b"x" * 100 and store.bytes_used == 100
     store.put(sessions[1], b"y" * 300)  # larger than the budget: kept nowhere
-    assert store.bytes_used == 0 and sessions[1].swapped_tokens is None
+    assert store.bytes_used == 0 and sessions[1].offloaded_tokens is None

@@ -7,7 +7,7 @@ Only llm/ imports llama_cpp. This module only re-exports.
 from .api.backend import Backend, BackendStats, Graph
 from .config import Config, RequestParams, parse_config
 from .core.clock import MonotonicClock
-from .core.session import Completion, FinishReason
+from .core.request import Completion, FinishReason
 from .engine.clock import FakeClock
 from .engine.streams import Stream
 from .errors import ErrorCode, WasiNnError

@@ -4,7 +4,7 @@ from wasi_nn_backend.config import MemoryConfig
 from wasi_nn_backend.core.kv_policy import (SlotPool, common_prefix, plan_generation_room,
                                             plan_prompt)
 from wasi_nn_backend.core.plan import Evict, Shift, Trim
-from wasi_nn_backend.core.session import SessionState
+from wasi_nn_backend.core.request import SequenceState
 from wasi_nn_backend.errors import PromptTooLong
 
 MEM = MemoryConfig(n_keep_tokens=4)
@@ -17,7 +17,7 @@ def test_common_prefix():
 
 def test_pool_assigns_free_slots_then_evicts_lru_idle():
     pool = SlotPool(2)
-    a, b, c = (SessionState(i) for i in range(3))
+    a, b, c = (SequenceState(i) for i in range(3))
     assert pool.acquire(a) == [] and pool.acquire(b) == []
     a.last_used, b.last_used = 5.0, 1.0
     b.kv_tokens = [1, 2, 3]
@@ -28,35 +28,35 @@ def test_pool_assigns_free_slots_then_evicts_lru_idle():
 
 def test_pool_waits_when_all_slots_busy():
     pool = SlotPool(1)
-    a, b = SessionState(0), SessionState(1)
+    a, b = SequenceState(0), SequenceState(1)
     pool.acquire(a)
     a.busy = True
     assert pool.acquire(b) is None
 
 
 def test_prompt_reuses_common_prefix_and_trims_rest():
-    s = SessionState(0, seq_id=0, kv_tokens=[1, 2, 3, 4, 5])
+    s = SequenceState(0, seq_id=0, kv_tokens=[1, 2, 3, 4, 5])
     prompt, reuse, actions = plan_prompt(s, [1, 2, 3, 9, 9], n_ctx=64, memory=MEM,
                                          can_shift=True, truncate_ok=False)
     assert prompt == [1, 2, 3, 9, 9] and reuse == 3 and actions == [Trim(s, 3)]
 
 
 def test_identical_prompt_still_evaluates_one_token():
-    s = SessionState(0, seq_id=0, kv_tokens=[1, 2, 3])
+    s = SequenceState(0, seq_id=0, kv_tokens=[1, 2, 3])
     _, reuse, actions = plan_prompt(s, [1, 2, 3], n_ctx=64, memory=MEM, can_shift=True,
                                     truncate_ok=False)
     assert reuse == 2 and actions == [Trim(s, 2)]
 
 
 def test_too_long_prompt_rejected_without_truncation():
-    s = SessionState(0, seq_id=0)
+    s = SequenceState(0, seq_id=0)
     with pytest.raises(PromptTooLong):
         plan_prompt(s, list(range(16)), n_ctx=16, memory=MEM, can_shift=True, truncate_ok=False)
 
 
 def test_too_long_chat_prompt_shifts_cached_part():
     kv = list(range(100, 114))                     # 14 cached tokens
-    s = SessionState(0, seq_id=0, kv_tokens=kv)
+    s = SequenceState(0, seq_id=0, kv_tokens=kv)
     prompt = kv + [7, 8, 9, 10]                    # 18 > room 15
     new_prompt, reuse, actions = plan_prompt(s, prompt, n_ctx=16, memory=MEM, can_shift=True,
                                              truncate_ok=True)
@@ -68,19 +68,19 @@ def test_too_long_chat_prompt_shifts_cached_part():
 
 
 def test_generation_room_shift_or_full():
-    s = SessionState(0, seq_id=0, kv_tokens=list(range(16)))
+    s = SequenceState(0, seq_id=0, kv_tokens=list(range(16)))
     shift = plan_generation_room(s, n_ctx=16, memory=MEM, can_shift=True)
     assert shift == Shift(s, 4, 6)
     with pytest.raises(LookupError):
         plan_generation_room(s, n_ctx=16, memory=MemoryConfig(context_shifting=False),
                              can_shift=True)
-    assert plan_generation_room(SessionState(1, kv_tokens=[1]), n_ctx=16, memory=MEM,
+    assert plan_generation_room(SequenceState(1, kv_tokens=[1]), n_ctx=16, memory=MEM,
                                 can_shift=True) is None
 
 
 def test_fifo_strategy_takes_the_longest_resident_slot():
     pool = SlotPool(2, strategy="fifo", deletion_strategy="fifo")
-    a, b, c = (SessionState(i) for i in range(3))
+    a, b, c = (SequenceState(i) for i in range(3))
     pool.acquire(a)
     pool.acquire(b)
     a.last_used, b.last_used = 9.0, 5.0   # lru would pick b; a arrived first
@@ -88,21 +88,21 @@ def test_fifo_strategy_takes_the_longest_resident_slot():
 
 
 def test_swap_out_and_in_are_planned_for_idle_sessions():
-    from wasi_nn_backend.core.plan import SwapIn, SwapOut
-    pool = SlotPool(1, swap=True)
-    a, b = SessionState(0), SessionState(1)
+    from wasi_nn_backend.core.plan import Restore, Offload
+    pool = SlotPool(1, offload=True)
+    a, b = SequenceState(0), SequenceState(1)
     pool.acquire(a)
     a.kv_tokens = [1, 2, 3]
-    assert pool.acquire(b) == [SwapOut(a, 0)]
-    assert a.swapped_tokens == [1, 2, 3] and a.kv_tokens == []
+    assert pool.acquire(b) == [Offload(a, 0)]
+    assert a.offloaded_tokens == [1, 2, 3] and a.kv_tokens == []
     b.kv_tokens = [7]
-    assert pool.acquire(a) == [SwapOut(b, 0), SwapIn(a, 0)]
-    assert a.kv_tokens == [1, 2, 3] and a.swapped_tokens is None and b.swapped_tokens == [7]
+    assert pool.acquire(a) == [Offload(b, 0), Restore(a, 0)]
+    assert a.kv_tokens == [1, 2, 3] and a.offloaded_tokens is None and b.offloaded_tokens == [7]
 
 
 def test_new_sessions_take_the_slot_that_keeps_busy_ids_consecutive():
     pool = SlotPool(6)
-    sessions = [SessionState(session_id=i) for i in range(6)]
+    sessions = [SequenceState(session_id=i) for i in range(6)]
     for s in sessions[:4]:
         pool.acquire(s)
         s.busy = True
@@ -122,7 +122,7 @@ def _pool_with(states: str):
     pool = SlotPool(len(states))
     sessions = {}
     for i, state in enumerate(states):
-        session = SessionState(session_id=i)
+        session = SequenceState(session_id=i)
         pool.acquire(session)
         assert session.seq_id == i
         sessions[i] = session

@@ -2,7 +2,7 @@ from wasi_nn_backend.config import BackendSettings, MemoryConfig, RequestParams
 from wasi_nn_backend.engine.clock import FakeClock
 from wasi_nn_backend.core.kv_policy import SlotPool
 from wasi_nn_backend.core.scheduler import Scheduler
-from wasi_nn_backend.core.session import Request, RequestState, SessionState
+from wasi_nn_backend.core.request import Request, RequestState, SequenceState
 
 
 def make(n_slots=2, n_batch=8, max_concurrent=10):
@@ -17,7 +17,7 @@ def req(session, n):
 
 def test_prefill_is_chunked_to_n_batch():
     s = make(n_batch=8)
-    r = req(SessionState(0), 20)
+    r = req(SequenceState(0), 20)
     s.submit(r)
     plan = s.plan()
     assert plan.prefill == [(r, 8)] and r.state is RequestState.PREFILL
@@ -25,7 +25,7 @@ def test_prefill_is_chunked_to_n_batch():
 
 def test_decode_tokens_come_first_then_prefill_fills_the_rest():
     s = make(n_batch=8)
-    a, b = req(SessionState(0), 3), req(SessionState(1), 20)
+    a, b = req(SequenceState(0), 3), req(SequenceState(1), 20)
     s.submit(a)
     s.submit(b)
     s.plan()
@@ -40,9 +40,9 @@ def test_decode_tokens_come_first_then_prefill_fills_the_rest():
 
 def test_one_request_per_session_and_slot_limit():
     s = make(n_slots=1)
-    sess = SessionState(0)
+    sess = SequenceState(0)
     first, second = req(sess, 2), req(sess, 2)
-    other = req(SessionState(1), 2)
+    other = req(SequenceState(1), 2)
     for r in (first, second, other):
         s.submit(r)
     s.plan()
@@ -52,7 +52,7 @@ def test_one_request_per_session_and_slot_limit():
 
 def test_max_concurrent_limits_admission():
     s = make(n_slots=4, max_concurrent=2)
-    rs = [req(SessionState(i), 2) for i in range(3)]
+    rs = [req(SequenceState(i), 2) for i in range(3)]
     for r in rs:
         s.submit(r)
     s.plan()
@@ -65,7 +65,7 @@ def test_max_concurrent_limits_admission():
 # -- steady plans: the last decode again, without looking at each request ---------------------
 def generating(s, lengths):
     """Requests admitted and generating, their sessions holding ``lengths`` tokens."""
-    rs = [req(SessionState(i), 2) for i in range(len(lengths))]
+    rs = [req(SequenceState(i), 2) for i in range(len(lengths))]
     for r in rs:
         s.submit(r)
     s.plan()
@@ -102,7 +102,7 @@ def test_steady_plans_repeat_the_decode_exactly_until_a_shift_is_due():
 
 def test_steady_plans_stop_before_the_pressure_limit():
     s = make_roomy(max_cache_tokens=100)
-    idle = SessionState(9)
+    idle = SequenceState(9)
     s.pool.acquire(idle)
     idle.kv_tokens = [1] * 50                      # a victim for pressure relief
     a, b = generating(s, [10, 10])                 # 70 cached: 30 to spare, 2 per step
@@ -124,6 +124,6 @@ def test_anything_new_ends_steady_plans():
     assert not s.plan().steady
     commit(s.plan())
     assert s.plan().steady
-    s.submit(req(SessionState(7), 3))              # someone waits: admission must look
+    s.submit(req(SequenceState(7), 3))              # someone waits: admission must look
     plan = s.plan()
     assert not plan.steady and plan.prefill

@@ -11,7 +11,7 @@ from wasi_nn_backend.engine.clock import FakeClock
 from wasi_nn_backend.core.kv_policy import SlotPool
 from wasi_nn_backend.engine.gate import QueueGate
 from wasi_nn_backend.core.scheduler import Scheduler, SchedulerStats
-from wasi_nn_backend.core.session import Request, RequestState, SessionState
+from wasi_nn_backend.core.request import Request, RequestState, SequenceState
 from wasi_nn_backend.errors import Busy, ErrorCode, PromptTooLong
 
 LOGGER = "wasi_nn_backend.scheduler"
@@ -72,7 +72,7 @@ def test_queue_size_caps_the_reject_threshold():
 def test_admission_leaves_the_gate():
     s = make(queue_reject_threshold=1, queue_warning_threshold=0)
     s.gate.enter()
-    r = req(SessionState(0))
+    r = req(SequenceState(0))
     s.submit(r)
     with pytest.raises(Busy):
         s.gate.enter()
@@ -166,7 +166,7 @@ PRIORITIES = ["low", "normal", "urgent", "high", "normal"]
 @pytest.mark.parametrize("fair", [True, False])
 def test_priority_orders_admission(fair):
     s = make(fair_scheduling_enabled=fair)
-    rs = [req(SessionState(i), p) for i, p in enumerate(PRIORITIES)]
+    rs = [req(SequenceState(i), p) for i, p in enumerate(PRIORITIES)]
     for r in rs:
         s.submit(r)
     assert [r.priority for r in drain(s)] == ["urgent", "high", "normal", "normal", "low"]
@@ -174,7 +174,7 @@ def test_priority_orders_admission(fair):
 
 def test_equal_priorities_keep_arrival_order():
     s = make()
-    rs = [req(SessionState(i), p) for i, p in enumerate(PRIORITIES)]
+    rs = [req(SequenceState(i), p) for i, p in enumerate(PRIORITIES)]
     for r in rs:
         s.submit(r)
     normals = [r for r in drain(s) if r.priority == "normal"]
@@ -184,14 +184,14 @@ def test_equal_priorities_keep_arrival_order():
 @pytest.mark.parametrize("fair", [True, False])
 def test_fifo_when_priority_is_off(fair):
     s = make(priority_scheduling_enabled=False, fair_scheduling_enabled=fair)
-    rs = [req(SessionState(i), p) for i, p in enumerate(PRIORITIES)]
+    rs = [req(SequenceState(i), p) for i, p in enumerate(PRIORITIES)]
     for r in rs:
         s.submit(r)
     assert drain(s) == rs
 
 
 def _flood(s, admit_first):
-    heavy = SessionState(0)
+    heavy = SequenceState(0)
     flood = [req(heavy) for _ in range(20)]
     for r in flood:
         s.submit(r)
@@ -199,7 +199,7 @@ def _flood(s, admit_first):
     if admit_first:  # the first of the 20 already runs when the others arrive
         s.plan()
         order = list(s.running)
-    others = [req(SessionState(i)) for i in (1, 2, 3)]
+    others = [req(SequenceState(i)) for i in (1, 2, 3)]
     for r in others:
         s.submit(r)
     for r in list(s.running):
@@ -222,7 +222,7 @@ def test_without_fairness_the_flood_goes_first():
 
 def test_fairness_applies_within_a_priority_level():
     s = make(max_concurrent=1)
-    a, b, c = SessionState(0), SessionState(1), SessionState(2)
+    a, b, c = SequenceState(0), SequenceState(1), SequenceState(2)
     a_reqs = [req(a) for _ in range(4)]
     for r in a_reqs:
         s.submit(r)
@@ -234,7 +234,7 @@ def test_fairness_applies_within_a_priority_level():
 
 def test_two_backlogged_sessions_alternate():
     s = make(max_concurrent=1)
-    a_session, b_session = SessionState(0), SessionState(1)
+    a_session, b_session = SequenceState(0), SequenceState(1)
     a = [req(a_session) for _ in range(3)]
     b = [req(b_session) for _ in range(3)]
     for r in a + b:
@@ -246,9 +246,9 @@ def test_two_backlogged_sessions_alternate():
 def test_a_sessions_own_requests_keep_their_order(priority, fair):
     s = make(max_concurrent=4, priority_scheduling_enabled=priority,
              fair_scheduling_enabled=fair)
-    mine = SessionState(0)
+    mine = SequenceState(0)
     own = [req(mine, p) for p in ("low", "urgent", "normal", "high")]
-    other = [req(SessionState(i), p) for i, p in ((1, "high"), (2, "low"))]
+    other = [req(SequenceState(i), p) for i, p in ((1, "high"), (2, "low"))]
     for r in [own[0], other[0], own[1], other[1], own[2], own[3]]:
         s.submit(r)
     order = drain(s)
@@ -257,9 +257,9 @@ def test_a_sessions_own_requests_keep_their_order(priority, fair):
 
 def test_one_request_per_session_even_with_room():
     s = make(max_concurrent=10)
-    sess = SessionState(0)
+    sess = SequenceState(0)
     first, second = req(sess), req(sess)
-    other = req(SessionState(1), "low")
+    other = req(SequenceState(1), "low")
     for r in (first, second, other):
         s.submit(r)
     s.plan()
@@ -268,7 +268,7 @@ def test_one_request_per_session_even_with_room():
 
 def test_failed_admission_lets_the_sessions_next_request_in():
     s = make(max_concurrent=1)
-    sess = SessionState(0)
+    sess = SequenceState(0)
     too_long, fine = req(sess, n=100), req(sess)
     s.submit(too_long)
     s.submit(fine)
@@ -279,7 +279,7 @@ def test_failed_admission_lets_the_sessions_next_request_in():
 
 def test_many_waiting_requests_drain_fairly():
     s = make(max_concurrent=8)
-    sessions = [SessionState(i) for i in range(50)]
+    sessions = [SequenceState(i) for i in range(50)]
     submitted = [req(sessions[(i * 7) % 50], ["low", "normal", "high"][i % 3])
                  for i in range(3000)]
     for r in submitted:
@@ -297,11 +297,11 @@ def test_expire_waiting_with_auto_queue_cleanup():
     clock = FakeClock()
     s = make(clock=clock, max_concurrent=1)
     now = clock.now()
-    running = req(SessionState(0), deadline=now + 1)
+    running = req(SequenceState(0), deadline=now + 1)
     s.submit(running)
     s.plan()
-    late, later, never = (req(SessionState(1), deadline=now + 5),
-                          req(SessionState(2), deadline=now + 2), req(SessionState(3)))
+    late, later, never = (req(SequenceState(1), deadline=now + 5),
+                          req(SequenceState(2), deadline=now + 2), req(SequenceState(3)))
     for r in (late, later, never):
         s.gate.enter()
         s.submit(r)
@@ -320,7 +320,7 @@ def test_expire_waiting_with_auto_queue_cleanup():
 def test_without_auto_queue_cleanup_expired_requests_stay_queued():
     clock = FakeClock()
     s = make(clock=clock, auto_queue_cleanup=False)
-    r = req(SessionState(0), deadline=clock.now() + 1)
+    r = req(SequenceState(0), deadline=clock.now() + 1)
     s.submit(r)
     clock.advance(2)
     assert s.expire_waiting(clock.now()) == [] and s.waiting == [r]
@@ -332,7 +332,7 @@ def test_without_auto_queue_cleanup_expired_requests_stay_queued():
 def test_expire_waiting_with_many_requests_keeps_the_rest():
     clock = FakeClock()
     s = make(clock=clock, max_concurrent=1)
-    rs = [req(SessionState(i), deadline=clock.now() + i) for i in range(1, 501)]
+    rs = [req(SequenceState(i), deadline=clock.now() + i) for i in range(1, 501)]
     for r in rs:
         s.submit(r)
     clock.advance(100)
@@ -345,7 +345,7 @@ def test_expire_waiting_with_many_requests_keeps_the_rest():
 def test_stats_add_up():
     clock = FakeClock()
     s = make(clock=clock, max_concurrent=2, queue_reject_threshold=6, queue_warning_threshold=5)
-    sessions = [SessionState(i) for i in range(6)]
+    sessions = [SequenceState(i) for i in range(6)]
     rs = [req(sessions[0], n=100), req(sessions[1]), req(sessions[2], deadline=clock.now() + 1),
           req(sessions[3]), req(sessions[4]), req(sessions[5])]
     for r in rs:

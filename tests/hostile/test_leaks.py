@@ -1,7 +1,7 @@
 """Sessions opened, used once and closed leave nothing behind: memory stays flat with the count.
 
 The leak this guards against: every session that sent one request left a fair-queuing tag
-(and with it its SessionState) in the waiting queue for good, 554 bytes a session, because the
+(and with it its SequenceState) in the waiting queue for good, 554 bytes a session, because the
 virtual time that prunes tags does not move while every session sends one request.
 """
 from __future__ import annotations
@@ -14,14 +14,14 @@ from wasi_nn_backend.config import BackendSettings, MemoryConfig, RequestParams
 from wasi_nn_backend.engine.clock import FakeClock
 from wasi_nn_backend.core.kv_policy import SlotPool
 from wasi_nn_backend.core.scheduler import Scheduler
-from wasi_nn_backend.core.session import Request, SessionState
+from wasi_nn_backend.core.request import Request, SequenceState
 
 PARAMS = RequestParams()
 
 
 def live_session_states() -> int:
     gc.collect()
-    return sum(1 for o in gc.get_objects() if type(o) is SessionState)
+    return sum(1 for o in gc.get_objects() if type(o) is SequenceState)
 
 
 def traced_bytes() -> int:
@@ -44,7 +44,7 @@ class CoreSessions:
         scheduler = self.scheduler
         for _ in range(count):
             self.next_id += 1
-            session = SessionState(session_id=self.next_id)
+            session = SequenceState(session_id=self.next_id)
             request = Request(session=session, prompt_tokens=[1, 2, 3], params=PARAMS)
             scheduler.submit(request)
             scheduler.plan()
@@ -98,4 +98,4 @@ def test_closed_sessions_are_forgotten_through_the_api(tiny_model_path):
     # Flat: the second n sessions keep no more than noise (the leak kept over 500 bytes each).
     assert per_session < 100, (f"{per_session:.0f} bytes a session retained "
                                f"(n: {after_n - start} bytes, 2n: {after_2n - start} bytes)")
-    assert states < 100, f"{states} SessionState objects alive after closing every session"
+    assert states < 100, f"{states} SequenceState objects alive after closing every session"

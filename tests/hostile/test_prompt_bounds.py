@@ -16,7 +16,7 @@ import pytest
 from wasi_nn_backend import Backend
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.engine.clock import FakeClock
-from wasi_nn_backend.core.session import FinishReason
+from wasi_nn_backend.core.request import FinishReason
 from wasi_nn_backend.errors import ErrorCode, PromptTooLong
 from wasi_nn_backend.llm.model import Model
 

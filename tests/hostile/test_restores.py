@@ -123,8 +123,8 @@ def test_a_swapped_session_that_copies_a_longer_prefix_is_not_restored_first(
         d.complete(shared, **GREEDY)              # takes v's slot: v is swapped out
         reply = v.complete(prompt, **GREEDY)      # takes e's slot; copies d's prefix
         counters = graph.engine.counters.snapshot()
-        assert graph.engine.swap.bytes_used > 0   # e's bytes only
-        assert len(graph.engine.swap) == 1
+        assert graph.engine.offload.bytes_used > 0   # e's bytes only
+        assert len(graph.engine.offload) == 1
     assert RESTORE_LOG not in caplog.text
     assert counters["prefix_copies"] == 1 and counters["restore_failures"] == 0
     assert reply.generated_tokens == expected

@@ -11,7 +11,7 @@ import pytest
 from wasi_nn_backend import Backend
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.config import request_params
-from wasi_nn_backend.core.session import SessionState
+from wasi_nn_backend.core.request import SequenceState
 from wasi_nn_backend.errors import ErrorCode, InvalidEncoding, NotFound
 from wasi_nn_backend.llm.model import Model
 
@@ -27,12 +27,12 @@ def test_a_request_running_when_its_engine_closes_is_not_found(tiny_model_path):
         engine = graph.engine
         params = request_params(graph.config).model_copy(
             update={"stopping": graph.config.stopping.model_copy(update={"max_tokens": -1})})
-        stream = engine.submit(SessionState(session_id=999), [1, 2, 3], params)
+        stream = engine.submit(SequenceState(session_id=999), [1, 2, 3], params)
         engine.close()
         with pytest.raises(NotFound, match="unloaded"):
             stream.result()
         with pytest.raises(NotFound, match="unloaded"):
-            engine.submit(SessionState(session_id=998), [1, 2, 3], params)
+            engine.submit(SequenceState(session_id=998), [1, 2, 3], params)
 
 
 def test_a_model_freed_under_a_closed_sessions_call_is_not_found(tiny_model_path, monkeypatch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..core.session import Completion
+from ..core.request import Completion
 
 if TYPE_CHECKING:  # the engine hands the Model over; this module never loads one
     from ..llm.model import Model

@@ -13,7 +13,7 @@ import json
 import threading
 from typing import Any
 
-from ..core.session import Completion
+from ..core.request import Completion
 from ..engine.streams import Stream
 from ..errors import EndOfSequence, InvalidArgument, InvalidEncoding, WasiNnError
 from .session import Session

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .chat import Turn, continuation_tokens
 from ..config import RequestParams, parse_overrides
-from ..core.session import Completion, SessionState
+from ..core.request import Completion, SequenceState
 from ..engine.streams import Stream
 from ..errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
 
@@ -36,7 +36,7 @@ class Session:
         self.loaded = loaded
         self.handle = handle
         self.name = name
-        self.state = SessionState(session_id=handle)
+        self.state = SequenceState(session_id=handle)
         self.context_params: RequestParams = loaded.defaults  # set_input index 1 changes it
         self._touched = graph.backend.clock.now()
         self._embedding = 0                          # embed calls in progress

@@ -63,7 +63,7 @@ def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: in
         if model is graph.current:
             engines[graph.handle] = {**counters, "queue": queue}
     active = sum(1 for s in sessions if s.running)
-    swapped = sum(1 for s in sessions if s.state.swapped_tokens is not None)
+    swapped = sum(1 for s in sessions if s.state.offloaded_tokens is not None)
     seconds = totals["decode_seconds"]
     return BackendStats(
         graphs=len(graphs), sessions=len(sessions), sessions_active=active,

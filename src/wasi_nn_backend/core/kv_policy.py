@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 from ..config import MemoryConfig
 from ..errors import PromptTooLong
-from .plan import CopyPrefix, Evict, KvAction, Move, Shift, SwapIn, SwapOut, Trim
+from .plan import CopyPrefix, Evict, KvAction, Move, Shift, Restore, Offload, Trim
 
 # A prefix shorter than this is prefilled rather than copied: a copy moves a whole KV stream.
 MIN_PREFIX_COPY = 16
-from .session import SessionState
+from .request import SequenceState
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -36,31 +36,31 @@ def discard_count(n_tokens: int, n_keep: int, memory: MemoryConfig, at_least: in
 
 class SlotPool:
     """The context's sequence slots. A resident session holds one; an idle one may lose it:
-    swapped to host RAM when ``swap`` is on (restored bit-exact later), else evicted (its
+    offloaded to host RAM when ``offload`` is on (restored bit-exact later), else evicted (its
     tokens are prefilled again on its next use)."""
 
-    def __init__(self, n_slots: int, *, swap: bool = False, strategy: str = "lru",
+    def __init__(self, n_slots: int, *, offload: bool = False, strategy: str = "lru",
                  deletion_strategy: str = "lru") -> None:
         self.n_slots = n_slots
-        self.swap = swap
+        self.offload = offload
         # "lru": least recently used first; "fifo": longest resident first ("smart" = lru).
         self.strategy = strategy                    # who gives up a slot to a new session
         self.deletion_strategy = deletion_strategy  # who gives up cells under memory pressure
         self._arrival: dict[int, int] = {}
         self._arrivals = 0
         self._free = list(range(n_slots))
-        self._owner: dict[int, SessionState] = {}
+        self._owner: dict[int, SequenceState] = {}
 
     @property
-    def resident(self) -> list[SessionState]:
+    def resident(self) -> list[SequenceState]:
         return list(self._owner.values())
 
-    def acquire(self, session: SessionState,
-                wanted: Callable[[SessionState], bool] | None = None) -> list[KvAction] | None:
-        """A slot for ``session``: [] if it has one, [Evict(victim)] (or SwapOut) if an idle
+    def acquire(self, session: SequenceState,
+                wanted: Callable[[SequenceState], bool] | None = None) -> list[KvAction] | None:
+        """A slot for ``session``: [] if it has one, [Evict(victim)] (or Offload) if an idle
         session's slot is taken, None if every slot is busy. Idle sessions for which
         ``wanted`` is true (a request of theirs waits) give up their slot last: taking it
-        would swap them out only to swap them back in, maybe in this very step."""
+        would offload them only to restore them, maybe in this very step."""
         if session.seq_id is not None:
             return []
         actions: list[KvAction] = []
@@ -76,15 +76,15 @@ class SlotPool:
             seq_id = victim.seq_id
             actions.extend(self._take_back(victim))
         self._assign(session, seq_id)
-        if session.swapped_tokens is not None:
+        if session.offloaded_tokens is not None:
             # Planned as restored; the engine makes it so, or empties the sequence if it can't.
-            session.kv_tokens, session.swapped_tokens = session.swapped_tokens, None
-            actions.append(SwapIn(session, seq_id))
+            session.kv_tokens, session.offloaded_tokens = session.offloaded_tokens, None
+            actions.append(Restore(session, seq_id))
         return actions
 
-    def release(self, session: SessionState) -> list[KvAction]:
+    def release(self, session: SequenceState) -> list[KvAction]:
         """The session is gone: its sequence is dropped and the slot freed."""
-        session.swapped_tokens = None
+        session.offloaded_tokens = None
         if session.seq_id is None:
             return []
         seq_id = session.seq_id
@@ -92,8 +92,8 @@ class SlotPool:
         self._free.append(seq_id)
         return [Evict(session, seq_id)]
 
-    def give_back(self, session: SessionState) -> list[KvAction]:
-        """An idle session gives up its slot (swapped out or evicted); the slot is free."""
+    def give_back(self, session: SequenceState) -> list[KvAction]:
+        """An idle session gives up its slot (offloaded or evicted); the slot is free."""
         seq_id = session.seq_id
         assert seq_id is not None and not session.busy
         actions = self._take_back(session)
@@ -137,7 +137,7 @@ class SlotPool:
         session.seq_id = dst
         return Move(session, src, dst)
 
-    def _pick_free(self, session: SessionState) -> int:
+    def _pick_free(self, session: SequenceState) -> int:
         """The free slot that keeps the busy sequences' ids in the fewest runs of consecutive
         ids (lowest id on ties): with one KV stream per sequence llama.cpp decodes each run
         as a separate ubatch, a separate pass over the weights."""
@@ -150,24 +150,24 @@ class SlotPool:
         self._free.remove(best)
         return best
 
-    def victims(self) -> list[SessionState]:
+    def victims(self) -> list[SequenceState]:
         """Idle resident sessions, the first to give up KV first (cache_deletion_strategy)."""
         idle = [s for s in self._owner.values() if not s.busy]
         return sorted(idle, key=self._order(self.deletion_strategy))
 
-    def _take_back(self, victim: SessionState) -> list[KvAction]:
+    def _take_back(self, victim: SequenceState) -> list[KvAction]:
         seq_id = victim.seq_id
         assert seq_id is not None
-        if self.swap and victim.kv_tokens:
-            victim.swapped_tokens = victim.kv_tokens
-            action: KvAction = SwapOut(victim, seq_id)
+        if self.offload and victim.kv_tokens:
+            victim.offloaded_tokens = victim.kv_tokens
+            action: KvAction = Offload(victim, seq_id)
         else:
             victim.cut_from, victim.cuts = None, []  # nothing left to map a prompt onto
             action = Evict(victim, seq_id)
         self._unassign(victim)
         return [action]
 
-    def _victim(self, idle: list[SessionState]) -> SessionState:
+    def _victim(self, idle: list[SequenceState]) -> SequenceState:
         return min(idle, key=self._order(self.strategy))
 
     def _order(self, strategy: str):
@@ -175,7 +175,7 @@ class SlotPool:
             return lambda s: self._arrival[s.session_id]
         return lambda s: s.last_used
 
-    def _unassign(self, session: SessionState) -> None:
+    def _unassign(self, session: SequenceState) -> None:
         # The bookkeeping changes here, at planning time, so that a later decision in the same
         # plan sees the session as empty; the engine only clears the sequence.
         assert session.seq_id is not None
@@ -184,15 +184,15 @@ class SlotPool:
         session.seq_id = None
         session.kv_tokens = []
 
-    def _assign(self, session: SessionState, seq_id: int) -> None:
+    def _assign(self, session: SequenceState, seq_id: int) -> None:
         self._arrivals += 1
         self._arrival[session.session_id] = self._arrivals
         session.seq_id = seq_id
         self._owner[seq_id] = session
 
 
-def plan_prompt(session: SessionState, prompt: list[int], *, n_ctx: int, memory: MemoryConfig,
-                can_shift: bool, truncate_ok: bool, donors: list[SessionState] | None = None
+def plan_prompt(session: SequenceState, prompt: list[int], *, n_ctx: int, memory: MemoryConfig,
+                can_shift: bool, truncate_ok: bool, donors: list[SequenceState] | None = None
                 ) -> tuple[list[int], int, list[KvAction]]:
     """Fit ``prompt`` into the session's sequence: (prompt as it will be held, tokens reused,
     actions). Over-long chat prompts are context-shifted when allowed; else PromptTooLong.
@@ -237,7 +237,7 @@ def plan_prompt(session: SessionState, prompt: list[int], *, n_ctx: int, memory:
     return prompt, reuse, actions
 
 
-def _map_through_cuts(session: SessionState, prompt: list[int], truncate_ok: bool
+def _map_through_cuts(session: SequenceState, prompt: list[int], truncate_ok: bool
                       ) -> list[int]:
     """A chat prompt that continues a session whose middle was dropped under memory pressure
     is cut the same way (as a context shift would), so its cache still matches."""
@@ -265,7 +265,7 @@ def plan_pressure_relief(pool: SlotPool, *, n_ctx: int, memory: MemoryConfig,
                          can_shift: bool) -> list[KvAction]:
     """While the sessions' caches hold more than pressure_limit, idle sessions give cells
     back: the oldest part of a long one (enable_partial_cache_deletion), or the whole of it
-    (swapped or evicted)."""
+    (offloaded or evicted)."""
     limit = pressure_limit(pool, n_ctx=n_ctx, memory=memory)
     used = cached_tokens(pool)
     if used <= limit:
@@ -289,8 +289,8 @@ def plan_pressure_relief(pool: SlotPool, *, n_ctx: int, memory: MemoryConfig,
     return actions
 
 
-def _prefix_copy(session: SessionState, prompt: list[int], own: int,
-                 donors: list[SessionState]) -> CopyPrefix | None:
+def _prefix_copy(session: SequenceState, prompt: list[int], own: int,
+                 donors: list[SequenceState]) -> CopyPrefix | None:
     """The resident session whose cache shares the longest prefix with ``prompt``, if that is
     clearly better than what ``session`` holds itself."""
     best, best_len = None, max(own, MIN_PREFIX_COPY - 1)
@@ -305,7 +305,7 @@ def _prefix_copy(session: SessionState, prompt: list[int], own: int,
     return CopyPrefix(session, best, tuple(prompt[:best_len]))
 
 
-def plan_generation_room(session: SessionState, *, n_ctx: int, memory: MemoryConfig,
+def plan_generation_room(session: SequenceState, *, n_ctx: int, memory: MemoryConfig,
                          can_shift: bool) -> Shift | None:
     """Room for one more token: None if there is room already, a Shift if shifting frees it.
     Raises LookupError when the context is full and shifting is off or impossible."""

@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import WasiNnError
-from .session import Request, SessionState
+from .request import Request, SequenceState
 
 
 @dataclass(frozen=True)
 class Evict:
     """Drop the whole sequence of an idle session and free its slot (re-prefilled on next use)."""
 
-    session: SessionState
+    session: SequenceState
     seq_id: int
 
 
@@ -23,7 +23,7 @@ class Evict:
 class Trim:
     """Keep the first ``keep`` tokens of the sequence, remove the rest (prefix reuse)."""
 
-    session: SessionState
+    session: SequenceState
     keep: int
 
 
@@ -31,24 +31,24 @@ class Trim:
 class Shift:
     """Context shift: remove tokens [keep, keep+discard) and move the rest left by ``discard``."""
 
-    session: SessionState
+    session: SequenceState
     keep: int
     discard: int
 
 
 @dataclass(frozen=True)
-class SwapOut:
-    """Save an idle session's sequence to host RAM, then free its slot."""
+class Offload:
+    """Save an idle session's sequence to host RAM (engine/offload.py), then free its slot."""
 
-    session: SessionState
+    session: SequenceState
     seq_id: int
 
 
 @dataclass(frozen=True)
-class SwapIn:
-    """Restore a swapped session's sequence into ``seq_id`` (bit-exact; no re-prefill)."""
+class Restore:
+    """Restore an offloaded session's sequence into ``seq_id`` (bit-exact; no re-prefill)."""
 
-    session: SessionState
+    session: SequenceState
     seq_id: int
 
 
@@ -57,8 +57,8 @@ class CopyPrefix:
     """Fill ``session``'s (empty) sequence with ``source``'s first len(tokens) tokens (seq_cp)
     instead of prefilling them: a shared system prompt is computed once."""
 
-    session: SessionState
-    source: SessionState
+    session: SequenceState
+    source: SequenceState
     tokens: tuple[int, ...]
 
 
@@ -68,12 +68,12 @@ class Move:
     bit-exact (one KV stream per sequence: llama.cpp decodes every run of consecutive busy sequence ids
     as a separate ubatch, so closing a gap saves a pass over the weights per step)."""
 
-    session: SessionState
+    session: SequenceState
     src: int
     dst: int
 
 
-KvAction = Evict | Trim | Shift | SwapOut | SwapIn | CopyPrefix | Move
+KvAction = Evict | Trim | Shift | Offload | Restore | CopyPrefix | Move
 
 
 @dataclass

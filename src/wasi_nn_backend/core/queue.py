@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ..config import BackendSettings
 from ..errors import Busy
-from .session import Request, SessionState
+from .request import Request, SequenceState
 
 log = logging.getLogger("wasi_nn_backend.scheduler")
 
@@ -161,7 +161,7 @@ class WaitingQueue:
         # (keyed by the session object itself, so a closed session's id() reused by a new
         # one cannot inherit its tag). Pruned when the table doubles (_prune_tags).
         self._vtime = [0] * len(PRIORITY_RANK)
-        self._next_tag: dict[tuple[SessionState, int], int] = {}
+        self._next_tag: dict[tuple[SequenceState, int], int] = {}
         self._prune_at = 64
         self._deadlines: list[tuple[float, int, Request]] = []  # heap; stale entries skipped
 
@@ -177,7 +177,7 @@ class WaitingQueue:
     def __contains__(self, request: object) -> bool:
         return request in self._keys
 
-    def has_waiting(self, session: SessionState) -> bool:
+    def has_waiting(self, session: SequenceState) -> bool:
         """A request of ``session`` is waiting."""
         return id(session) in self._by_session
 
@@ -220,7 +220,7 @@ class WaitingQueue:
             self._prune_tags()
         return True
 
-    def admission_order(self, eligible: Callable[[SessionState], bool]) -> Iterator[Request]:
+    def admission_order(self, eligible: Callable[[SequenceState], bool]) -> Iterator[Request]:
         """Session heads in admission order, for sessions where ``eligible(session)``.
 
         The consumer removes (served=True) the ones it admits. When it removes one and the

@@ -21,18 +21,18 @@ from ..config import BackendSettings, MemoryConfig
 from ..errors import WasiNnError
 from .clock import Clock
 from .kv_policy import SlotPool, plan_generation_room, plan_pressure_relief, plan_prompt
-from .plan import CopyPrefix, StepPlan, SwapIn
+from .plan import CopyPrefix, StepPlan, Restore
 from .queue import Gate, QueueLimit, WaitingQueue
 from .steady import SteadyDecode
-from .session import Request, RequestState, SessionState
+from .request import Request, RequestState, SequenceState
 
 
-def _drop_swap_in(plan: StepPlan, session: SessionState) -> None:
-    """A prefix copy replaces the whole sequence: restoring the session's swapped state
+def _drop_restore(plan: StepPlan, session: SequenceState) -> None:
+    """A prefix copy replaces the whole sequence: restoring the session's offloaded state
     first would be wasted (and the restore would be checked against the copy's tokens).
     The engine drops the saved bytes when it copies."""
     plan.kv_actions[:] = [action for action in plan.kv_actions
-                          if not (isinstance(action, SwapIn) and action.session is session)]
+                          if not (isinstance(action, Restore) and action.session is session)]
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class Scheduler:
                 self._failed_total += 1
                 continue
             if any(isinstance(action, CopyPrefix) for action in prompt_actions):
-                _drop_swap_in(plan, request.session)
+                _drop_restore(plan, request.session)
             plan.kv_actions.extend(prompt_actions)
             request.prompt_tokens = prompt
             request.n_past = reuse

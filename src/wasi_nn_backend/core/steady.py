@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from ..config import MemoryConfig
 from .kv_policy import SlotPool, cached_tokens, pressure_limit
 from .plan import StepPlan
-from .session import Request
+from .request import Request
 
 Outputs = list[tuple[Request, int]]  # (request, batch index of its logits)
 

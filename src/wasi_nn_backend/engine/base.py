@@ -43,7 +43,7 @@ class EngineReadings:
     queue: SchedulerStats
     kv_cells_used: int = 0       # cells holding session tokens
     kv_cells_total: int = 0      # cells in the context
-    offload_bytes: int = 0       # KV state held in host RAM (swap.py)
+    offload_bytes: int = 0       # KV state held in host RAM (offload.py)
 
 
 class EngineBase:

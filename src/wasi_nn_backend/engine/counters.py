@@ -14,9 +14,9 @@ class EngineCounters:
     reused_tokens: int = 0
     shifts: int = 0
     evictions: int = 0
-    swap_outs: int = 0
-    swap_ins: int = 0
-    restore_failures: int = 0     # swap-ins that found no usable state: prefilled again
+    swap_outs: int = 0            # KV offloads to host RAM (the names are public: stats)
+    swap_ins: int = 0             # restores from it
+    restore_failures: int = 0     # restores that found no usable state: prefilled again
     prefix_copies: int = 0
     copied_tokens: int = 0
     moves: int = 0                # sequences moved to close gaps between busy ids

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from ..config import Config, RequestParams
 from ..core.clock import Clock
 from ..core.scheduler import SchedulerStats
-from ..core.session import SessionState
+from ..core.request import SequenceState
 from ..errors import UnsupportedOperation, WasiNnError
 from ..llm.model import Model
 from .base import EngineBase, EngineReadings
@@ -30,7 +30,7 @@ class EmbeddingEngine(EngineBase):
         self.start()
 
     # -- thread-safe API ---------------------------------------------------------------------
-    def submit(self, session: SessionState, prompt_tokens: list[int], params: RequestParams,
+    def submit(self, session: SequenceState, prompt_tokens: list[int], params: RequestParams,
                *, truncate_ok: bool = False, started_at: float | None = None) -> Stream:
         raise UnsupportedOperation(
             "this graph was loaded with embedding: true: it computes embeddings (compute, "
@@ -50,7 +50,7 @@ class EmbeddingEngine(EngineBase):
         """The most tokens one text may have for embed: min(n_ctx, n_ubatch)."""
         return self.embedder.limit
 
-    def close_session(self, session: SessionState) -> Future:
+    def close_session(self, session: SequenceState) -> Future:
         """Nothing of a session is held here: mark it closed, on the engine thread as a
         generating engine does (the future resolves after the jobs posted before it)."""
         return self.call(lambda: setattr(session, "closed", True))

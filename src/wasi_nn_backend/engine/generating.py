@@ -15,7 +15,7 @@ from ..core.kv_policy import SlotPool
 from ..core.plan import StepPlan
 from ..core.scheduler import Scheduler
 from ..core.steady import Outputs
-from ..core.session import FinishReason, Request, RequestState, SessionState
+from ..core.request import FinishReason, Request, RequestState, SequenceState
 from ..core.text import TextAssembler
 from ..errors import (BackendRuntimeError, ErrorCode, InvalidArgument, UnsupportedOperation,
                       WasiNnError)
@@ -29,7 +29,7 @@ from .kv_apply import KvApplier
 from .live import LiveRequest
 from .packing import BatchPacker
 from .streams import Stream
-from .swap import SwapStore
+from .offload import OffloadStore
 
 log = logging.getLogger("wasi_nn_backend.engine")
 
@@ -43,7 +43,7 @@ class GeneratingEngine(EngineBase):
         n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
         self.packer = BatchPacker(n_batch)
         memory = config.memory
-        self.pool = SlotPool(settings.n_seq_max, swap=memory.max_memory_mb > 0,
+        self.pool = SlotPool(settings.n_seq_max, offload=memory.max_memory_mb > 0,
                              strategy=memory.cache_strategy,
                              deletion_strategy=memory.cache_deletion_strategy)
         self.gate = QueueGate.from_settings(config.backend)  # entered on callers' threads
@@ -52,15 +52,15 @@ class GeneratingEngine(EngineBase):
             settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
             clock=self.clock, deterministic=settings.deterministic,
             compact=not self.ctx.kv_unified, gate=self.gate)
-        self.swap = SwapStore(memory.max_memory_mb * 1024 * 1024)
-        self.kv = KvApplier(self.ctx, self.swap, self.counters)
+        self.offload = OffloadStore(memory.max_memory_mb * 1024 * 1024)
+        self.kv = KvApplier(self.ctx, self.offload, self.counters)
         self._live: dict[Request, LiveRequest] = {}
         self._with_deadline = 0  # live requests that have a deadline
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
         self.start()
 
     # -- thread-safe API ---------------------------------------------------------------------
-    def submit(self, session: SessionState, prompt_tokens: list[int], params: RequestParams,
+    def submit(self, session: SequenceState, prompt_tokens: list[int], params: RequestParams,
                *, truncate_ok: bool = False, started_at: float | None = None) -> Stream:
         """Queue a generation on ``session``; its output arrives on the returned Stream.
         ``started_at`` (the clock's time when the caller began the request, before
@@ -93,7 +93,7 @@ class GeneratingEngine(EngineBase):
         """The most tokens one text may have for embed: n_ctx on a generating graph."""
         return self.n_ctx
 
-    def close_session(self, session: SessionState) -> Future:
+    def close_session(self, session: SequenceState) -> Future:
         """Stop the session's requests and free its KV sequence; the future resolves when done."""
         return self.call(lambda: self._drop_session(session))
 
@@ -105,7 +105,7 @@ class GeneratingEngine(EngineBase):
     def readings(self) -> EngineReadings:
         used, total = self.kv_cells()
         return EngineReadings(self.counters.snapshot(), self.scheduler.stats(), used, total,
-                              self.swap.bytes_used)
+                              self.offload.bytes_used)
 
     # -- engine thread -----------------------------------------------------------------------
     def _has_work(self) -> bool:
@@ -142,11 +142,11 @@ class GeneratingEngine(EngineBase):
         if request in self._live:
             self._finish(request, FinishReason.CANCELLED, ErrorCode.SUCCESS)
 
-    def _drop_session(self, session: SessionState) -> None:
+    def _drop_session(self, session: SequenceState) -> None:
         for request in [r for r in self._live if r.session is session]:
             self._finish(request, FinishReason.CANCELLED, ErrorCode.SUCCESS)
         session.closed = True
-        self.swap.discard(session)
+        self.offload.discard(session)
         self.kv.apply_all(self.pool.release(session))
 
     def _step(self) -> None:
@@ -183,8 +183,8 @@ class GeneratingEngine(EngineBase):
         self._start_samplers(plan)
         return self.packer.pack(plan)
 
-    def _restart_prefill(self, session: SessionState) -> None:
-        """Its sequence could not be restored (swap-in, prefix copy or move failed): an
+    def _restart_prefill(self, session: SequenceState) -> None:
+        """Its sequence could not be restored (restore, prefix copy or move failed): an
         admitted request prefills its whole prompt; a generating one cannot go on."""
         for request in list(self._live):
             if request.session is not session:

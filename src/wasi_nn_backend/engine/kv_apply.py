@@ -3,32 +3,32 @@ from __future__ import annotations
 
 import logging
 
-from ..core.plan import CopyPrefix, Evict, KvAction, Move, Shift, SwapIn, SwapOut, Trim
-from ..core.session import SessionState
+from ..core.plan import CopyPrefix, Evict, KvAction, Move, Shift, Restore, Offload, Trim
+from ..core.request import SequenceState
 from ..llm.context import Context
 from .counters import EngineCounters
-from .swap import SwapStore
+from .offload import OffloadStore
 
 log = logging.getLogger("wasi_nn_backend.engine")
 
 
 class KvApplier:
-    def __init__(self, ctx: Context, store: SwapStore, counters: EngineCounters) -> None:
+    def __init__(self, ctx: Context, store: OffloadStore, counters: EngineCounters) -> None:
         self.ctx = ctx
         self.store = store
         self.counters = counters
-        self._puts: list[tuple[SessionState, bytes]] = []
-        self.restarted: set[SessionState] = set()
+        self._puts: list[tuple[SequenceState, bytes]] = []
+        self.restarted: set[SequenceState] = set()
 
-    def apply_all(self, actions: list[KvAction]) -> set[SessionState]:
-        """Apply a plan's actions in order. Returns the sessions whose swap-in or prefix copy
+    def apply_all(self, actions: list[KvAction]) -> set[SequenceState]:
+        """Apply a plan's actions in order. Returns the sessions whose restore or prefix copy
         failed: their sequence is empty and must be prefilled from the start."""
         self.restarted = set()
         for action in actions:
             if action.session in self.restarted:
                 continue  # planned on tokens that did not arrive
             self.apply(action)
-        # Saved bytes enter the store after this plan's swap-ins took theirs, so one budget
+        # Saved bytes enter the store after this plan's restores took theirs, so one budget
         # drop cannot take away what the same plan restores.
         for session, data in self._puts:
             self.store.put(session, data)
@@ -40,12 +40,12 @@ class KvApplier:
         if isinstance(action, Evict):
             self.ctx.seq_rm(action.seq_id, -1, -1)  # the pool already emptied kv_tokens
             self.counters.evictions += 1
-        elif isinstance(action, SwapOut):
+        elif isinstance(action, Offload):
             self._puts.append((session, self.ctx.state_seq_get(action.seq_id)))
             self.ctx.seq_rm(action.seq_id, -1, -1)
             self.counters.swap_outs += 1
-        elif isinstance(action, SwapIn):
-            self._swap_in(action)
+        elif isinstance(action, Restore):
+            self._restore(action)
         elif isinstance(action, CopyPrefix):
             self._copy_prefix(action)
         elif isinstance(action, Move):
@@ -61,7 +61,7 @@ class KvApplier:
             session.shifts += 1
             self.counters.shifts += 1
 
-    def _swap_in(self, action: SwapIn) -> None:
+    def _restore(self, action: Restore) -> None:
         session = action.session
         data = self._take_saved(session)
         if data is None:
@@ -78,7 +78,7 @@ class KvApplier:
                     session.session_id, why)
         self._restart(session)
 
-    def _take_saved(self, session: SessionState) -> bytes | None:
+    def _take_saved(self, session: SequenceState) -> bytes | None:
         """The session's saved bytes: saved earlier in this plan (a slot taken from it, then
         one given back to it), else from the store."""
         for index, (saved, data) in enumerate(self._puts):
@@ -87,13 +87,13 @@ class KvApplier:
                 return data
         return self.store.take(session)
 
-    def _drop_saved(self, session: SessionState) -> None:
+    def _drop_saved(self, session: SequenceState) -> None:
         self._puts = [(saved, data) for saved, data in self._puts if saved is not session]
         self.store.discard(session)
 
     def _move(self, action: Move) -> None:
-        """The whole sequence to its new slot, through its state bytes (as a swap-out and
-        swap-in, bit-exact and done now; llama.cpp's cross-stream seq_cp would copy only at
+        """The whole sequence to its new slot, through its state bytes (as an offload and
+        restore, bit-exact and done now; llama.cpp's cross-stream seq_cp would copy only at
         the next decode, and a state read or write before that would see the old buffers)."""
         session = action.session
         data = self.ctx.state_seq_get(action.src) if session.kv_tokens else None
@@ -112,7 +112,7 @@ class KvApplier:
     def _copy_prefix(self, action: CopyPrefix) -> None:
         session, source, count = action.session, action.source, len(action.tokens)
         target = session.seq_id
-        self._drop_saved(session)  # a swapped state it had is replaced, not restored
+        self._drop_saved(session)  # an offloaded state it had is replaced, not restored
         self.ctx.seq_rm(target, -1, -1)
         copied = source.seq_id is not None and tuple(source.kv_tokens[:count]) == action.tokens
         if copied:
@@ -128,7 +128,7 @@ class KvApplier:
             return
         self._restart(session)
 
-    def _restart(self, session: SessionState) -> None:
+    def _restart(self, session: SequenceState) -> None:
         """The sequence did not get the planned tokens: empty it; it is prefilled from 0."""
         self.ctx.seq_rm(session.seq_id, -1, -1)
         session.kv_tokens = []

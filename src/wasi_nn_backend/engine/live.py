@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.clock import Clock
-from ..core.session import Completion, FinishReason, Request
+from ..core.request import Completion, FinishReason, Request
 from ..core.text import TextAssembler
 from ..errors import ErrorCode
 from ..llm.model import Model

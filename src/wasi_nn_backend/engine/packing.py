@@ -3,7 +3,7 @@ the last one's decode does not pack: core/steady.py rewrites the kept batch's to
 from __future__ import annotations
 
 from ..core.plan import StepPlan
-from ..core.session import Request
+from ..core.request import Request
 from ..core.steady import Outputs
 from ..llm.batch import Batch
 

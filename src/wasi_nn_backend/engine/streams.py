@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from ..core.session import Completion
+from ..core.request import Completion
 from ..errors import WasiNnError
 
 _END = object()

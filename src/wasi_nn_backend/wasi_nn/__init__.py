@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 from ..api.backend import Backend, Graph
 from ..core.clock import Clock
-from ..core.session import Completion
-from ..engine.files import build_info
+from ..core.request import Completion
+from ..llm.lib import build_info
 from ..errors import ErrorCode, InvalidArgument, NotFound, UnsupportedOperation, WasiNnError
 from ..api.exec_context import ContextIO
 from .args import Tensor, TensorType, buffer, write

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import wasi_nn
-from ...core.session import Completion
+from ...core.request import Completion
 from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument
 from ...engine.streams import Stream
 from ...api.session import Session

@@ -1,8 +1,10 @@
-"""Session and request state: one object carries each through the engine (nano-vllm habit).
+"""Request and sequence state: one object carries each through the engine (nano-vllm habit).
 
-A SessionState is one user's conversation as the engine sees it: the tokens held in its KV
-sequence. A Request is one generation on a session: the whole token list the sequence must
-hold before generating (prompt_tokens), its parameters, and its progress.
+A SequenceState is the engine's state of one KV sequence: the tokens a session holds in it (or
+in host RAM while offloaded), its slot, its counters. (api/session.py's Session is what a user
+holds; it owns one SequenceState.) A Request is one generation on a sequence: the whole token
+list the sequence must hold before generating (prompt_tokens), its parameters, its progress,
+and what it ends with (Completion).
 """
 from __future__ import annotations
 
@@ -34,13 +36,13 @@ class FinishReason(str, Enum):
 
 
 @dataclass(eq=False)  # identity: one object per session
-class SessionState:
-    """The engine-side view of one session: its KV sequence."""
+class SequenceState:
+    """The engine's state of one session's KV sequence."""
 
     session_id: int
     seq_id: int | None = None                              # KV slot while resident
     kv_tokens: list[int] = field(default_factory=list)     # tokens in the sequence, pos 0..n-1
-    swapped_tokens: list[int] | None = None                # tokens of its state saved in RAM
+    offloaded_tokens: list[int] | None = None              # tokens of its state saved in RAM
     cut_from: list[int] | None = None    # kv_tokens before memory pressure cut their middle
     cuts: list[tuple[int, int]] = field(default_factory=list)  # (keep, discard) since then
     last_used: float = 0.0
@@ -99,7 +101,7 @@ class Completion:
 
 @dataclass(eq=False)
 class Request:
-    session: SessionState
+    session: SequenceState
     prompt_tokens: list[int]
     params: RequestParams
     truncate_ok: bool = False        # chat mode: an over-long prompt may be context-shifted
