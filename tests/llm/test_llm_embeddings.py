@@ -9,6 +9,7 @@ from wasi_nn_backend import errors
 from wasi_nn_backend.llm import embeddings
 from wasi_nn_backend.llm.batch import Batch
 from wasi_nn_backend.llm.context import Context
+from wasi_nn_backend.llm.pooling import pooling_param
 
 TEXTS = ("hello world", "the cat sat on the dog")
 
@@ -81,5 +82,5 @@ def test_a_sequence_not_in_the_last_decode_has_no_vector(tiny_model, token_lists
 
 def test_unknown_pooling_is_refused():
     with pytest.raises(errors.InvalidArgument, match="pooling"):
-        embeddings.pooling_param("max")
-    assert embeddings.pooling_param(None) == -1
+        pooling_param("max")
+    assert pooling_param(None) == -1

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .models import SECTION_MODELS
 from .values import Bad, enable_log, n_predict_kebab, not_none, response_format
-
-if TYPE_CHECKING:
-    from .walk import Collector
 
 LV_FALLBACK, LV_FLAT, LV_KEBAB, LV_NESTED = 0, 1, 2, 3   # spelling levels; higher wins
 
@@ -34,7 +31,7 @@ class Ignored:
 
 @dataclass(frozen=True)
 class Expand:
-    fn: Callable[..., None]                       # fn(collector, value, path, ctx)
+    fn: Callable[[Sink, Any, str, Ctx], None]     # fn(collector, value, path, ctx)
 
 
 @dataclass(frozen=True)
@@ -49,13 +46,24 @@ class Ctx:
 Entry = tuple[Route, ...] | Ignored | Expand
 
 
+class Sink(Protocol):
+    """What an expander may call on the collector walking the document (walk.Collector):
+    named here so that the tables do not import the walk that reads them."""
+
+    def warn(self, text: str) -> None: ...
+    def bad(self, path: str, bad: Bad) -> None: ...
+    def unknown(self, path: str, key: str, known: list[str]) -> None: ...
+    def is_object(self, value: Any, path: str) -> bool: ...
+    def offer(self, route: Route, key: str, value: Any, path: str, ctx: Ctx) -> None: ...
+
+
 def home_section(section: str) -> str:
     return "memory" if section == "memory_policy" else section
 
 
 # ---- expanders for the original's sub-objects ------------------------------------------------
 
-def _sub_object(col: Collector, value: Any, path: str, routes: dict[str, str],
+def _sub_object(col: Sink, value: Any, path: str, routes: dict[str, str],
                 ignored: tuple[str, ...], ctx: Ctx) -> None:
     """Read {"enabled": bool, key: value, ...}; enabled=false drops the whole object."""
     if not col.is_object(value, path):
@@ -75,21 +83,21 @@ def _sub_object(col: Collector, value: Any, path: str, routes: dict[str, str],
             col.unknown(f"{path}.{key}", key, list(routes) + list(ignored) + ["enabled"])
 
 
-def _grammar_triggers(col: Collector, value: Any, path: str, ctx: Ctx) -> None:
+def _grammar_triggers(col: Sink, value: Any, path: str, ctx: Ctx) -> None:
     routes = {"patterns": "sampling.grammar_trigger_patterns",
               "words": "sampling.grammar_trigger_words",
               "tokens": "sampling.grammar_trigger_tokens"}
     _sub_object(col, value, path, routes, (), ctx)
 
 
-def _host_flag(col: Collector, value: Any, path: str, ctx: Ctx) -> None:
+def _host_flag(col: Sink, value: Any, path: str, ctx: Ctx) -> None:
     """A key the host running the backend reads itself (``stream-stdout``: the WebAssembly
     host prints each piece to the guest's stdout during compute): checked here, no setting."""
     if not isinstance(value, bool):
         col.bad(path, Bad(value, "true or false"))
 
 
-def _timeout_config(col: Collector, value: Any, path: str, ctx: Ctx) -> None:
+def _timeout_config(col: Sink, value: Any, path: str, ctx: Ctx) -> None:
     _sub_object(col, value, path, {"max_inference_time_ms": "stopping.max_time_ms"},
                 ("adaptive_timeout", "min_timeout_ms", "timeout_multiplier"), ctx)
 

@@ -22,8 +22,8 @@ from .. import errors
 from .batch import Batch
 from .context_params import check_cache_types, context_params, quantized_k_can_shift
 from .context_params import index as _index
-from .embeddings import pooling_name
 from .model import Model
+from .pooling import pooling_name
 
 log = logging.getLogger(__name__)
 

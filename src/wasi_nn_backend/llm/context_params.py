@@ -13,7 +13,7 @@ import llama_cpp.llama_cpp as C
 
 from .. import errors
 from ..config.limits import GGML_MAX_N_THREADS, MAX_CONTEXT_CELLS, QUANT_BLOCK
-from .embeddings import pooling_param
+from .pooling import pooling_param
 from .model import Model
 
 KV_TYPES = {"f32": C.GGML_TYPE_F32, "f16": C.GGML_TYPE_F16,

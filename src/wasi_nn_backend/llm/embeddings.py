@@ -1,4 +1,5 @@
-"""Embeddings out of a Context made with ``embeddings=True``, and llama.cpp's pooling names.
+"""Embeddings out of a Context made with ``embeddings=True``, and the pooling a GGUF names
+(the pooling names themselves are pooling.py's).
 
 llama.cpp pools inside llama_decode, per sequence (mean / cls / last), and keeps the pooled
 vectors until the next decode: llama_get_embeddings_seq. With pooling ``none`` it keeps one
@@ -17,28 +18,11 @@ import llama_cpp.llama_cpp as C
 import numpy as np
 
 from .. import errors
+from .pooling import pooling_name
 
 if TYPE_CHECKING:
     from .context import Context
     from .model import Model
-
-POOLING = {"none": C.LLAMA_POOLING_TYPE_NONE, "mean": C.LLAMA_POOLING_TYPE_MEAN,
-           "cls": C.LLAMA_POOLING_TYPE_CLS, "last": C.LLAMA_POOLING_TYPE_LAST}
-_NAMES = {number: name for name, number in POOLING.items()}
-_NAMES[C.LLAMA_POOLING_TYPE_RANK] = "rank"
-
-
-def pooling_param(name: str | None) -> int:
-    """llama_context_params.pooling_type for a pooling name (None: the model's own)."""
-    if name is None:
-        return C.LLAMA_POOLING_TYPE_UNSPECIFIED
-    if name not in POOLING:
-        raise errors.InvalidArgument(f"pooling must be one of {', '.join(POOLING)}, got {name!r}")
-    return POOLING[name]
-
-
-def pooling_name(number: int) -> str:
-    return _NAMES.get(int(number), f"type {number}")
 
 
 def gguf_pooling(model: Model) -> str | None:

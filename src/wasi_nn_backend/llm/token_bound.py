@@ -16,21 +16,30 @@ Other vocabularies (WPM drops whitespace, UGM normalizes) get no bound: 0.
 """
 from __future__ import annotations
 
+import ctypes
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import llama_cpp.llama_cpp as C
 
-if TYPE_CHECKING:
-    from .model import Model
-
 _MIN_PIECE = 4  # an unknown token (<unk>) stands for one character of up to 4 bytes
+
+
+class Vocabulary(Protocol):
+    """What the bound reads of a model (model.Model, which builds one TokenBound for itself):
+    named here so that this module does not import the model that imports it."""
+
+    @property
+    def vocab_handle(self) -> ctypes.c_void_p: ...
+    @property
+    def n_vocab(self) -> int: ...
+    def token_to_piece(self, token: int, *, special: bool = False) -> bytes: ...
 
 
 class TokenBound:
     """Built once per model from its vocabulary (one pass over the token pieces)."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Vocabulary) -> None:
         vocab = model.vocab_handle
         kind = int(C.llama_vocab_type(vocab))
         self.enabled = kind in (C.LLAMA_VOCAB_TYPE_SPM, C.LLAMA_VOCAB_TYPE_BPE)
