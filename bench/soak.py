@@ -66,7 +66,7 @@ def controller(backend, graph, paths, conversations, tally, stop, every) -> None
     while not stop.wait(every):
         turn += 1
         try:
-            graph.swap(paths[turn % 2])
+            graph.replace_model(paths[turn % 2])
             tally.op("hot_swap")
             if turn % 3 == 0:
                 side_graph(backend, paths[turn % 2], conversations, tally)

@@ -246,10 +246,10 @@ def test_sessions_opened_before_a_swap_embed_with_their_model(tiny_model_path,
         graph = fresh.load(tiny_model_path, embed_config())
         before = graph.session()
         expected_a = before.embed("hello")
-        graph.swap(tiny_model_path_b, embed_config())
+        graph.replace_model(tiny_model_path_b, embed_config())
         assert before.embed("hello") == expected_a       # still the model it was opened on
         assert graph.session().embed("hello") == expected_b
-        graph.swap(tiny_model_path)                       # now a generating model
+        graph.replace_model(tiny_model_path)                       # now a generating model
         assert before.embed("hello") == expected_a
         with pytest.raises(UnsupportedOperation):
             graph.session().embed("hello")

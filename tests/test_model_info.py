@@ -55,7 +55,7 @@ def test_quantization_and_a_model_without_template(q8_model_path, tmp_path):
 def test_info_follows_a_swap(tiny_model_path, tiny_model_path_b):
     with Backend(SMALL) as backend:
         graph = backend.load(tiny_model_path, SMALL)
-        graph.swap(tiny_model_path_b, {"model": {"n_ctx": 128, "n_seq_max": 1}})
+        graph.replace_model(tiny_model_path_b, {"model": {"n_ctx": 128, "n_seq_max": 1}})
         info = graph.info()
         assert info["path"] == tiny_model_path_b and info["name"] == "tiny-llama-seed1"
         assert (info["n_ctx"], info["n_seq_max"]) == (128, 1)
@@ -65,7 +65,7 @@ def test_usage_json_names_the_model_of_the_context(tiny_model_path, tiny_model_p
     code, ctx = nn.init_backend_with_config('{"logging": {"level": "error"}}')
     _, graph = nn.load_by_name_with_config(ctx, tiny_model_path, None, '{"ctx_size": 256}')
     _, before = nn.init_execution_context(ctx, graph)
-    nn.backend_of(ctx).graph(graph).swap(tiny_model_path_b, '{"ctx_size": 256}')
+    nn.backend_of(ctx).graph(graph).replace_model(tiny_model_path_b, '{"ctx_size": 256}')
     _, after = nn.init_execution_context(ctx, graph)
     usages = {}
     for exec_ctx in (before, after):

@@ -63,10 +63,10 @@ def test_closed_contexts_leave_no_io_state(tiny_model_path):
     _, old = nn.init_execution_context(ctx, graph)
     assert nn.set_input(ctx, old, 0, b"Hello") == ErrorCode.SUCCESS
     clock.advance(2)
-    nn._backends[ctx].backend.cleanup_idle()
+    nn.backend_of(ctx).cleanup_idle()
     _, new = nn.init_execution_context(ctx, graph)
     assert nn.set_input(ctx, new, 0, b"Hello") == ErrorCode.SUCCESS
-    assert list(nn._backends[ctx].ios) == [new]
+    assert nn.backend_of(ctx).context_handles == [new]
     assert nn.compute(ctx, old) == ErrorCode.NOT_FOUND
     nn.deinit_backend(ctx)
 

@@ -1,5 +1,8 @@
-"""The WASI-NN execution-context flow on a Session: set_input -> compute -> get_output, and the
-streaming calls compute_single -> get_output_single -> fini_single (WasmEdge semantics).
+"""ExecutionContext: the WASI-NN execution-context flow on a Session: set_input -> compute ->
+get_output, the streaming calls compute_single -> get_output_single -> fini_single (WasmEdge
+semantics), and the original's run_inference (a chat turn). The Backend makes one per session
+(Backend.context) and forgets it with the session; every edge that speaks WASI-NN (the function
+API, the wasm imports) calls it and translates its exceptions at its own border.
 
 Index 0 of set_input is the prompt (UTF-8 bytes), index 1 metadata JSON (this context's
 settings). Index 0 of get_output is the generated text, index 1 a usage JSON: token counts,
@@ -9,20 +12,32 @@ WasmEdge's embedding JSON.
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..core.request import Completion
-from ..engine.streams import Stream
+from ..engine.streams import EndOfStream, Stream
 from ..errors import EndOfSequence, InvalidArgument, InvalidEncoding, WasiNnError
+from ..llm.lib import build_info
 from .session import Session
 
+USAGE_BUILD_KEYS = ("llama_build_number", "llama_commit", "llama_version", "llama_cpp_python",
+                    "ggml_version", "ggml_commit")
 
-class ContextIO:
-    def __init__(self, session: Session, build_info: dict[str, Any]) -> None:
+
+@functools.cache
+def usage_build_facts() -> dict[str, Any]:
+    """The llama.cpp build facts every usage JSON carries (as WasmEdge's does)."""
+    info = build_info()
+    return {key: info[key] for key in USAGE_BUILD_KEYS if key in info}
+
+
+class ExecutionContext:
+    def __init__(self, session: Session) -> None:
         self.session = session
-        self._build_info = build_info
         self._prompt: str | None = None
         self._prompt_tokens = 0
         self._text = b""
@@ -71,7 +86,7 @@ class ContextIO:
                 self._stream, self._completion, self._text = stream, None, b""
         try:
             piece = stream.get()
-        except StopIteration:
+        except EndOfStream:
             completion = stream.result()
             with self._lock:
                 self._completion, self._last_piece = completion, b""
@@ -81,11 +96,26 @@ class ContextIO:
             self._last_piece = piece.encode("utf-8")
             self._text += self._last_piece
 
-    def record(self, completion: Completion, text: bytes) -> None:
-        """A chat turn run_inference delivered: get_output reads its text and usage."""
-        with self._lock:
-            self._completion, self._text = completion, text
-            self._prompt_tokens = completion.prompt_tokens
+    def run_inference(self, message: bytes, overrides: str | bytes | None,
+                      deliver: Callable[[bytes], None]) -> Completion:
+        """The original's chat call: ``message`` (UTF-8) is the user's turn; ``deliver`` gets
+        the reply's bytes before the turn joins the history, and if it raises (the caller's
+        buffer is too small) the turn leaves no trace and the error propagates. Then
+        get_output reads this request's text (index 0) and usage (index 1). A reply cut short
+        (context full, timeout, closed) is delivered and returned: completion.error() says."""
+        try:
+            text = message.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidArgument(f"the message is not UTF-8: {error}") from None
+
+        def record(completion: Completion) -> None:
+            reply = completion.text.encode("utf-8")
+            deliver(reply)
+            with self._lock:
+                self._completion, self._text = completion, reply
+                self._prompt_tokens = completion.prompt_tokens
+
+        return self.session.chat(text, overrides or None, deliver=record)
 
     def fini_single(self) -> None:
         with self._lock:
@@ -128,7 +158,7 @@ class ContextIO:
                                   for row in self._completion.probs]
         elif self._stream is not None:
             usage["output_tokens"] = None  # still generating
-        usage.update(self._build_info)
+        usage.update(usage_build_facts())
         usage["model"] = self.session.loaded.usage_facts()   # the model this context runs on
         return json.dumps(usage).encode("utf-8")
 

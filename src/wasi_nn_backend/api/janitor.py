@@ -1,26 +1,54 @@
-"""The idle-cleanup timer of a Backend."""
+"""Session cleanup for a Backend: which sessions to close (idle past idle_timeout_ms; the least
+recently used at max_sessions) and the timer that closes idle ones."""
 from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..errors import WasiNnError
+from ..config import BackendSettings
+from ..errors import BackendRuntimeError, WasiNnError
 
 if TYPE_CHECKING:
-    from .backend import Backend
+    from .session import Session
 
 log = logging.getLogger("wasi_nn_backend")
 
 
-class Janitor:
-    """The idle-cleanup timer: a thread that calls backend.cleanup_idle() every quarter of
-    idle_timeout_ms (between 50 ms and 1 s of real time); idleness itself is measured on the
-    backend's clock."""
+def idle_sessions(sessions: Sequence[Session], settings: BackendSettings, now: float
+                  ) -> list[Session]:
+    """Sessions idle longer than idle_timeout_ms (none without auto_cleanup)."""
+    if not settings.auto_cleanup:
+        return []
+    idle = [s for s in sessions if not s.running
+            and (now - s.last_activity) * 1000 > settings.idle_timeout_ms]
+    for session in idle:
+        log.info("closing session %d: idle for over %d ms", session.handle,
+                 settings.idle_timeout_ms)
+    return idle
 
-    def __init__(self, backend: Backend) -> None:
-        settings = backend.config.backend
-        self._backend = backend
+
+def lru_victim(sessions: Sequence[Session], settings: BackendSettings) -> Session | None:
+    """At max_sessions, the least recently used session not running (auto_cleanup); without
+    auto_cleanup, or with every session running, the limit is an error."""
+    if len(sessions) < settings.max_sessions:
+        return None
+    idle = [s for s in sessions if not s.running]
+    if not settings.auto_cleanup or not idle:
+        raise BackendRuntimeError(f"session limit reached (max_sessions={settings.max_sessions})")
+    victim = min(idle, key=lambda s: s.last_activity)
+    log.info("closing session %d: least recently used at max_sessions", victim.handle)
+    return victim
+
+
+class Janitor:
+    """The idle-cleanup timer: a thread that calls ``cleanup`` (Backend.cleanup_idle) every
+    quarter of idle_timeout_ms (between 50 ms and 1 s of real time); idleness itself is
+    measured on the backend's clock. It runs only with auto_cleanup."""
+
+    def __init__(self, settings: BackendSettings, cleanup: Callable[[], Any]) -> None:
+        self._cleanup = cleanup
         self._interval = min(max(settings.idle_timeout_ms / 4000, 0.05), 1.0)
         self._stopped = threading.Event()
         self._cond = threading.Condition()
@@ -33,7 +61,7 @@ class Janitor:
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
             try:
-                self._backend.cleanup_idle()
+                self._cleanup()
             except WasiNnError:
                 pass  # closed meanwhile
             except Exception:

@@ -1,4 +1,4 @@
-"""The steps of a load, shared by Backend.load and Backend.swap: check the path and config and
+"""The steps of a load, shared by Backend.load and Backend.replace_model: check the path and config and
 make the key that finds an identical graph; when there is none, read the GGUF header and
 estimate the footprint (before anything is loaded, so a bad file or a model over the memory
 limit costs nothing and disturbs nothing), then reserve memory and load."""

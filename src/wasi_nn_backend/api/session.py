@@ -12,24 +12,39 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .chat import Turn, continuation_tokens
 from ..config import RequestParams, parse_overrides
+from ..core.clock import Clock
 from ..core.request import Completion, SequenceState
 from ..engine.streams import Stream
 from ..errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
+from .chat import Turn, continuation_tokens
 
 if TYPE_CHECKING:
-    from .graph import Graph
     from .models import LoadedModel
 
 Overrides = dict[str, Any] | str | bytes | None
 
 
+class SessionOwner(Protocol):
+    """What a Session asks of the Backend that made it."""
+
+    clock: Clock
+
+    def close_session(self, session: Session) -> None: ...
+
+
+class GraphRef(Protocol):
+    """The graph a session was opened on, as the session sees it (api/graph.py's Graph)."""
+
+    handle: int
+
+
 class Session:
-    def __init__(self, graph: Graph, loaded: LoadedModel, handle: int, name: str | None,
-                 system: str | None) -> None:
+    def __init__(self, owner: SessionOwner, graph: GraphRef, loaded: LoadedModel, handle: int,
+                 name: str | None, system: str | None) -> None:
+        self.owner = owner
         self.graph = graph
         # The model this session runs on, for its whole life: a hot swap of the graph gives
         # new sessions the new model; this one finishes its conversation where it began.
@@ -38,7 +53,7 @@ class Session:
         self.name = name
         self.state = SequenceState(session_id=handle)
         self.context_params: RequestParams = loaded.defaults  # set_input index 1 changes it
-        self._touched = graph.backend.clock.now()
+        self._touched = owner.clock.now()
         self._embedding = 0                          # embed calls in progress
         self._embedding_lock = threading.Lock()
         self._messages: list[dict[str, str]] = []
@@ -72,7 +87,7 @@ class Session:
         """Like chat, but the reply's text arrives piece by piece on the returned Stream."""
         if not isinstance(message, str):
             raise InvalidArgument(f"a chat message must be text, not {type(message).__name__}")
-        started = self.graph.backend.clock.now()   # tokenizing counts against the deadline
+        started = self.owner.clock.now()   # tokenizing counts against the deadline
         params = self._params(overrides, kwargs)
         with self._lock, self._while_open():
             self._check_open()
@@ -117,7 +132,7 @@ class Session:
 
     def complete_stream(self, prompt: str | bytes, overrides: Overrides = None, **kwargs: Any
                         ) -> Stream:
-        started = self.graph.backend.clock.now()   # tokenizing counts against the deadline
+        started = self.owner.clock.now()   # tokenizing counts against the deadline
         params = self._params(overrides, kwargs)
         tokens = self.tokenize_prompt(prompt)
         with self._lock, self._while_open():
@@ -214,14 +229,14 @@ class Session:
         return stream
 
     def touch(self) -> None:
-        self._touched = self.graph.backend.clock.now()
+        self._touched = self.owner.clock.now()
 
     @property
     def last_activity(self) -> float:
         """When this session was last active, on the backend's clock (the engines run on
         it): now while a request of it runs, else when its last request ended, finished or
         failed (idle time counts from there, not from when the request started)."""
-        now = self.graph.backend.clock.now()
+        now = self.owner.clock.now()
         if self.state.busy or self._embedding:
             return now
         latest = self._touched
@@ -263,9 +278,11 @@ class Session:
 
     def close(self) -> None:
         """End the session: a running request stops within one engine step; its KV is freed."""
-        self.graph.backend._forget(self)
+        self.owner.close_session(self)
 
-    def _shutdown(self) -> None:
+    def end(self) -> None:
+        """The owner's part of closing (after it took the session out of its tables): stop
+        the session's requests and free its KV sequence. Idempotent; use close()."""
         # Not self._lock: a chat turn holds it while it waits for its reply, and closing must
         # cancel that reply (within one engine step), not wait for it.
         with self._close_lock:

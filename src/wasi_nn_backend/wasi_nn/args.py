@@ -1,4 +1,4 @@
-"""Argument checks of the function API (wasi_nn.py): handles, lengths, indexes, texts, tensors,
+"""Argument checks of the function API (wasi_nn/): handles, lengths, indexes, texts, tensors,
 builder lists and output buffers. A caller's mistake is InvalidArgument (a wrong type or value)
 or InvalidEncoding (text that is not valid Unicode / UTF-8), with a one-line message: never a
 Python exception that the API would report as ``unknown``."""
@@ -6,23 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
+from ..api.wasi_types import TensorType
 from ..errors import InvalidArgument, InvalidEncoding, TooLarge
 
 BYTES = (bytes, bytearray, memoryview)
-
-
-class TensorType(IntEnum):
-    """witx / WasmEdge numbering."""
-
-    F16 = 0
-    F32 = 1
-    F64 = 2
-    U8 = 3
-    I32 = 4
-    I64 = 5
 
 
 @dataclass(frozen=True)

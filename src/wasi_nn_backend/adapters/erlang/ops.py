@@ -93,8 +93,7 @@ class Call:
 def _api(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a wasi_nn function undecorated (functools.wraps keeps it as ``__wrapped__``), so a
     failure raises its WasiNnError, message and all, rather than returning a bare code."""
-    result = fn.__wrapped__(*args)
-    return result[1] if isinstance(result, tuple) else None
+    return fn.__wrapped__(*args)
 
 
 def _session(ctx: int, exec_ctx: int) -> Session:
