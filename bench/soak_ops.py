@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from wasi_nn_backend import Backend
+from wasi_nn_backend import Backend, EndOfStream
 from wasi_nn_backend.core.request import FinishReason
 from wasi_nn_backend.errors import ErrorCode, WasiNnError
 
@@ -135,7 +135,7 @@ class Conversations:
             while True:
                 try:
                     text.append(stream.get(timeout=HANG_S))
-                except StopIteration:
+                except EndOfStream:
                     break
         return self.check(session, index, turn, stream.result(timeout=HANG_S), replies, tally,
                           pieces="".join(text) if pieces else None)
@@ -215,7 +215,7 @@ class Conversations:
             stream = self.send(session, script, 0, [])
             try:
                 stream.get(timeout=HANG_S)
-            except StopIteration:
+            except EndOfStream:
                 pass
             stream.cancel()
             # Done before the cancel came: a turn of the history; cut short: sent again.
@@ -230,7 +230,7 @@ class Conversations:
         if rng.random() < 0.5:
             try:
                 stream.get(timeout=HANG_S)
-            except StopIteration:
+            except EndOfStream:
                 pass
         session.close()
         stream.result(timeout=HANG_S)  # a Completion (cancelled or done), or not_found

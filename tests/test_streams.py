@@ -31,3 +31,52 @@ def test_wake_delivers_to_a_blocked_reader():
     stream.wake()
     thread.join(30)
     assert not thread.is_alive() and got == ["piece"]
+
+
+def _completion(text: str):
+    from wasi_nn_backend.core.request import Completion, FinishReason
+    from wasi_nn_backend.errors import ErrorCode
+    return Completion(text=text, finish_reason=FinishReason.STOP, code=ErrorCode.SUCCESS,
+                      prompt_tokens=1, reused_tokens=0, prefilled_tokens=1,
+                      generated_tokens=(), final_tokens=())
+
+
+def test_a_finished_stream_ends_with_its_completion_after_its_pieces():
+    import pytest
+
+    from wasi_nn_backend import EndOfStream
+    stream = Stream()
+    stream.put("a")
+    done = _completion("a")
+    stream.finish(done)
+    assert stream.try_get() == "a"
+    for read in (stream.try_get, stream.get):
+        with pytest.raises(EndOfStream) as end:
+            read()
+        assert end.value.completion is done and end.value.error is None
+        assert end.value.result() is done
+    assert list(stream) == []
+
+
+def test_a_failed_stream_ends_with_its_error_and_iteration_raises_it():
+    import pytest
+
+    from wasi_nn_backend import EndOfStream
+    from wasi_nn_backend.errors import NotFound
+    stream = Stream()
+    stream.put("a")
+    stream.fail(NotFound("closed"))
+    assert stream.get(timeout=1) == "a"
+    with pytest.raises(EndOfStream) as end:
+        stream.try_get()
+    assert isinstance(end.value.error, NotFound) and end.value.completion is None
+    with pytest.raises(NotFound):
+        end.value.result()
+    again = Stream()
+    again.put("b")
+    again.fail(NotFound("closed"))
+    got = []
+    with pytest.raises(NotFound):
+        for piece in again:
+            got.append(piece)
+    assert got == ["b"]

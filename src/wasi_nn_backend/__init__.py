@@ -9,10 +9,10 @@ from .config import Config, RequestParams, parse_config
 from .core.clock import MonotonicClock
 from .core.request import Completion, FinishReason
 from .engine.clock import FakeClock
-from .engine.streams import Stream
+from .engine.streams import EndOfStream, Stream
 from .errors import ErrorCode, WasiNnError
 from .api.session import Session
 
-__all__ = ["Backend", "BackendStats", "Completion", "Config", "ErrorCode", "FakeClock",
-           "FinishReason", "Graph", "MonotonicClock", "RequestParams", "Session", "Stream",
-           "WasiNnError", "parse_config"]
+__all__ = ["Backend", "BackendStats", "Completion", "Config", "EndOfStream", "ErrorCode",
+           "FakeClock", "FinishReason", "Graph", "MonotonicClock", "RequestParams", "Session",
+           "Stream", "WasiNnError", "parse_config"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..api.backend import Backend
-from ..engine.streams import Stream
+from ..engine.streams import EndOfStream, Stream
 from ..errors import InvalidArgument, WasiNnError
 from .bundled import demo_model
 
@@ -111,8 +111,8 @@ def _follow(lanes: list[Lane], out: TextIO, live: bool) -> None:
                 continue
             try:
                 piece = lane.stream.get(timeout=0.05)
-            except (StopIteration, TimeoutError) as end:
-                if isinstance(end, StopIteration):
+            except (EndOfStream, TimeoutError) as end:
+                if isinstance(end, EndOfStream):  # _finish reads how it ended
                     _finish(lane)
                     changed = True
                 continue

@@ -1,7 +1,10 @@
 """Per-request output: text pieces as they come, then a Completion or an error.
 
 Blocking reads are built on non-blocking ones (try_get / get(timeout)); closing or failing a
-stream wakes every waiter with a typed error. A reader of many streams at once (the Erlang
+stream wakes every waiter. Once every piece is read, get() and try_get() raise EndOfStream,
+which says how the stream ended: finished (its Completion) or failed (its error); try_get()
+returns None only while nothing is there yet. Iterating gives the pieces, then stops, or raises
+the error of a failed stream. A reader of many streams at once (the Erlang
 port's forwarder) hears of each change through on_change instead of a thread per stream.
 """
 from __future__ import annotations
@@ -13,7 +16,28 @@ from collections.abc import Callable, Iterator
 from ..core.request import Completion
 from ..errors import WasiNnError
 
-_END = object()
+
+class EndOfStream(Exception):
+    """Every piece of the stream was read, and it has ended: ``completion`` when it finished,
+    ``error`` when it failed (exactly one is set)."""
+
+    def __init__(self, completion: Completion | None = None,
+                 error: WasiNnError | None = None) -> None:
+        self.completion = completion
+        self.error = error
+        super().__init__("the stream failed: " + str(error) if error is not None
+                         else "the stream finished")
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def result(self) -> Completion:
+        """The completion, or the error raised (as Stream.result())."""
+        if self.error is not None:
+            raise self.error
+        assert self.completion is not None
+        return self.completion
 
 
 class Stream:
@@ -90,13 +114,14 @@ class Stream:
         return completion.finished_at if completion is not None else self._failed_at
 
     def try_get(self) -> str | None:
-        """The next piece, or None if none is there now. Raises the stream's error once all
-        pieces before it were read; raises StopIteration at the end."""
+        """The next piece, or None if none is there yet; EndOfStream once every piece was
+        read and the stream has ended (finished or failed)."""
         with self._cond:
             return self._next_locked(block=False)
 
     def get(self, timeout: float | None = None) -> str:
-        """The next piece, waiting up to ``timeout`` seconds (TimeoutError past it)."""
+        """The next piece, waiting up to ``timeout`` seconds (TimeoutError past it);
+        EndOfStream once every piece was read and the stream has ended."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._pieces or self.done, timeout):
                 raise TimeoutError("no output within the time given")
@@ -117,19 +142,21 @@ class Stream:
             self._cancel()
 
     def __iter__(self) -> Iterator[str]:
+        """The pieces until the end; a failed stream raises its error after its pieces."""
         while True:
             try:
-                yield self.get()
-            except StopIteration:
+                piece = self.get()
+            except EndOfStream as end:
+                if end.error is not None:
+                    raise end.error from None
                 return
+            yield piece
 
     def _next_locked(self, block: bool) -> str | None:
         if self._pieces:
             return self._pieces.popleft()
-        if self._error is not None:
-            raise self._error
-        if self._completion is not None:
-            raise StopIteration
+        if self.done:
+            raise EndOfStream(self._completion, self._error)
         if block:  # pragma: no cover - wait_for guarantees one of the above
             raise RuntimeError("stream woke with nothing to read")
         return None

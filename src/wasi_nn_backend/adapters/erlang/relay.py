@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ... import wasi_nn
-from ...engine.streams import Stream
+from ...engine.streams import EndOfStream, Stream
 from ...errors import Busy, ErrorCode, WasiNnError
 from .ops import TOKEN, Op, error_term, request_key
 from .terms import binary
@@ -90,12 +90,12 @@ class Job:
         self.end(reply)
 
     def _relay_pieces(self, stream: Stream) -> bool:
-        """Send the pieces there are as {token, Piece}; whether the stream has ended (its
-        error, if it failed, is raised once its pieces are sent)."""
+        """Send the pieces there are as {token, Piece}; whether the stream has ended (the
+        caller reads how: stream.result() gives the completion or raises the error)."""
         while True:
             try:
                 piece = stream.try_get()
-            except StopIteration:
+            except EndOfStream:
                 return True
             if piece is None:
                 return False
