@@ -1,17 +1,13 @@
 """wasi-nn-backend: the WASI-NN API for llama.cpp GGUF models, for many concurrent sessions.
 
-Layering (imports point one way; a test enforces it):
-    adapters -> wasi_nn / backend -> engine -> {core, llm};  errors and config anywhere.
+Layering (imports point one way; tests/test_layers.py enforces it, docs/DESIGN.md explains it):
+    edges (wasi_nn/, adapters/) -> api -> engine -> {core, llm};  errors, config, logs anywhere.
 Only llm/ imports llama_cpp. This module only re-exports.
 """
-from .api.backend import Backend, BackendStats, Graph
+from .api import (Backend, BackendStats, Completion, EndOfStream, FakeClock, FinishReason, Graph,
+                  MonotonicClock, Session, Stream)
 from .config import Config, RequestParams, parse_config
-from .core.clock import MonotonicClock
-from .core.request import Completion, FinishReason
-from .engine.clock import FakeClock
-from .engine.streams import EndOfStream, Stream
 from .errors import ErrorCode, WasiNnError
-from .api.session import Session
 
 __all__ = ["Backend", "BackendStats", "Completion", "Config", "EndOfStream", "ErrorCode",
            "FakeClock", "FinishReason", "Graph", "MonotonicClock", "RequestParams", "Session",

@@ -18,12 +18,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..api import registry
 from ..api.backend import Backend, Graph
 from ..api.exec_context import USAGE_BUILD_KEYS, ExecutionContext  # noqa: F401 (re-export)
 from ..api.wasi_types import (ExecutionTarget, GraphEncoding, TensorType,  # noqa: F401
                                check_load_target)
-from ..core.clock import Clock
+from ..api import Clock, registry
 from ..errors import ErrorCode, InvalidArgument, WasiNnError
 from .args import Tensor, buffer, write
 from .args import builders as _builders, handle as _handle, index as _index
