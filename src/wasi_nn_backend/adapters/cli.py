@@ -22,7 +22,7 @@ import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from ..api.backend import Backend
+from ..api import Backend
 from ..errors import InvalidArgument, WasiNnError
 from ..logs import PACKAGE_LOGGER, log_to_stderr
 from . import bundled, terminal

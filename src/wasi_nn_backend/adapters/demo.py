@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..api.backend import Backend
-from ..engine.streams import EndOfStream, Stream
+from ..api import Backend, EndOfStream, Stream
 from ..errors import InvalidArgument, WasiNnError
 from .bundled import demo_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from ..api.backend import Backend, Graph
+from ..api import Backend, Graph
 
 
 def load(backend: Backend, path: str, config: Any = None, err: TextIO | None = None) -> Graph:
