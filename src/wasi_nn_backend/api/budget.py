@@ -32,7 +32,7 @@ class Reservation:
 
     def release(self) -> None:
         """Give the bytes back (idempotent)."""
-        self.budget._release(self)
+        self.budget.release(self)
 
 
 class MemoryBudget:
@@ -74,7 +74,8 @@ class MemoryBudget:
             self._held.append(reservation)
             return reservation
 
-    def _release(self, reservation: Reservation) -> None:
+    def release(self, reservation: Reservation) -> None:
+        """Give a reservation back (idempotent; Reservation.release calls it)."""
         with self._lock:
             if not reservation.released:
                 reservation.released = True

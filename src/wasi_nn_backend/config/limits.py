@@ -91,7 +91,7 @@ CHECKS: tuple[Check, ...] = (
           "within physical RAM (or memory.max_model_memory_mb)",
           "src/llama-kv-cache.cpp llama_kv_cache: the buffer is cleared (every page written) "
           "at load: an oversized one gets the process killed by the kernel, not an error",
-          "engine/footprint.py estimate_footprint; budget.py MemoryBudget.reserve"),
+          "engine/footprint.py estimate_footprint; api/budget.py MemoryBudget.reserve"),
     Check("quantized cache_type_k: no K-shift (context shifting) unless the head size is a "
           "multiple of 64 and LLAMA_ATTN_ROT_DISABLE is unset (Context.can_shift() is false: "
           "the scheduler does not shift, a full context ends with context_full)",

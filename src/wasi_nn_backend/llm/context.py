@@ -80,7 +80,7 @@ class Context:
                 f"n_seq_max={n_seq_max}, type_k={type_k}, type_v={type_v}); see the log")
         self._handle = handle
         self._model = model
-        model._register_dependent(self)
+        model.register_dependent(self)
         # Encoder-only embedding models (BERT) have no KV memory: llama_decode encodes.
         self._mem = C.llama_get_memory(handle) or None
         if self._mem is None and not embeddings:
@@ -131,7 +131,7 @@ class Context:
         self._logits = None
         if handle is not None:
             C.llama_free(handle)
-            self._model._dependent_closed()
+            self._model.dependent_closed()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down C

@@ -109,13 +109,13 @@ class Model:
     def closed(self) -> bool:
         return self._handle is None or self._free_pending
 
-    def _register_dependent(self, obj: object) -> None:
+    def register_dependent(self, obj: object) -> None:
         """Record a Context/Sampler built on this model; its close() must call
-        _dependent_closed() exactly once."""
+        dependent_closed() exactly once."""
         self._dependents.add(obj)
         self._open_dependents += 1
 
-    def _dependent_closed(self) -> None:
+    def dependent_closed(self) -> None:
         self._open_dependents -= 1
         if self._free_pending and self._open_dependents <= 0:
             self._free()

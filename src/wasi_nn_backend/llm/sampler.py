@@ -167,7 +167,7 @@ class Sampler:
         self._pre = self._chain = self._grammar = None
         self._registered = False
         self._grammar = _make_guard(model, params)
-        model._register_dependent(self)
+        model.register_dependent(self)
         self._registered = True
         try:
             bias = _bias_entries(model, params)
@@ -308,7 +308,7 @@ class Sampler:
             self._grammar.close()
         if self._registered:
             self._registered = False
-            self._model._dependent_closed()
+            self._model.dependent_closed()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down C
