@@ -112,8 +112,8 @@ def test_core_has_no_threads():
     queue limit callers share)."""
     offenders = [f"{path}: {name}" for path, parts in _modules() if parts[0] == "core"
                  for kind, name in _imports(path, parts)
-                 if kind == "external" and name.split(".")[0] in ("threading", "_thread")
-                 or kind == "external" and name.startswith("concurrent")]
+                 if kind == "external"
+                 and name.split(".")[0] in ("threading", "_thread", "concurrent")]
     assert offenders == []
 
 
