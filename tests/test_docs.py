@@ -44,3 +44,58 @@ def test_readme_links_stay_in_the_repository():
             continue
         path = (root / target.split("#")[0]).resolve()
         assert path.is_relative_to(root) and path.exists(), target
+
+
+DESIGN = (Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md").read_text()
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "wasi_nn_backend"
+
+
+def _design_paths() -> set[str]:
+    """Every path docs/DESIGN.md names: the ``src/wasi_nn_backend/`` tree (a ``name/`` line
+    opens a directory for the lines indented under it; every ``x.py`` on a line is a module of
+    the directory it stands in) and backquoted ``pkg/x.py`` paths anywhere."""
+    import re
+    named: set[str] = set()
+    stack: list[tuple[int, str]] = []   # (indent, directory path) of the open directories
+    in_tree = False
+    for line in DESIGN.splitlines():
+        if line.startswith("src/wasi_nn_backend/"):
+            in_tree = True
+            continue
+        indent = len(line) - len(line.lstrip())
+        if in_tree and (line.startswith("```") or (line.strip() and indent == 0)):
+            in_tree = False
+        if in_tree and line.strip():
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            here = stack[-1][1] if stack else ""
+            opens = re.match(r"\s*([a-z_]+)/(\s|$)", line)
+            if opens:
+                here += opens.group(1) + "/"
+                stack.append((indent, here))
+                named.add(here)
+            for word in re.findall(r"(?<![\w/.])((?:[a-z_]+/)*[a-z_]+\.py)\b", line):
+                absolute = "/" in word and (PACKAGE / word.split("/")[0]).is_dir()
+                path = word if absolute else here + word
+                named.add(path)
+                if "/" in path:
+                    named.add(path.rsplit("/", 1)[0] + "/")
+        for path in re.findall(r"`((?:api|engine|core|llm|config|adapters|wasi_nn|testing)"
+                               r"/[\w/]+\.py)", line):
+            named.add(path)
+    return named
+
+
+def test_design_names_only_modules_that_exist():
+    missing = sorted(p for p in _design_paths() if not (PACKAGE / p).exists())
+    assert missing == [], f"docs/DESIGN.md names what is not in src/: {missing}"
+
+
+def test_design_names_every_package_and_api_module():
+    named = _design_paths()
+    packages = sorted(p.name + "/" for p in PACKAGE.iterdir()
+                      if p.is_dir() and (p / "__init__.py").exists())
+    assert [p for p in packages if p not in named] == []
+    api = sorted("api/" + p.name for p in (PACKAGE / "api").glob("*.py")
+                 if p.name != "__init__.py")
+    assert [m for m in api if m not in named] == []
