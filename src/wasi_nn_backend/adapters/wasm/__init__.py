@@ -4,7 +4,7 @@
 WASI command against it. Layout: ``memory`` (bounds-checked guest memory), ``names`` (preload
 aliases, allowed directories), ``imports`` (the twelve imports), ``outputs`` (whole outputs,
 WasmEdge's ``stream-stdout``), ``deadline`` (the operator's time limits, which a guest cannot
-lift), ``wasm_engine`` (Engine, epoch ticker, module cache), ``runner``.
+lift), ``runtime`` (wasmtime Engine, epoch ticker, module cache), ``runner``.
 """
 from .host import NnHost
 from .runner import GuestResult, run_guest

@@ -27,7 +27,7 @@ from ...errors import InvalidArgument, NotFound
 from .host import NnHost
 from .deadline import max_time_limit
 from .imports import GuestNn
-from .wasm_engine import ENGINE, TICKER, compile_module
+from .runtime import ENGINE, TICKER, compile_module
 
 log = logging.getLogger("wasi_nn_backend.wasm")
 
