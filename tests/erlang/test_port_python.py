@@ -194,6 +194,10 @@ def test_each_bad_request_gets_its_own_reply(port, tiny_model_path):
         510: (("deinit_backend", (424242,)), "not_found", "424242"),
         511: (("run_inference", (ctx, live, B(b"\xff\xfe"), B(""))), "invalid_argument",
               "UTF-8"),
+        512: (("load_by_name_with_config", (ctx, B(""), B(""))), "invalid_argument", "Path"),
+        513: (("load_by_name_with_config", (ctx, B(b"/no/such/\xff.gguf"), B(""))),
+              "model_not_found", "/no/such/\\udcff.gguf"),   # the path's bytes, escaped
+        514: (("init_execution_context", (424242, B("s"))), "not_found", "424242"),
     }
     for number, ((op, args), _, _) in cases.items():
         port.send((number, A(op), args))

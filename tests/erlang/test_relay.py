@@ -3,8 +3,7 @@ calls back at once and after every change a reader can see, and never for a chan
 is not there (pieces put without waking wait for the wake)."""
 from __future__ import annotations
 
-from wasi_nn_backend.core.request import Completion, FinishReason
-from wasi_nn_backend.engine.streams import Stream
+from wasi_nn_backend.api import Completion, FinishReason, Stream
 from wasi_nn_backend.errors import ErrorCode, NotFound
 
 

@@ -1,8 +1,11 @@
 """The requests of docs/erlang-protocol.md: ``{Id, Op, Args}`` checked, then run on the
-function API (wasi_nn) and the Session API beneath it.
+Python API: the process's backend table (api.registry, whose handles the function API shares)
+and the Backend -> Graph -> Session objects behind a handle. This edge never calls another
+edge (the function API's codes are its own wire format, not ours).
 
 Handlers take the checked arguments and return the reply term (without the Id); a failure
-raises a WasiNnError whose code becomes the reply's error atom and whose message its text.
+raises a WasiNnError whose code becomes the reply's error atom and whose message its text
+(port.py and relay.py translate it, at this edge's border).
 The generating ops' handlers return the chat turn's Stream instead; relay.py forwards it and
 builds the last reply with the op's ``finish``.
 """
@@ -15,11 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ... import wasi_nn
-from ...core.request import Completion
-from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument
-from ...engine.streams import Stream
-from ...api.session import Session
+from ...api import Backend, Completion, Session, Stream, registry
+from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument, WasiNnError
 from . import terms
 from .terms import ERROR, OK, atom, atom_name, binary, binary_value, describe, is_integer
 
@@ -38,7 +38,22 @@ class BadRequest(InvalidArgument):
 
 
 def error_term(code: ErrorCode, message: str) -> tuple[Any, ...]:
-    return (ERROR, (atom(code.name.lower()), binary(message)))
+    """``{error, {Atom, Message}}``. The message stays UTF-8 even when it quotes a path whose
+    undecodable bytes became lone surrogates (shown escaped: ``\\udcff``)."""
+    text = message.encode("utf-8", "backslashreplace")
+    return (ERROR, (atom(code.name.lower()), binary(text)))
+
+
+def _close_backend(handle: int) -> None:
+    """Close a backend the port made, never raising: the port is ending (or the handle is
+    gone already, deinitialized by a request meanwhile), and the other backends still close."""
+    try:
+        registry.close_backend(handle)
+    except WasiNnError as error:
+        log.info("deinitializing backend %d: %s (%s)", handle, error.message,
+                 error.code.name.lower())
+    except Exception:
+        log.exception("deinitializing backend %d failed unexpectedly", handle)
 
 
 class Backends:
@@ -55,7 +70,7 @@ class Backends:
             if not closed:
                 self._handles.add(handle)
         if closed:  # made while the port was ending: nobody will use it
-            wasi_nn.deinit_backend(handle)
+            _close_backend(handle)
             raise BackendRuntimeError("the port is shutting down")
 
     def discard(self, handle: int) -> None:
@@ -69,7 +84,7 @@ class Backends:
         # logged first: closing the last backend also closes the logging it configured
         log.info("deinitializing %d backend(s) made through the port", len(handles))
         for handle in handles:
-            wasi_nn.deinit_backend(handle)  # a code, never an exception
+            _close_backend(handle)
         return len(handles)
 
 
@@ -90,14 +105,27 @@ class Call:
     cancel: Callable[[Any], int] = lambda request_id: 0   # cancel the generations of an Id
 
 
-def _api(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a wasi_nn function undecorated (functools.wraps keeps it as ``__wrapped__``), so a
-    failure raises its WasiNnError, message and all, rather than returning a bare code."""
-    return fn.__wrapped__(*args)
+def backend(ctx: int) -> Backend:
+    """The backend behind handle ``ctx``; NotFound for one never made or deinitialized."""
+    return registry.backend(ctx)
 
 
 def _session(ctx: int, exec_ctx: int) -> Session:
-    return wasi_nn.backend_of(ctx).session(exec_ctx)
+    return backend(ctx).session(exec_ctx)
+
+
+def _path(path: bytes) -> str:
+    """A model path as the file system names it: undecodable bytes become lone surrogates
+    (surrogateescape), so any path the VM sends opens the file it names."""
+    if not path:
+        raise InvalidArgument("the model Path is empty")
+    return path.decode("utf-8", "surrogateescape")
+
+
+def _session_id(session_id: bytes) -> str:
+    if not session_id:
+        raise InvalidArgument("the session id (SessionId) is empty")
+    return session_id.decode("utf-8", "replace")
 
 
 def _message(prompt: bytes) -> str:
@@ -117,29 +145,36 @@ def _finished(completion: Completion) -> Completion:
 
 # -- handlers --------------------------------------------------------------------------------
 def init_backend(call: Call, config: bytes) -> Any:
-    handle = _api(wasi_nn.init_backend_with_config, config or None)
+    handle = registry.open_backend(config or None)
     call.backends.add(handle)
     return (OK, handle)
 
 
 def deinit_backend(call: Call, ctx: int) -> Any:
-    _api(wasi_nn.deinit_backend, ctx)
+    registry.close_backend(ctx)
     call.backends.discard(ctx)
     return OK
 
 
 def load_by_name_with_config(call: Call, ctx: int, path: bytes, config: bytes) -> Any:
-    return (OK, _api(wasi_nn.load_by_name_with_config, ctx, path, None, config or None))
+    """Backend.load: the graph already serving this file and config, a hot swap into the
+    graph loaded last (backend.hot_swap), or a new graph; its handle."""
+    target = backend(ctx)  # not_found for an unknown Ctx before any argument's error
+    return (OK, target.load(_path(path), config or None).handle)
 
 
 def init_execution_context(call: Call, ctx: int, session_id: bytes) -> Any:
-    return (OK, _api(wasi_nn.init_execution_context_with_session_id, ctx, session_id))
+    """The session named ``session_id`` (history kept), or a new one, on the graph a load
+    returned last (invalid_argument when no model is loaded)."""
+    target = backend(ctx)
+    name = _session_id(session_id)
+    return (OK, target.latest_graph().session(name).handle)
 
 
 def start_chat(ctx: int, exec_ctx: int, prompt: bytes, config: bytes) -> Stream:
-    """run_inference / run_inference_stream: the chat turn, submitted. Session.chat's stream
-    (the call wasi_nn.run_inference makes, not run_inference itself: its caller buffer would
-    make a too-long reply cost a second generation and a second chat turn); `cancel` stops it."""
+    """run_inference / run_inference_stream: the chat turn, submitted (Session.chat_stream;
+    the reply has no caller buffer to fit, so it is never generated twice); `cancel` stops
+    it."""
     return _session(ctx, exec_ctx).chat_stream(_message(prompt), config or None)
 
 
@@ -152,7 +187,7 @@ def reply_usage(completion: Completion) -> Any:
 
 
 def close_execution_context(call: Call, ctx: int, exec_ctx: int) -> Any:
-    _api(wasi_nn.close_execution_context, ctx, exec_ctx)
+    _session(ctx, exec_ctx).close()
     return OK
 
 
