@@ -11,9 +11,9 @@ import pytest
 from wasi_nn_backend import errors
 from wasi_nn_backend.config import SamplingParams
 from wasi_nn_backend.llm.context import Context
-from wasi_nn_backend.llm.grammar import GrammarGuard, schema_to_gbnf
+from wasi_nn_backend.llm.gbnf import schema_to_gbnf
+from wasi_nn_backend.llm.grammar import GrammarGuard, check_grammar
 from wasi_nn_backend.llm.json_rules import int_range
-from wasi_nn_backend.llm.sampler import check_grammar
 
 from sampling_loop import sample_text
 

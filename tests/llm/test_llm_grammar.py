@@ -11,8 +11,9 @@ from wasi_nn_backend import errors
 from wasi_nn_backend.config import SamplingParams
 from wasi_nn_backend.llm.batch import Batch
 from wasi_nn_backend.llm.context import Context
-from wasi_nn_backend.llm.grammar import check_gbnf_text
-from wasi_nn_backend.llm.sampler import GrammarRejected, Sampler, check_grammar
+from wasi_nn_backend.llm.gbnf import check_gbnf_text
+from wasi_nn_backend.llm.grammar import GrammarRejected, check_grammar
+from wasi_nn_backend.llm.sampler import Sampler
 
 from sampling_loop import sample_text
 

@@ -27,8 +27,8 @@ from ..core.clock import Clock, MonotonicClock
 from ..core.scheduler import SchedulerStats
 from ..errors import BackendRuntimeError, NotFound, WasiNnError
 from ..llm.context import Context
+from ..llm.grammar import check_grammar
 from ..llm.model import Model
-from ..llm.sampler import check_grammar
 from .counters import EngineCounters
 
 log = logging.getLogger("wasi_nn_backend.engine")

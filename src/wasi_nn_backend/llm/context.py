@@ -5,7 +5,8 @@ is checked here first and raised as an exception instead: settings (context_para
 larger than n_batch (for a non-causal model: n_ubatch), sequence ids outside [0, n_seq_max),
 partial seq_cp across split KV streams, K-shift on memory that cannot shift, logits of a batch
 index that produced none. The table of checks: config/limits.py. Not thread-safe: one owner
-thread.
+thread. Views of the logits buffer: logits.py. Longer than ~300 lines because every call on
+the llama_context* (decode, KV memory, sequence state) belongs to its one owner, this class.
 """
 from __future__ import annotations
 
@@ -22,27 +23,14 @@ from .. import errors
 from .batch import Batch
 from .context_params import check_cache_types, context_params, quantized_k_can_shift
 from .context_params import index as _index
+from .logits import LogitsViews
 from .model import Model
 from .pooling import pooling_name
 
 log = logging.getLogger(__name__)
 
 _NO_OUTPUTS: dict[int, int] = {}
-_VIEW_CACHE_MAX = 64
 
-
-def _pointer_getter(name: str) -> ctypes._CFuncPtr:
-    """A second binding of a llama.cpp getter returning ``float *``, typed to give the address
-    as a plain int (None for NULL): llama-cpp-python's own binding returns a ctypes pointer,
-    which costs a cast per call. A fresh function object (``lib[name]``), so the package's
-    binding keeps its own types."""
-    function = C._lib[name]
-    function.argtypes = [ctypes.c_void_p]
-    function.restype = ctypes.c_void_p
-    return function
-
-
-_get_logits_address = _pointer_getter("llama_get_logits")
 # llama_get_causal_attn(ctx): the bindings do not wrap it.
 _get_causal_attn = C._lib["llama_get_causal_attn"]
 _get_causal_attn.argtypes = [ctypes.c_void_p]
@@ -106,10 +94,7 @@ class Context:
                     f"n_seq_max={self._n_seq_max} sequences it must hold")
         self._outputs = _NO_OUTPUTS  # batch index -> logits row, for the last decode
         self._logits: np.ndarray | None = None  # the last decode's logits rows
-        # Views of llama.cpp's logits buffer by (address, rows): the buffer stays put from
-        # decode to decode, so a step builds no new view. Right after a decode every first
-        # call runs on cold caches: building the view and its row map took ~0.14 ms a step.
-        self._views: dict[tuple[int, int], np.ndarray] = {}
+        self._views = LogitsViews(self._n_vocab)
         self.decode_seconds = 0.0  # time inside llama_decode calls (for overhead benches)
 
     # --- lifetime ------------------------------------------------------------------------
@@ -215,19 +200,7 @@ class Context:
                 f"batch index {batch_index} has no logits from the last decode")
         matrix = self._logits
         if matrix is None:
-            address = _get_logits_address(self.handle)
-            if not address:
-                raise errors.BackendRuntimeError("llama.cpp has no logits for the last decode")
-            key = (address, len(self._outputs))
-            matrix = self._views.get(key)
-            if matrix is None:
-                if len(self._views) >= _VIEW_CACHE_MAX:
-                    self._views.clear()
-                floats = (ctypes.c_float * (key[1] * self._n_vocab)).from_address(address)
-                matrix = np.frombuffer(floats, dtype=np.float32).reshape(key[1], self._n_vocab)
-                matrix.flags.writeable = False
-                self._views[key] = matrix
-            self._logits = matrix
+            matrix = self._logits = self._views.matrix(self.handle, len(self._outputs))
         return matrix[row]
 
     def logits_row(self, batch_index: int) -> np.ndarray:

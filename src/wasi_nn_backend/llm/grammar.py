@@ -1,5 +1,6 @@
-"""Grammars for Sampler: GBNF from SamplingParams, and a grammar sampler used only through
-checks that keep llama.cpp from aborting.
+"""GrammarGuard: owns the llama.cpp grammar sampler of one Sampler, used only through checks
+that keep llama.cpp from aborting; make_guard builds it from SamplingParams (the GBNF text and
+the triggers come checked from gbnf.py), check_grammar tries that once up front.
 
 Why a guard: llama.cpp's grammar accept throws a C++ exception through the C API (that is
 std::terminate) when the grammar rejects the token, and GGML_ABORTs on an end-of-generation
@@ -10,15 +11,13 @@ Why lazy grammars are triggered here and not by llama.cpp: its lazy mode replays
 triggering text into the grammar inside accept, where a mismatch is again std::terminate, and
 it compiles trigger patterns with std::regex, whose errors are uncaught C++ exceptions too.
 So the C grammar is always created non-lazy, and this class watches the output for the
-triggers (Python `re`, same rules: search, or full match for ^...$; the match starts at the
-first non-empty group) and feeds the triggering text through the guarded accept.
+triggers (Python `re`, same rules: gbnf.trigger_start) and feeds the triggering text through
+the guarded accept.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
-import json
 import logging
 import os
 import re
@@ -32,8 +31,7 @@ import numpy as np
 
 from .. import errors
 from ..config import SamplingParams
-from . import json_schema
-from .json_rules import SchemaError
+from .gbnf import check_gbnf_text, grammar_source, trigger_regexes, trigger_start
 from .lib import LLAMA_LOGGER
 from .model import Model
 
@@ -50,97 +48,6 @@ class GrammarRejected(errors.BackendRuntimeError):
     def __init__(self, message: str, *, complete: bool) -> None:
         super().__init__(message)
         self.complete = complete
-
-
-@functools.lru_cache(maxsize=64)
-def schema_to_gbnf(schema_text: str) -> str:
-    """JSON schema text -> GBNF (root rule 'root', json_schema.py); any problem ->
-    InvalidArgument with a one-line message. Cached: a schema is converted (and an unsupported
-    pattern in it logged) once, not at every check and request."""
-    try:
-        schema = json.loads(schema_text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise errors.InvalidArgument(f"json_schema is not valid JSON: {exc}") from None
-    try:
-        return json_schema.schema_to_gbnf(schema)
-    except SchemaError as exc:
-        raise errors.InvalidArgument(f"json_schema: {exc}") from None
-    except RecursionError:
-        raise errors.InvalidArgument("json_schema nests too deeply to convert") from None
-    except (TypeError, AttributeError, ValueError, KeyError) as exc:
-        # A shape the converter's checks missed: still the caller's schema, not our bug.
-        raise errors.InvalidArgument(f"json_schema cannot be converted: {exc}") from None
-
-
-# llama.cpp's GBNF parser and its left-recursion check recurse in C without a depth limit; a
-# hostile grammar could overflow the C stack (a crash, not an exception). Bound the input.
-MAX_GRAMMAR_BYTES = 1 << 20
-MAX_GRAMMAR_NESTING = 256
-MAX_GRAMMAR_RULES = 10_000
-_RULE_DEF = re.compile(r"(?m)^[ \t]*([a-zA-Z0-9_-]+)[ \t]*::=")
-_NOT_STRUCTURE = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*')
-
-
-def _max_nesting(text: str) -> int:
-    """Deepest ( nesting outside "literals", [classes] and # comments."""
-    depth = deepest = 0
-    for paren in re.findall(r"[()]", _NOT_STRUCTURE.sub("", text)):
-        depth += 1 if paren == "(" else -1
-        deepest = max(deepest, depth)
-    return deepest
-
-
-def check_gbnf_text(gbnf: str) -> None:
-    """Refuse what llama.cpp cannot take safely, naming the problem (InvalidArgument)."""
-    if len(gbnf.encode("utf-8", errors="replace")) > MAX_GRAMMAR_BYTES:
-        raise errors.InvalidArgument(f"grammar longer than {MAX_GRAMMAR_BYTES} bytes")
-    if "\0" in gbnf:
-        raise errors.InvalidArgument("grammar contains a NUL character")
-    rules = set(_RULE_DEF.findall(gbnf))
-    if "root" not in rules:
-        raise errors.InvalidArgument("grammar has no 'root ::= ...' rule")
-    if len(rules) > MAX_GRAMMAR_RULES:
-        raise errors.InvalidArgument(f"grammar has more than {MAX_GRAMMAR_RULES} rules")
-    if _max_nesting(gbnf) > MAX_GRAMMAR_NESTING:
-        raise errors.InvalidArgument(f"grammar nests deeper than {MAX_GRAMMAR_NESTING} levels")
-
-
-def grammar_source(params: SamplingParams) -> str | None:
-    """The GBNF text the params ask for, or None."""
-    if params.grammar and params.json_schema:
-        raise errors.InvalidArgument("give either grammar or json_schema, not both")
-    if params.json_schema:
-        return schema_to_gbnf(params.json_schema)
-    return params.grammar or None
-
-
-def trigger_regexes(params: SamplingParams) -> list[re.Pattern[bytes]]:
-    """Compiled lazy-grammar triggers: the words (escaped, one alternation) and patterns."""
-    patterns = list(params.grammar_trigger_patterns)
-    words = [w for w in params.grammar_trigger_words if w]
-    if words:
-        patterns.append("(" + "|".join(re.escape(w) for w in words) + ")")
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern.encode("utf-8")))
-        except (re.error, UnicodeEncodeError) as exc:
-            raise errors.InvalidArgument(f"bad grammar trigger pattern {pattern!r}: {exc}") from exc
-    return compiled
-
-
-def _trigger_start(pattern: re.Pattern[bytes], text: bytes) -> int:
-    """Where constrained output starts if ``pattern`` fires on ``text``, else -1."""
-    source = pattern.pattern
-    full = source.startswith(b"^") and source.endswith(b"$")
-    match = (pattern.fullmatch(text) if full else None) or pattern.search(text)
-    if match is None:
-        return -1
-    for group in range(1, pattern.groups + 1):
-        start, end = match.span(group)
-        if end > start >= 0:
-            return start
-    return match.start()
 
 
 _capture_lock = threading.Lock()
@@ -277,7 +184,7 @@ class GrammarGuard:
             return
         self._pending += self._model.token_to_piece(token, special=True)
         for pattern in self._triggers:
-            start = _trigger_start(pattern, bytes(self._pending))
+            start = trigger_start(pattern, bytes(self._pending))
             if start >= 0:
                 constrained = bytes(self._pending[start:])
                 self._active = True
@@ -316,3 +223,27 @@ class GrammarGuard:
         handle, self._handle = self._handle, None
         if handle is not None:
             C.llama_sampler_free(handle)
+
+
+def make_guard(model: Model, params: SamplingParams) -> GrammarGuard | None:
+    """The guard for the grammar ``params`` ask for (None: no grammar); InvalidArgument for a
+    bad grammar, schema or trigger."""
+    source = grammar_source(params)
+    if source is None:
+        return None
+    lazy = params.grammar_lazy
+    triggers = trigger_regexes(params) if lazy else []
+    tokens = tuple(int(t) for t in params.grammar_trigger_tokens) if lazy else ()
+    for token in tokens:
+        if not model.valid_token(token):
+            raise errors.InvalidArgument(f"grammar trigger token {token} is not in the vocabulary")
+    if lazy and not triggers and not tokens:
+        raise errors.InvalidArgument("grammar_lazy needs trigger words, patterns or tokens")
+    return GrammarGuard(model, source, lazy=lazy, triggers=triggers, trigger_tokens=tokens)
+
+
+def check_grammar(model: Model, params: SamplingParams) -> None:
+    """Raise InvalidArgument now for a bad grammar/schema/trigger (builds and frees one)."""
+    guard = make_guard(model, params)
+    if guard is not None:
+        guard.close()

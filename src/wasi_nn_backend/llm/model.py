@@ -3,6 +3,8 @@
 Every method that takes a token id checks it first: llama.cpp indexes its vocabulary with
 std::vector::at, and the exception it throws for a bad id cannot cross the C API (terminate).
 The tokenizer is thread-safe in llama.cpp; this class keeps no shared mutable buffers.
+About 300 lines with no seam: the vocabulary is the llama_model*'s, so its one owner, this
+class, makes every call on it (loading, lifetime, facts, tokens, chat template).
 """
 from __future__ import annotations
 
