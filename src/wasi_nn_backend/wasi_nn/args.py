@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.wasi_types import TensorType
+from ..api.wasi_types import TensorType, tensor_data
 from ..errors import InvalidArgument, InvalidEncoding, TooLarge
 
 BYTES = (bytes, bytearray, memoryview)
@@ -90,10 +90,6 @@ def tensor_bytes(tensor: Any) -> bytes:
         raise InvalidArgument(f"expected a Tensor, str or bytes, not {type(tensor).__name__}")
     if tensor.data is None:
         raise InvalidArgument("the tensor has no data")
-    if tensor.type != TensorType.U8:
-        name = TensorType(tensor.type).name if tensor.type in tuple(TensorType) else tensor.type
-        raise InvalidArgument(f"tensor type {name!r} is not supported: "
-                              "prompts and metadata are U8 (UTF-8 bytes)")
     if isinstance(tensor.data, str):
         data = utf8(tensor.data, "the tensor data")
     elif isinstance(tensor.data, BYTES):
@@ -101,24 +97,12 @@ def tensor_bytes(tensor: Any) -> bytes:
     else:
         raise InvalidArgument(f"the tensor data must be bytes or str, "
                               f"not {type(tensor.data).__name__}")
-    return _cut(data, tensor.dimensions)
-
-
-def _cut(data: bytes, dimensions: Any) -> bytes:
-    if not dimensions:
-        return data
-    if isinstance(dimensions, (str, *BYTES)) or not isinstance(dimensions, Sequence):
+    dimensions = tensor.dimensions
+    if dimensions and (isinstance(dimensions, (str, *BYTES))
+                       or not isinstance(dimensions, Sequence)):
         raise InvalidArgument(f"tensor dimensions must be a list of ints, "
                               f"not {type(dimensions).__name__}")
-    size = 1
-    for dim in dimensions:
-        dim = integer(dim, "a tensor dimension")
-        if dim < 0:
-            raise InvalidArgument(f"tensor dimension {dim} is negative")
-        size *= dim
-    if size > len(data):
-        raise InvalidArgument(f"tensor dimensions say {size} bytes; data has {len(data)}")
-    return data[:size]
+    return tensor_data(dimensions, tensor.type, data)
 
 
 def buffer(out: Any) -> memoryview:

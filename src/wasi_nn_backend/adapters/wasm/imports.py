@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from wasmtime import FuncType, Linker, ValType
 
 from ...api import ExecutionContext
 from ...api.handles import HandleTable
-from ...api.wasi_types import TensorType, check_load_target
+from ...api.wasi_types import TensorType, check_load_target, tensor_data
 from ...errors import ErrorCode, InvalidArgument, TooLarge, WasiNnError, witx_code
 from .deadline import RunDeadline
 from .host import NnHost, SharedGraph
@@ -200,7 +199,7 @@ class GuestNn:
         if dims == [1]:
             dims = [len(data)]  # LlamaEdge and older examples send dims [1] for any prompt
         execution = self._execution(context)
-        data = _tensor_data(dims, TensorType(tensor_type), data)
+        data = tensor_data(dims, tensor_type, data)
         execution.set_input(index, data)
         flag = stream_stdout_flag(data) if index == 1 else None
         if flag is not None:
@@ -277,17 +276,3 @@ class GuestNn:
     def _config(self, memory: GuestMemory, ptr: int, length: int) -> bytes | None:
         config = memory.read(ptr, length, "config", limit=self.host.max_input_bytes)
         return config.rstrip(b"\0") or None
-
-
-def _tensor_data(dims: list[int], tensor_type: TensorType, data: bytes) -> bytes:
-    """The bytes a guest's tensor holds: prompts and metadata are U8 (UTF-8 text), cut to
-    the dimensions' size when they give one (none or empty: all of ``data``)."""
-    if tensor_type is not TensorType.U8:
-        raise InvalidArgument(f"tensor type {tensor_type.name!r} is not supported: "
-                              "prompts and metadata are U8 (UTF-8 bytes)")
-    if not dims:
-        return data
-    size = math.prod(dims)
-    if size > len(data):
-        raise InvalidArgument(f"tensor dimensions say {size} bytes; data has {len(data)}")
-    return data[:size]
