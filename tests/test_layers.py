@@ -26,7 +26,7 @@ ALLOWED = {
     "llm": {"base", "llm"},
     "engine": {"base", "core", "llm", "engine"},
     "api": {"base", "core", "llm", "engine", "api"},
-    "edge": {"base", "core", "engine", "api", "edge"},
+    "edge": {"base", "api", "edge"},   # the engine only through the API
     "testing": {"base", "llm", "engine"},
     "root": {"base", "core", "engine", "api"},
 }
@@ -132,6 +132,24 @@ def test_imports_point_one_way():
                 violations.append(f"{module} ({_layer(module)}) imports {target} "
                                   f"({_layer(target)})")
     assert violations == []
+
+
+# Edges never call another edge: each translates errors to its own wire format at its border.
+SEPARATE_EDGES = ["wasi_nn", "adapters.wasm", "adapters.erlang"]
+
+
+def test_no_edge_imports_another():
+    """The function API, the wasm host and the Erlang port each call the API, never one
+    another (the CLI, the program on top, may start the wasm runner or the Erlang port)."""
+    def edge_of(module: str) -> str | None:
+        return next((edge for edge in SEPARATE_EDGES
+                     if module == edge or module.startswith(edge + ".")), None)
+    crossings = [f"{module} imports {target}" for module, targets in _graph().items()
+                 for target in targets
+                 if edge_of(target) is not None and module.startswith(("wasi_nn", "adapters"))
+                 and edge_of(target) != edge_of(module)
+                 and not module.startswith(("adapters.cli", "adapters.__init__"))]
+    assert crossings == []
 
 
 def test_no_import_cycles():
