@@ -10,7 +10,6 @@ Pure Python: no llama_cpp import.
 from __future__ import annotations
 
 import json
-import re
 
 SPACE_RULE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
 CHAR_RULE = '[^"\\\\\\x7F\\x00-\\x1F] | [\\\\] (["\\\\bfnrt] | "u" [0-9a-fA-F]{4})'

@@ -19,7 +19,7 @@ from typing import Any
 from .json_objects import all_of_rule, object_rule
 from .json_pattern import PatternConverter
 from .json_rules import PRIMITIVE_RULES, SPACE_RULE, SchemaError, Unsupported, constant, \
-    format_literal, int_range, repetition
+    int_range, repetition
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..api.backend import Backend, Graph
-from ..api.exec_context import USAGE_BUILD_KEYS, ExecutionContext  # noqa: F401 (re-export)
-from ..api.wasi_types import (ExecutionTarget, GraphEncoding, TensorType,  # noqa: F401
-                               check_load_target)
+from ..api.exec_context import USAGE_BUILD_KEYS, ExecutionContext
+from ..api.wasi_types import ExecutionTarget, GraphEncoding, TensorType, check_load_target
 from ..api import Clock, registry
 from ..errors import ErrorCode, InvalidArgument, WasiNnError
 from .args import Tensor, buffer, write
@@ -29,6 +28,14 @@ from .args import builders as _builders, handle as _handle, index as _index
 from .args import integer as _integer, tensor_bytes as _tensor_bytes, text as _text
 
 log = logging.getLogger("wasi_nn_backend.api")
+
+__all__ = [   # the C API's functions, and the types a caller passes them
+    "ErrorCode", "ExecutionTarget", "GraphEncoding", "Tensor", "TensorType", "USAGE_BUILD_KEYS",
+    "backend_of", "close_execution_context", "compute", "compute_single", "deinit_backend",
+    "finalize_execution_context", "fini_single", "get_output", "get_output_single",
+    "init_backend", "init_backend_with_config", "init_execution_context",
+    "init_execution_context_with_session_id", "load", "load_by_name",
+    "load_by_name_with_config", "run_inference", "set_input", "unload"]
 
 def _report(fn: Callable[..., Any], error: BaseException) -> tuple[ErrorCode, Any]:
     """This edge's border: an exception becomes its code (a WasiNnError's own, with the size
