@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ..config import BackendSettings, MemoryConfig
 from ..errors import WasiNnError
 from .clock import Clock
-from .kv_policy import SlotPool, plan_generation_room, plan_pressure_relief, plan_prompt
+from .kv_policy import plan_generation_room, plan_pressure_relief, plan_prompt
+from .slots import SlotPool
 from .plan import CopyPrefix, StepPlan, Restore
 from .queue import Gate, QueueLimit, WaitingQueue
 from .steady import SteadyDecode

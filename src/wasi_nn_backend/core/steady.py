@@ -35,7 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import MemoryConfig
-from .kv_policy import SlotPool, cached_tokens, pressure_limit
+from .kv_policy import cached_tokens, pressure_limit
+from .slots import SlotPool
 from .plan import StepPlan
 from .request import Request
 

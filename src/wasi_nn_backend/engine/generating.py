@@ -11,7 +11,7 @@ from concurrent.futures import Future
 
 from ..config import Config, RequestParams
 from ..core.clock import Clock
-from ..core.kv_policy import SlotPool
+from ..core.slots import SlotPool
 from ..core.plan import StepPlan
 from ..core.scheduler import Scheduler
 from ..core.steady import Outputs
