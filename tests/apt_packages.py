@@ -1,5 +1,6 @@
 """Installing the Debian packages a test group needs (clang for wasm32, Erlang), once, quietly,
-when they are missing and the tests run as root. Shared by tests/wasm and tests/erlang."""
+when they are missing and the tests run as root. Shared by tests/adapters/wasm and
+tests/adapters/erlang."""
 from __future__ import annotations
 
 import logging

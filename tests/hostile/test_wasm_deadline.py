@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "wasm"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters" / "wasm"))
 from wat_harness import (CHAT, CHAT_DATA, HOST_CONFIG, LOAD_DEFAULT, NEW_CONTEXT,  # noqa: E402
                          SET_METADATA, SET_PROMPT, decode_values, wat_guest)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "wasm"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters" / "wasm"))
 from wat_harness import wat_guest  # noqa: E402
 
 RUNS = 50

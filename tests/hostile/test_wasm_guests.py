@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "wasm"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters" / "wasm"))
 from wat_harness import (CHAT, CHAT_DATA, COMPUTE, HOST_CONFIG, LOAD_DEFAULT,  # noqa: E402
                          NEW_CONTEXT, SET_METADATA, SET_PROMPT, decode_values, run_wat,
                          wat_guest)

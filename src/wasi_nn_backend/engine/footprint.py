@@ -8,7 +8,7 @@ settings, before anything is loaded: weights + KV cache + compute buffers.
 
 The weights are the file's tensor bytes. Compute buffers follow llama.cpp's worst-case graph
 for n_ubatch tokens (see _compute_bytes; within 25 % of what llama.cpp reports on CPU across
-context sizes, batch sizes, widths and flash attention on or off: tests/test_footprint.py).
+context sizes, batch sizes, widths and flash attention on or off: tests/engine/test_footprint.py).
 """
 from __future__ import annotations
 

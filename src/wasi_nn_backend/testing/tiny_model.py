@@ -4,7 +4,7 @@ The model is random (seeded) but shaped like a real one: an SPM vocabulary with 
 (so any UTF-8 text tokenizes and detokenizes exactly), ChatML control tokens with <|im_end|> as
 end-of-turn, RoPE attention with grouped KV heads, SwiGLU FFN, F32 weights. F32 keeps greedy
 results independent of how tokens are batched; the weight scales below were chosen (and checked,
-see tests/llm/test_tiny_model.py) so that greedy decoding produces varied tokens with clear
+see tests/llm/test_llm_tiny_model.py) so that greedy decoding produces varied tokens with clear
 margins between the best and second-best logit.
 """
 from __future__ import annotations

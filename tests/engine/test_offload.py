@@ -1,4 +1,4 @@
-"""More sessions than KV slots: idle sessions are swapped to host RAM and restored bit-exact,
+"""More sessions than KV slots: idle sessions are offloaded to host RAM and restored bit-exact,
 or (past max_memory_mb, or with it 0) evicted and prefilled again; outputs never change."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "zen-demo.gguf"
+MODEL = Path(__file__).resolve().parents[2] / "models" / "zen-demo.gguf"
 USAGE = re.compile(rb"\((\d+) tokens, (\d+) of (\d+) prompt tokens from the session's cache")
 
 

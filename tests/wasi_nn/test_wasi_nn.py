@@ -1,11 +1,13 @@
 """The function API beyond the original's tests: the WASI-NN flow, buffers, streaming,
-per-context metadata, load from bytes, and codes for every bad handle."""
+per-context metadata, load from bytes, and codes for every bad handle; closed contexts leave no
+I/O state behind, and a new prompt restarts streaming."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from wasi_nn_backend import FakeClock
 from wasi_nn_backend import wasi_nn as nn
 from wasi_nn_backend.errors import ErrorCode as E
 from nn_results import ctx, ok  # noqa: F401  (ctx: a fixture; tests/nn_results.py)
@@ -185,3 +187,33 @@ def test_usage_carries_the_build_keys_wasmedge_guests_read(ctx, exec_ctx):
     usage = json.loads(output(ctx, exec_ctx, 1))
     assert {"input_tokens", "output_tokens", "llama_build_number", "llama_commit"} <= set(usage)
     assert nn.backend_of(ctx).session(exec_ctx).handle == exec_ctx
+
+
+def test_closed_contexts_leave_no_io_state(tiny_model_path):
+    clock = FakeClock()
+    code, ctx = nn.init_backend_with_config('{"backend": {"idle_timeout_ms": 1000}}',
+                                            clock=clock)
+    _, graph = nn.load_by_name(ctx, tiny_model_path)
+    _, old = nn.init_execution_context(ctx, graph)
+    assert nn.set_input(ctx, old, 0, b"Hello") == E.SUCCESS
+    clock.advance(2)
+    nn.backend_of(ctx).cleanup_idle()
+    _, new = nn.init_execution_context(ctx, graph)
+    assert nn.set_input(ctx, new, 0, b"Hello") == E.SUCCESS
+    assert nn.backend_of(ctx).context_handles == [new]
+    assert nn.compute(ctx, old) == E.NOT_FOUND
+    nn.deinit_backend(ctx)
+
+
+def test_a_new_prompt_restarts_streaming(tiny_model_path):
+    _, ctx = nn.init_backend()
+    _, graph = nn.load_by_name(ctx, tiny_model_path)
+    _, ex = nn.init_execution_context(ctx, graph)
+    nn.set_input(ctx, ex, 1, b'{"temperature": 0, "max_tokens": 2, "ignore_eos": true}')
+    nn.set_input(ctx, ex, 0, b"Hello")
+    while nn.compute_single(ctx, ex) == E.SUCCESS:
+        pass
+    assert nn.compute_single(ctx, ex) == E.END_OF_SEQUENCE
+    nn.set_input(ctx, ex, 0, b"Another prompt")
+    assert nn.compute_single(ctx, ex) == E.SUCCESS
+    nn.deinit_backend(ctx)

@@ -1,5 +1,5 @@
 """A harness that builds WAT guests around a test's body and runs them on an NnHost
-(tests/wasm and tests/hostile import it as ``wat_harness``).
+(tests/adapters/wasm and tests/hostile import it as ``wat_harness``).
 
 The WAT harness (``wat_guest`` / ``run_wat``): a guest's memory has fixed slots for handles and
 sizes, a tensor record, a results array and an output buffer; ``data`` strings go after them.
@@ -158,7 +158,7 @@ CHAT_DATA = {"alias": b"default", "prompt": PROMPT, "metadata": METADATA}
 
 
 class WatKit:
-    """The harness in one namespace (tests/wasm gets it as the ``wat`` fixture)."""
+    """The harness in one namespace (tests/adapters/wasm gets it as the ``wat`` fixture)."""
 
     guest = staticmethod(wat_guest)
     run = staticmethod(run_wat)

@@ -21,12 +21,12 @@ import pytest
 
 from wasi_nn_backend.api.backend import Backend
 
-try:  # tests/erlang as a package, or (pytest's default rootdir mode) as a plain directory
+try:  # tests/adapters/erlang as a package, or (pytest's default rootdir mode) as a plain directory
     from . import erlang_toolchain
 except ImportError:
     import erlang_toolchain
 
-ERLANG_DIR = Path(__file__).resolve().parents[2] / "erlang"
+ERLANG_DIR = Path(__file__).resolve().parents[3] / "erlang"
 SOURCES = (ERLANG_DIR / "wasi_nn.erl", ERLANG_DIR / "wasi_nn_tests.erl")
 PYTHON = sys.executable  # the venv's python: it has the package
 

@@ -1,11 +1,13 @@
 """run_inference's buffer and usage, and the codes of malformed calls: a reply that does not
 fit leaves no trace, a bad ``out`` is refused before anything is generated, usage describes the
 last request in both modes, and a caller's mistake is invalid_argument / invalid_encoding with
-one line logged, never unknown with a traceback."""
+one line logged, never unknown with a traceback. A turn cut short leaves no history and reports
+its error; closing the context during run_inference is not success."""
 from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import pytest
 
@@ -120,3 +122,42 @@ def test_malformed_calls_get_their_code_and_one_line(ctx, graph, call, expected,
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     out = bytearray(1024)
     assert nn.run_inference(ctx, ex, 0, "Hi", out, GREEDY)[0] == E.SUCCESS
+
+
+def test_a_turn_cut_short_leaves_the_history_and_reports_an_error(tiny_model_path):
+    config = '{"model": {"n_ctx": 32, "n_seq_max": 1}, "memory": {"context_shifting": false}}'
+    _, ctx = nn.init_backend()
+    _, graph = nn.load_by_name_with_config(ctx, tiny_model_path, None, config)
+    _, ex = nn.init_execution_context(ctx, graph)
+    out = bytearray(4096)
+    code, size = nn.run_inference(ctx, ex, 0, "hi", out, '{"max_tokens": 1000, "ignore_eos": true}')
+    assert code == E.CONTEXT_FULL and size > 1              # the partial reply is written
+    assert nn.backend_of(ctx).session(ex).history == []    # but it is no turn to build on
+    code, _ = nn.run_inference(ctx, ex, 0, "hi", out, '{"max_tokens": 2, "temperature": 0}')
+    assert code == E.SUCCESS                                # so the session goes on
+    assert len(nn.backend_of(ctx).session(ex).history) == 2
+    nn.deinit_backend(ctx)
+
+
+def test_closing_during_run_inference_is_not_success(tiny_model_path):
+    _, ctx = nn.init_backend_with_config('{"backend": {"default_task_timeout_ms": 0}}')
+    _, graph = nn.load_by_name(ctx, tiny_model_path)
+    _, ex = nn.init_execution_context(ctx, graph)
+    session = nn.backend_of(ctx).session(ex)
+    started = threading.Event()
+    submit = session._submit
+
+    def watched(*args, **kw):
+        stream = submit(*args, **kw)
+        started.set()
+        return stream
+    session._submit = watched
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("r", nn.run_inference(
+        ctx, ex, 0, "hi", bytearray(1 << 16), '{"max_tokens": -1, "ignore_eos": true}')))
+    worker.start()
+    assert started.wait(30)
+    assert nn.close_execution_context(ctx, ex) == E.SUCCESS
+    worker.join(30)
+    assert result["r"][0] == E.NOT_FOUND
+    nn.deinit_backend(ctx)

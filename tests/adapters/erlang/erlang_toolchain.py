@@ -1,5 +1,5 @@
-"""The Erlang toolchain for tests/erlang: erl + erlc + eunit (Debian: erlang-base, erlang-eunit,
-erlang-dev; eunit.hrl lives in erlang-dev).
+"""The Erlang toolchain for tests/adapters/erlang: erl + erlc + eunit (Debian: erlang-base,
+erlang-eunit, erlang-dev; eunit.hrl lives in erlang-dev).
 
 find_or_install() probes for a working erlc (one that compiles a module including eunit.hrl)
 and, when there is none and we run as root with apt-get, installs the packages once, quietly.

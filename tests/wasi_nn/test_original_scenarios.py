@@ -10,6 +10,9 @@ Two deliberate differences, both where the original's docs contradict its tests:
   test checks both limits.
 * test 8(f) expects malformed runtime JSON to be ignored. Silently ignored config is weak point
   3 of the original; here it is invalid_encoding, and the session stays usable.
+
+One file on purpose, over 300 lines: it mirrors the original's scenario files, one test per
+original test in the original's order, so the two can be read side by side.
 """
 from __future__ import annotations
 

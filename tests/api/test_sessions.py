@@ -1,10 +1,16 @@
-"""Session ids, limits, idle cleanup by a timer on an injected clock, not_found afterwards."""
+"""Session ids, limits, idle cleanup by a timer on an injected clock, not_found afterwards;
+closing a session cancels its running chat at once, and a queued request keeps its session
+from cleanup."""
 from __future__ import annotations
+
+import threading
 
 import pytest
 
-from wasi_nn_backend import Backend, FakeClock
-from wasi_nn_backend.errors import BackendRuntimeError, NotFound
+from wasi_nn_backend import Backend, FakeClock, FinishReason
+from wasi_nn_backend.errors import BackendRuntimeError, ErrorCode, NotFound
+
+ENDLESS = {"temperature": 0, "ignore_eos": True, "max_tokens": -1}
 
 
 @pytest.fixture
@@ -149,3 +155,44 @@ def test_a_session_is_not_idle_while_it_embeds_nor_right_after(tiny_encoder_path
         assert closed_meanwhile == []
         clock.advance(0.5)
         assert backend.cleanup_idle() == [] and not s.closed
+
+
+def test_close_cancels_a_running_chat_without_waiting_for_it(tiny_model_path):
+    with Backend({"backend": {"default_task_timeout_ms": 0}}) as backend:
+        graph = backend.load(tiny_model_path, {"model": {"n_ctx": 64, "n_seq_max": 2}})
+        session = graph.session()
+        submitted = []
+        started = threading.Event()
+        submit = session._submit
+
+        def watched(*args, **kw):  # hand the chat's stream to the test
+            submitted.append(submit(*args, **kw))
+            started.set()
+            return submitted[-1]
+        session._submit = watched
+        result = {}
+        chat = threading.Thread(target=lambda: result.setdefault(
+            "reply", session.chat("Hello", **ENDLESS)))
+        chat.start()
+        assert started.wait(30)
+        submitted[0].get(timeout=30)   # it is generating (and would, shifting, forever)
+        session.close()
+        chat.join(30)
+        assert not chat.is_alive()
+        assert result["reply"].finish_reason == FinishReason.CANCELLED
+
+
+def test_a_queued_request_keeps_its_session_from_cleanup(tiny_model_path):
+    config = {"backend": {"max_sessions": 2, "max_concurrent": 1,
+                          "default_task_timeout_ms": 0}}
+    with Backend(config) as backend:
+        graph = backend.load(tiny_model_path, {"model": {"n_ctx": 64, "n_seq_max": 2}})
+        busy = graph.session().complete_stream("Hello", **ENDLESS)
+        busy.get(timeout=30)
+        queued_session = graph.session()
+        queued = queued_session.complete_stream("Hi", temperature=0, max_tokens=2)
+        with pytest.raises(BackendRuntimeError, match="max_sessions"):
+            graph.session()       # nobody is idle: the queued one is not evicted
+        assert not queued_session.closed
+        busy.cancel()
+        assert queued.result(timeout=30).code == ErrorCode.SUCCESS

@@ -14,7 +14,7 @@ import pytest
 from wasi_nn_backend import Backend, FinishReason
 from wasi_nn_backend.adapters.demo import prompt_words, zen_lines, zen_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "zen-demo.gguf"
 TRAINER = ROOT / "tools" / "train_demo_model.py"
 

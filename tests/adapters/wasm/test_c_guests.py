@@ -1,6 +1,6 @@
-"""Real WebAssembly guests written in C (tests/wasm/c), compiled with clang for wasm32-wasi and
-run in the wasmtime host: they call the wasi_ephemeral_nn imports exactly as a C program would,
-with pointers into their own linear memory.
+"""Real WebAssembly guests written in C (tests/adapters/wasm/c), compiled with clang for
+wasm32-wasi and run in the wasmtime host: they call the wasi_ephemeral_nn imports exactly as a C
+program would, with pointers into their own linear memory.
 
 The toolchain (clang, wasm-ld, wasi-libc) is installed on first use when missing and we run as
 root; when it cannot be found or installed these tests FAIL with the reason: a skipped check is
@@ -20,7 +20,7 @@ from wasi_nn_backend.adapters.wasm.host import NnHost
 from wasi_nn_backend.adapters.wasm.runner import GuestResult, run_guest
 from wasi_nn_backend.api.backend import Backend
 
-try:  # tests/wasm as a package, or (pytest's default rootdir mode) as a plain directory
+try:  # tests/adapters/wasm as a package, or (pytest's default rootdir mode) as a plain directory
     from . import toolchain
 except ImportError:
     import toolchain

@@ -4,7 +4,7 @@ import pytest
 
 from wasi_nn_backend.adapters import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_recites_the_zen_one_session_per_line(capsys):

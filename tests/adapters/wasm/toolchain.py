@@ -1,4 +1,5 @@
-"""The C-to-wasm toolchain for the test guests in tests/wasm/c: clang + wasm-ld + wasi-libc.
+"""The C-to-wasm toolchain for the test guests in tests/adapters/wasm/c: clang + wasm-ld +
+wasi-libc.
 
 On Debian the four packages below give a clang that builds wasm32-wasi programs with no extra
 flags (wasi-libc installs its headers in /usr/include/wasm32-wasi and its libraries in
