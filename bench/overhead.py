@@ -25,7 +25,7 @@ SORT, LIMIT = ("tottime",), 14
 
 
 def llama_compute_ms(engine) -> float:
-    perf = engine.call(engine.ctx.perf).result()  # read on the engine thread
+    perf = engine.call(engine.context.perf).result()  # read on the engine thread
     return perf["t_eval_ms"] + perf["t_p_eval_ms"]
 
 

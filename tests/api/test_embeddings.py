@@ -129,7 +129,7 @@ def test_calls_that_arrive_together_share_a_decode(graph):
 
 def test_the_kv_is_empty_after_every_decode(graph, session):
     session.embed(TEXTS)
-    ctx = graph.engine.ctx
+    ctx = graph.engine.context
     held = graph.engine.call(lambda: [ctx.seq_pos_max(s) for s in range(ctx.n_seq_max)])
     assert held.result() == [-1] * ctx.n_seq_max
 
@@ -155,7 +155,7 @@ def test_cls_pooling_of_a_causal_model_sees_only_the_first_token(backend, tiny_m
 
 def test_an_embedding_models_own_pooling_is_used(backend, tiny_encoder_path):
     with backend.load(tiny_encoder_path, embed_config()) as encoder:
-        assert encoder.engine.ctx.pooling == "cls"
+        assert encoder.engine.context.pooling == "cls"
         with encoder.session() as session:
             vectors = session.embed(TEXTS)
             np.testing.assert_allclose(vectors[1], session.embed(TEXTS[1]), atol=1e-5)

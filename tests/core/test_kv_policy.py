@@ -1,10 +1,10 @@
 import pytest
 
 from wasi_nn_backend.config import MemoryConfig
-from wasi_nn_backend.core.kv_policy import (SlotPool, common_prefix, plan_generation_room,
-                                            plan_prompt)
+from wasi_nn_backend.core.kv_policy import common_prefix, plan_generation_room, plan_prompt
 from wasi_nn_backend.core.plan import Evict, Shift, Trim
 from wasi_nn_backend.core.request import SequenceState
+from wasi_nn_backend.core.slots import SlotPool
 from wasi_nn_backend.errors import PromptTooLong
 
 MEM = MemoryConfig(n_keep_tokens=4)

@@ -8,7 +8,7 @@ import pytest
 
 from wasi_nn_backend.config import BackendSettings, MemoryConfig, RequestParams
 from wasi_nn_backend.engine.clock import FakeClock
-from wasi_nn_backend.core.kv_policy import SlotPool
+from wasi_nn_backend.core.slots import SlotPool
 from wasi_nn_backend.engine.gate import QueueGate
 from wasi_nn_backend.core.scheduler import Scheduler, SchedulerStats
 from wasi_nn_backend.core.request import Request, RequestState, SequenceState

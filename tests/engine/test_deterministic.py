@@ -51,7 +51,7 @@ def test_default_split_streams_are_also_stable_on_q8(q8_model):
 def test_deterministic_scheduler_plans_one_sequence_per_step():
     from wasi_nn_backend.config import BackendSettings, MemoryConfig, RequestParams
     from wasi_nn_backend.engine.clock import FakeClock
-    from wasi_nn_backend.core.kv_policy import SlotPool
+    from wasi_nn_backend.core.slots import SlotPool
     from wasi_nn_backend.core.scheduler import Scheduler
     from wasi_nn_backend.core.request import Request, SequenceState
 

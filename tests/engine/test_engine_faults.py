@@ -34,11 +34,11 @@ def test_decode_no_kv_room_with_nothing_to_evict_fails_the_request_only(tiny_mod
                                                                          monkeypatch):
     backend, graph = load(tiny_model_path)
     with backend:
-        real = graph.engine.ctx.decode
-        monkeypatch.setattr(graph.engine.ctx, "decode", lambda batch: 1)
+        real = graph.engine.context.decode
+        monkeypatch.setattr(graph.engine.context, "decode", lambda batch: 1)
         with graph.session() as s, pytest.raises(BackendRuntimeError, match="KV cache full"):
             s.complete("Hello", **GREEDY, max_tokens=4)
-        monkeypatch.setattr(graph.engine.ctx, "decode", real)
+        monkeypatch.setattr(graph.engine.context, "decode", real)
         with graph.session() as s:  # the engine lives on
             assert len(s.complete("Hello", **GREEDY, max_tokens=4).generated_tokens) == 4
 
@@ -49,13 +49,13 @@ def test_decode_no_kv_room_evicts_an_idle_session_and_retries(tiny_model_path, m
         idle = graph.session()
         idle.complete("Some cached text", **GREEDY, max_tokens=2)
         assert idle.state.seq_id is not None
-        real = graph.engine.ctx.decode
+        real = graph.engine.context.decode
         calls = []
 
         def flaky(batch):
             calls.append(1)
             return 1 if len(calls) == 1 else real(batch)
-        monkeypatch.setattr(graph.engine.ctx, "decode", flaky)
+        monkeypatch.setattr(graph.engine.context, "decode", flaky)
         with graph.session() as s:
             assert len(s.complete("Hello", **GREEDY, max_tokens=3).generated_tokens) == 3
         assert idle.state.seq_id is None and idle.state.kv_tokens == []
@@ -69,13 +69,13 @@ def test_decode_errors_roll_back_and_fail(tiny_model_path, monkeypatch, code):
     with backend:
         with graph.session() as s:
             first = s.complete("Hello world", **GREEDY, max_tokens=3)
-            real = graph.engine.ctx.decode
-            monkeypatch.setattr(graph.engine.ctx, "decode", lambda batch: code)
+            real = graph.engine.context.decode
+            monkeypatch.setattr(graph.engine.context, "decode", lambda batch: code)
             with pytest.raises(BackendRuntimeError, match=str(code)):
                 s.complete("Hello world again", **GREEDY, max_tokens=3)
-            monkeypatch.setattr(graph.engine.ctx, "decode", real)
+            monkeypatch.setattr(graph.engine.context, "decode", real)
             kv = list(s.state.kv_tokens)
-            assert graph.engine.ctx.seq_pos_max(s.state.seq_id) == len(kv) - 1
+            assert graph.engine.context.seq_pos_max(s.state.seq_id) == len(kv) - 1
             again = s.complete("Hello world", **GREEDY, max_tokens=3)
             assert again.generated_tokens == first.generated_tokens
 

@@ -133,7 +133,7 @@ def test_the_default_thread_count_stops_at_ggml_max_n_threads(tiny_model_path, m
     monkeypatch.setattr(os, "cpu_count", lambda: limits.GGML_MAX_N_THREADS * 2)
     with Backend({"logging": {"level": "error"}}) as backend:
         graph = backend.load(tiny_model_path, {"model": {"n_ctx": 64, "n_seq_max": 1}})
-        assert C.llama_n_threads(graph.engine.ctx.handle) == limits.GGML_MAX_N_THREADS
+        assert C.llama_n_threads(graph.engine.context.handle) == limits.GGML_MAX_N_THREADS
 
 
 def test_n_seq_max_stops_at_llama_max_seq():
@@ -345,7 +345,7 @@ def test_a_non_causal_model_decodes_one_micro_batch_at_a_time(tiny_encoder_path)
             backend.load(tiny_encoder_path, {"model": {"n_batch": 64, "n_ubatch": 4}})
         graph = backend.load(tiny_encoder_path,
                              {"model": {"n_batch": 64, "n_ubatch": 8, "threads": 1}})
-        assert graph.current.engine.ctx.n_batch == 8   # the engine packs one micro-batch
+        assert graph.current.engine.context.n_batch == 8   # the engine packs one micro-batch
         sessions = [graph.session() for _ in range(3)]
         streams = [s.complete_stream("hello the cat sat on the world" * (i + 1),
                                      temperature=0, max_tokens=3)

@@ -47,9 +47,9 @@ class EngineReadings:
 
 
 class EngineBase:
-    """The thread and its inbox. Subclasses create ``self.ctx`` before calling start()."""
+    """The thread and its inbox. Subclasses create ``self.context`` before calling start()."""
 
-    ctx: Context
+    context: Context
 
     def __init__(self, model: Model, config: Config, *, clock: Clock | None, name: str) -> None:
         self.model = model
@@ -128,7 +128,7 @@ class EngineBase:
 
     def _release(self, error: WasiNnError) -> None:
         """Fail what is still held with ``error`` and free the context (the thread stops)."""
-        self.ctx.close()
+        self.context.close()
 
     # -- engine thread: the loop ----------------------------------------------------------------
     def _run(self) -> None:

@@ -51,12 +51,12 @@ def check_texts(token_lists: list[list[int]], limit: int) -> None:
 class Embedder:
     """Not thread-safe: the engine thread submits, flushes and closes."""
 
-    def __init__(self, ctx: Context, settings: ModelSettings, counters: EngineCounters) -> None:
-        self.ctx = ctx
-        self.pooling = ctx.pooling
-        self.limit = min(ctx.n_ubatch, ctx.n_ctx, settings.n_ctx)
+    def __init__(self, context: Context, settings: ModelSettings, counters: EngineCounters) -> None:
+        self.context = context
+        self.pooling = context.pooling
+        self.limit = min(context.n_ubatch, context.n_ctx, settings.n_ctx)
         # deterministic: one text per decode, so a vector never depends on its neighbours.
-        self.max_texts = 1 if settings.deterministic else ctx.n_seq_max
+        self.max_texts = 1 if settings.deterministic else context.n_seq_max
         self.normalize = settings.normalize
         self.counters = counters
         self.batch = Batch(self.limit)
@@ -99,7 +99,7 @@ class Embedder:
                 job.future.set_exception(error)
 
     def _decode(self, texts: list[tuple[int, ...]]) -> list[np.ndarray]:
-        batch, ctx = self.batch, self.ctx
+        batch, context = self.batch, self.context
         batch.clear()
         spans = []
         for seq, tokens in enumerate(texts):
@@ -107,18 +107,18 @@ class Embedder:
             batch.add_sequence(tokens, 0, seq, logits_all=True)
         began = time.perf_counter()
         try:
-            code = ctx.decode(batch)
+            code = context.decode(batch)
             if code != 0:
                 raise BackendRuntimeError(f"llama_decode failed with code {code} on "
                                           f"{len(texts)} texts ({batch.n_tokens} tokens)")
             if self.pooling == "none":
-                raw = [np.stack([token(ctx, start + i) for i in range(length)])
+                raw = [np.stack([token(context, start + i) for i in range(length)])
                        for start, length in spans]
             else:
-                raw = [pooled(ctx, seq) for seq in range(len(texts))]
+                raw = [pooled(context, seq) for seq in range(len(texts))]
         finally:
             for seq in range(len(texts)):
-                ctx.seq_rm(seq)
+                context.seq_rm(seq)
         counters = self.counters
         counters.embed_seconds += time.perf_counter() - began
         counters.embed_decodes += 1

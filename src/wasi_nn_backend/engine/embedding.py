@@ -25,8 +25,8 @@ class EmbeddingEngine(EngineBase):
     def __init__(self, model: Model, config: Config, *, clock: Clock | None = None,
                  name: str = "model") -> None:
         super().__init__(model, config, clock=clock, name=name)
-        self.ctx = embedding_context(model, config.model, self.threads)
-        self.embedder = Embedder(self.ctx, config.model, self.counters)
+        self.context = embedding_context(model, config.model, self.threads)
+        self.embedder = Embedder(self.context, config.model, self.counters)
         self.start()
 
     # -- thread-safe API ---------------------------------------------------------------------
@@ -68,4 +68,4 @@ class EmbeddingEngine(EngineBase):
 
     def _release(self, error: WasiNnError) -> None:
         self.embedder.close(error)
-        self.ctx.close()
+        self.context.close()

@@ -39,8 +39,8 @@ class GeneratingEngine(EngineBase):
                  name: str = "model") -> None:
         super().__init__(model, config, clock=clock, name=name)
         settings = config.model
-        self.ctx = generation_context(model, settings, self.threads)
-        n_batch = self.ctx.n_batch  # llama.cpp caps n_batch at the context size
+        self.context = generation_context(model, settings, self.threads)
+        n_batch = self.context.n_batch  # llama.cpp caps n_batch at the context size
         self.packer = BatchPacker(n_batch)
         memory = config.memory
         self.pool = SlotPool(settings.n_seq_max, offload=memory.max_memory_mb > 0,
@@ -49,11 +49,11 @@ class GeneratingEngine(EngineBase):
         self.gate = QueueGate.from_settings(config.backend)  # entered on callers' threads
         self.scheduler = Scheduler(
             n_batch=n_batch, n_ctx=settings.n_ctx, pool=self.pool,
-            settings=config.backend, memory=config.memory, can_shift=self.ctx.can_shift(),
+            settings=config.backend, memory=config.memory, can_shift=self.context.can_shift(),
             clock=self.clock, deterministic=settings.deterministic,
-            compact=not self.ctx.kv_unified, gate=self.gate)
+            compact=not self.context.kv_unified, gate=self.gate)
         self.offload = OffloadStore(memory.max_memory_mb * 1024 * 1024)
-        self.kv = KvApplier(self.ctx, self.offload, self.counters)
+        self.kv = KvApplier(self.context, self.offload, self.counters)
         self._live: dict[Request, LiveRequest] = {}
         self._with_deadline = 0  # live requests that have a deadline
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
@@ -123,7 +123,7 @@ class GeneratingEngine(EngineBase):
         for live in list(self._live.values()):
             self._fail(live.request, error)
         self.packer.close()
-        self.ctx.close()
+        self.context.close()
 
     def _wake_readers(self) -> None:
         """Wake the readers of the pieces sampled since the last call. Called just before
@@ -163,8 +163,8 @@ class GeneratingEngine(EngineBase):
         batch = self.packer.batch
         if batch.n_tokens == 0:
             return
-        result = self.ctx.decode(batch)
-        self.counters.decode_seconds = self.ctx.decode_seconds
+        result = self.context.decode(batch)
+        self.counters.decode_seconds = self.context.decode_seconds
         if result != 0:
             self._decode_failed(result, plan)
             return
@@ -233,7 +233,7 @@ class GeneratingEngine(EngineBase):
                     self._finish(request, FinishReason.LENGTH, ErrorCode.SUCCESS)
                     continue
             try:
-                token = live.sampler.sample(self.ctx, index)
+                token = live.sampler.sample(self.context, index)
             except GrammarRejected as error:
                 if error.complete:  # the grammar matched a whole text: nothing more to say
                     self._finish(request, FinishReason.STOP, ErrorCode.SUCCESS)
@@ -242,7 +242,7 @@ class GeneratingEngine(EngineBase):
                 continue
             if request.params.sampling.n_probs:
                 request.probs.append(tuple(live.sampler.top_probs(
-                    self.ctx, index, request.params.sampling.n_probs)))
+                    self.context, index, request.params.sampling.n_probs)))
             reason = live.on_token(self.model, token, now, self._unwoken)
             if reason is not None:
                 self._finish(request, reason, ErrorCode.SUCCESS)
@@ -253,7 +253,7 @@ class GeneratingEngine(EngineBase):
         involved = [r for r in plan.decode] + [r for r, _ in plan.prefill]
         for request in involved:
             session = request.session
-            self.ctx.seq_rm(session.seq_id, len(session.kv_tokens), -1)
+            self.context.seq_rm(session.seq_id, len(session.kv_tokens), -1)
         idle = [s for s in self.pool.resident if not s.busy]
         if result == 1 and idle:
             victim = min(idle, key=lambda s: s.last_used)

@@ -13,8 +13,8 @@ log = logging.getLogger("wasi_nn_backend.engine")
 
 
 class KvApplier:
-    def __init__(self, ctx: Context, store: OffloadStore, counters: EngineCounters) -> None:
-        self.ctx = ctx
+    def __init__(self, context: Context, store: OffloadStore, counters: EngineCounters) -> None:
+        self.context = context
         self.store = store
         self.counters = counters
         self._puts: list[tuple[SequenceState, bytes]] = []
@@ -38,11 +38,11 @@ class KvApplier:
     def apply(self, action: KvAction) -> None:
         session = action.session
         if isinstance(action, Evict):
-            self.ctx.seq_rm(action.seq_id, -1, -1)  # the pool already emptied kv_tokens
+            self.context.seq_rm(action.seq_id, -1, -1)  # the pool already emptied kv_tokens
             self.counters.evictions += 1
         elif isinstance(action, Offload):
-            self._puts.append((session, self.ctx.state_seq_get(action.seq_id)))
-            self.ctx.seq_rm(action.seq_id, -1, -1)
+            self._puts.append((session, self.context.state_seq_get(action.seq_id)))
+            self.context.seq_rm(action.seq_id, -1, -1)
             self.counters.swap_outs += 1
         elif isinstance(action, Restore):
             self._restore(action)
@@ -51,12 +51,12 @@ class KvApplier:
         elif isinstance(action, Move):
             self._move(action)
         elif isinstance(action, Trim):
-            self.ctx.seq_rm(session.seq_id, action.keep, -1)
+            self.context.seq_rm(session.seq_id, action.keep, -1)
             del session.kv_tokens[action.keep:]
         elif isinstance(action, Shift):
             keep, discard, n_tokens = action.keep, action.discard, len(session.kv_tokens)
-            self.ctx.seq_rm(session.seq_id, keep, keep + discard)
-            self.ctx.seq_add(session.seq_id, keep + discard, n_tokens, -discard)
+            self.context.seq_rm(session.seq_id, keep, keep + discard)
+            self.context.seq_add(session.seq_id, keep + discard, n_tokens, -discard)
             del session.kv_tokens[keep:keep + discard]
             session.shifts += 1
             self.counters.shifts += 1
@@ -66,9 +66,9 @@ class KvApplier:
         data = self._take_saved(session)
         if data is None:
             why = "its saved state was dropped"
-        elif not self.ctx.state_seq_set(action.seq_id, data):
+        elif not self.context.state_seq_set(action.seq_id, data):
             why = "llama.cpp refused the saved state"
-        elif self.ctx.seq_pos_max(action.seq_id) != len(session.kv_tokens) - 1:
+        elif self.context.seq_pos_max(action.seq_id) != len(session.kv_tokens) - 1:
             why = "the restored sequence has other positions than planned"
         else:
             self.counters.swap_ins += 1
@@ -96,14 +96,14 @@ class KvApplier:
         restore, bit-exact and done now; llama.cpp's cross-stream seq_cp would copy only at
         the next decode, and a state read or write before that would see the old buffers)."""
         session = action.session
-        data = self.ctx.state_seq_get(action.src) if session.kv_tokens else None
-        self.ctx.seq_rm(action.src, -1, -1)
-        self.ctx.seq_rm(action.dst, -1, -1)
+        data = self.context.state_seq_get(action.src) if session.kv_tokens else None
+        self.context.seq_rm(action.src, -1, -1)
+        self.context.seq_rm(action.dst, -1, -1)
         self.counters.moves += 1
         if data is None:
             return
-        if self.ctx.state_seq_set(action.dst, data) \
-                and self.ctx.seq_pos_max(action.dst) == len(session.kv_tokens) - 1:
+        if self.context.state_seq_set(action.dst, data) \
+                and self.context.seq_pos_max(action.dst) == len(session.kv_tokens) - 1:
             return
         log.warning("session %d: its KV sequence could not be moved; prefilling it again",
                     session.session_id)
@@ -113,15 +113,15 @@ class KvApplier:
         session, source, count = action.session, action.source, len(action.tokens)
         target = session.seq_id
         self._drop_saved(session)  # an offloaded state it had is replaced, not restored
-        self.ctx.seq_rm(target, -1, -1)
+        self.context.seq_rm(target, -1, -1)
         copied = source.seq_id is not None and tuple(source.kv_tokens[:count]) == action.tokens
         if copied:
-            if self.ctx.kv_unified:
-                self.ctx.seq_cp(source.seq_id, target, 0, count)  # shares the cells
+            if self.context.kv_unified:
+                self.context.seq_cp(source.seq_id, target, 0, count)  # shares the cells
             else:  # separate streams copy whole: copy all, keep the prefix
-                self.ctx.seq_cp(source.seq_id, target, -1, -1)
-                self.ctx.seq_rm(target, count, -1)
-            copied = self.ctx.seq_pos_max(target) == count - 1
+                self.context.seq_cp(source.seq_id, target, -1, -1)
+                self.context.seq_rm(target, count, -1)
+            copied = self.context.seq_pos_max(target) == count - 1
         if copied:
             self.counters.prefix_copies += 1
             self.counters.copied_tokens += count
@@ -130,6 +130,6 @@ class KvApplier:
 
     def _restart(self, session: SequenceState) -> None:
         """The sequence did not get the planned tokens: empty it; it is prefilled from 0."""
-        self.ctx.seq_rm(session.seq_id, -1, -1)
+        self.context.seq_rm(session.seq_id, -1, -1)
         session.kv_tokens = []
         self.restarted.add(session)

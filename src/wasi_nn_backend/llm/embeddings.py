@@ -38,21 +38,21 @@ def gguf_pooling(model: Model) -> str | None:
     return None if number == C.LLAMA_POOLING_TYPE_NONE else pooling_name(number)
 
 
-def pooled(ctx: Context, seq: int) -> np.ndarray:
+def pooled(context: Context, seq: int) -> np.ndarray:
     """A float32 copy of sequence ``seq``'s pooled embedding from the last decode."""
-    pointer = C.llama_get_embeddings_seq(ctx.handle, int(seq))
+    pointer = C.llama_get_embeddings_seq(context.handle, int(seq))
     if not pointer:
         raise errors.BackendRuntimeError(
             f"llama.cpp has no pooled embedding for sequence {seq} (pooling is "
-            f"{ctx.pooling}; was the sequence in the last decode?)")
-    return np.ctypeslib.as_array(pointer, shape=(ctx.model.n_embd_out,)).copy()
+            f"{context.pooling}; was the sequence in the last decode?)")
+    return np.ctypeslib.as_array(pointer, shape=(context.model.n_embd_out,)).copy()
 
 
-def token(ctx: Context, batch_index: int) -> np.ndarray:
+def token(context: Context, batch_index: int) -> np.ndarray:
     """A float32 copy of the embedding of the token at ``batch_index`` in the last decode."""
-    if not ctx.has_logits(batch_index):
+    if not context.has_logits(batch_index):
         raise errors.InvalidArgument(f"batch index {batch_index} has no output from the last decode")
-    pointer = C.llama_get_embeddings_ith(ctx.handle, int(batch_index))
+    pointer = C.llama_get_embeddings_ith(context.handle, int(batch_index))
     if not pointer:
         raise errors.BackendRuntimeError(f"llama.cpp has no embedding for index {batch_index}")
-    return np.ctypeslib.as_array(pointer, shape=(ctx.model.n_embd_out,)).copy()
+    return np.ctypeslib.as_array(pointer, shape=(context.model.n_embd_out,)).copy()

@@ -85,21 +85,21 @@ class Sampler:
             if self._model.valid_token(token):
                 C.llama_sampler_accept(chain, int(token))
 
-    def sample(self, ctx: Context, batch_index: int) -> int:
+    def sample(self, context: Context, batch_index: int) -> int:
         """Pick the next token from the logits at ``batch_index`` and accept it."""
-        if ctx.model is not self._model:
+        if context.model is not self._model:
             # logit_bias/penalty tables are sized for this model's vocabulary.
             raise errors.InvalidArgument("sampler and context belong to different models")
         if self._chain is None:
             raise errors.BackendRuntimeError("sampler is closed")
         if self.fast_greedy:  # logits_view raises InvalidArgument for an index without logits
-            return self._greedy(ctx.logits_view(batch_index))
-        if not ctx.has_logits(batch_index):
+            return self._greedy(context.logits_view(batch_index))
+        if not context.has_logits(batch_index):
             raise errors.InvalidArgument(
                 f"batch index {batch_index} has no logits from the last decode")
         if self._grammar is None:
-            return int(C.llama_sampler_sample(self._live(), ctx.handle, batch_index))
-        return self._sample_guarded(ctx, batch_index)
+            return int(C.llama_sampler_sample(self._live(), context.handle, batch_index))
+        return self._sample_guarded(context, batch_index)
 
     def _greedy(self, logits: np.ndarray) -> int:
         """The first maximum of logits + logit_bias (llama.cpp's greedy after its logit_bias
@@ -122,10 +122,10 @@ class Sampler:
                 best, best_value = token, value
         return best
 
-    def _sample_guarded(self, ctx: Context, batch_index: int) -> int:
+    def _sample_guarded(self, context: Context, batch_index: int) -> int:
         chain, cands = self._live(), self._candidates
         cands["id"] = self._ids
-        cands["logit"] = ctx.logits_view(batch_index)
+        cands["logit"] = context.logits_view(batch_index)
         cands["p"] = 0.0
         array = C.llama_token_data_array(data=cands.ctypes.data_as(C.llama_token_data_p),
                                          size=self._n_vocab, selected=-1, sorted=False)
@@ -145,9 +145,9 @@ class Sampler:
         C.llama_sampler_accept(chain, token)
         return token
 
-    def top_probs(self, ctx: Context, batch_index: int, n: int) -> list[tuple[int, float]]:
+    def top_probs(self, context: Context, batch_index: int, n: int) -> list[tuple[int, float]]:
         """The n most likely tokens under the raw logits (softmax, before any sampler)."""
-        logits = ctx.logits_view(batch_index).astype(np.float64)
+        logits = context.logits_view(batch_index).astype(np.float64)
         n = max(0, min(int(n), self._n_vocab))
         if n == 0:
             return []
