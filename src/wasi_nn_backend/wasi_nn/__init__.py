@@ -187,9 +187,7 @@ def compute(ctx: Any, exec_ctx: Any) -> None:
 @_value
 def get_output(ctx: Any, exec_ctx: Any, index: int, out: Any) -> int:
     """Write output ``index`` into ``out``: (success, bytes written) or (too_large, needed)."""
-    context = _context(ctx, exec_ctx)
-    view = buffer(out)
-    return write(view, context.output(_index(index)))
+    return _write_output(ctx, exec_ctx, index, out, ExecutionContext.output)
 
 
 @_code
@@ -199,9 +197,15 @@ def compute_single(ctx: Any, exec_ctx: Any) -> None:
 
 @_value
 def get_output_single(ctx: Any, exec_ctx: Any, index: int, out: Any) -> int:
+    """get_output for the last piece compute_single made (index 0) or the usage (1)."""
+    return _write_output(ctx, exec_ctx, index, out, ExecutionContext.output_single)
+
+
+def _write_output(ctx: Any, exec_ctx: Any, index: int, out: Any,
+                  read: Callable[[ExecutionContext, int], bytes]) -> int:
     context = _context(ctx, exec_ctx)
     view = buffer(out)
-    return write(view, context.output_single(_index(index)))
+    return write(view, read(context, _index(index)))
 
 
 @_code
