@@ -139,7 +139,7 @@ def soak(args) -> dict:
             "threads_stuck": stuck, "restore_failures_logged": sum(lines.reasons.values()),
             "restore_failures_why": dict(lines.reasons),
             "restore_failures_counted": getattr(stats, "restore_failures", None),
-            "swap_ins": engine.get("swap_ins"), "swap_outs": engine.get("swap_outs"),
+            "restores": engine.get("restores"), "offloads": engine.get("offloads"),
             "rss_mb": samples, "sessions_left": stats.sessions,
             "models_loaded": stats.models_loaded, "paths": paths}
 
@@ -172,7 +172,7 @@ def markdown(result: dict, args) -> str:
         f"- errors by code: {errors}\n"
         f"- KV restore failures: {result['restore_failures_logged']} logged{why} (the model "
         f"served at the end: "
-        f"{result['swap_outs']} swap-outs, {result['swap_ins']} swap-ins)\n"
+        f"{result['offloads']} swap-outs, {result['restores']} swap-ins)\n"
         f"- prompt tokens of the replies compared: {result['prompt_tokens']}, prefilled "
         f"{result['prefilled_tokens']} ({share:.1f}%; the rest reused from the session's KV, "
         f"restored or copied)\n"

@@ -79,8 +79,8 @@ def main() -> None:
             f"| restoring the swapped KV state | {swapped * 1000:.0f} |\n"
             f"| prefilling the history again | {prefill * 1000:.0f} |\n\n"
             f"- swap-in is {ratio:.1f}x faster than re-prefill (target >= 5x): "
-            f"{common.verdict(ratio >= 5)} ({counters['swap_outs']} swap-outs, "
-            f"{counters['swap_ins']} swap-ins in the swap run)\n")
+            f"{common.verdict(ratio >= 5)} ({counters['offloads']} swap-outs, "
+            f"{counters['restores']} swap-ins in the swap run)\n")
     common.publish("swap", body, write=not args.no_write)
 
 

@@ -59,8 +59,8 @@ def test_64_sessions_4_turns_32_threads_4_slots(tiny_model_path):
         counters = engine.counters.snapshot()
         assert counters["finished"] == SESSIONS * TURNS and counters["failed"] == 0
         assert engine.offload.bytes_used <= 4 * 1024 * 1024
-        assert counters["swap_outs"] > 0 and counters["swap_ins"] > 0
-        assert counters["swap_ins"] + counters["evictions"] <= counters["swap_outs"] \
+        assert counters["offloads"] > 0 and counters["restores"] > 0
+        assert counters["restores"] + counters["evictions"] <= counters["offloads"] \
             + counters["evictions"]
         for s in sessions:
             assert [m["role"] for m in s.history] == ["user", "assistant"] * TURNS
@@ -72,7 +72,7 @@ def test_64_sessions_4_turns_32_threads_4_slots(tiny_model_path):
         assert stats.prefill_tokens == sum(c.prefilled_tokens for c in completions)
         assert stats.cache_hit_tokens == sum(c.reused_tokens for c in completions)
         assert stats.decode_tokens == sum(len(c.generated_tokens) - 1 for c in completions)
-        assert stats.sessions_swapped == sum(s.state.offloaded_tokens is not None for s in sessions)
-        assert stats.swap_bytes == engine.offload.bytes_used <= 4 * 1024 * 1024
+        assert stats.sessions_offloaded == sum(s.state.offloaded_tokens is not None for s in sessions)
+        assert stats.offload_bytes == engine.offload.bytes_used <= 4 * 1024 * 1024
         later_turns = [c for c in completions if c.reused_tokens]  # turns 2-4 reuse the cache
         assert len(later_turns) >= SESSIONS * (TURNS - 1)

@@ -31,12 +31,12 @@ def test_idle_sessions_are_swapped_before_the_cache_fills(tiny_model_path, memor
         sessions = [graph.session() for _ in PROMPTS]
         first = [s.complete(p, **ASK) for s, p in zip(sessions, PROMPTS)]
         counters = graph.engine.counters
-        assert counters.swap_outs >= 2                       # slots were free: pressure did it
+        assert counters.offloads >= 2                       # slots were free: pressure did it
         assert graph.engine.kv_cells()[0] <= 40 + len(first[-1].final_tokens)
         assert sessions[0].state.seq_id is None
         again = sessions[0].complete(PROMPTS[0], **ASK)       # restored from RAM, bit-exact
         assert again.generated_tokens == first[0].generated_tokens
-        assert counters.swap_ins >= 1 and again.reused_tokens == again.prompt_tokens - 1
+        assert counters.restores >= 1 and again.reused_tokens == again.prompt_tokens - 1
 
 
 def test_fifo_strategy_swaps_the_longest_resident_first(tiny_model_path):
@@ -63,7 +63,7 @@ def test_partial_deletion_keeps_the_recent_part_and_the_chat_goes_on(tiny_model_
         assert held > 100
         graph.session().complete(PROMPTS[0], **ASK)  # pressure: the idle long chat is cut
         counters = graph.engine.counters
-        assert counters.shifts >= 1 and counters.swap_outs == 0
+        assert counters.shifts >= 1 and counters.offloads == 0
         assert long_chat.state.seq_id is not None
         assert 8 < len(long_chat.state.kv_tokens) < held
         kept = len(long_chat.state.kv_tokens)

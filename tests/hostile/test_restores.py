@@ -83,7 +83,7 @@ def test_a_session_swapped_out_and_wanted_in_one_step_is_restored(tiny_model_pat
         # v, admitted in the same step, takes w's.
         counters, results = run(tiny_model_path, "vw")
     assert RESTORE_LOG not in caplog.text
-    assert counters["restore_failures"] == 0 and counters["swap_ins"] >= 1
+    assert counters["restore_failures"] == 0 and counters["restores"] >= 1
     v = results["v"]
     assert v.reused_tokens > len(PROMPTS["v"]) // 2, "v was prefilled again, not restored"
     for name, completion in results.items():
@@ -97,7 +97,7 @@ def test_a_slot_goes_to_a_session_with_nothing_waiting_first(tiny_model_path, ca
         # keeps its own. One swap-out, nothing to restore.
         counters, results = run(tiny_model_path, "v")
     assert RESTORE_LOG not in caplog.text
-    assert counters["swap_outs"] == 1 and counters["swap_ins"] == 0
+    assert counters["offloads"] == 1 and counters["restores"] == 0
     for name, completion in results.items():
         assert completion.generated_tokens == expected[name], name
     assert results["v"].prefilled_tokens < results["v"].prompt_tokens // 2

@@ -18,14 +18,14 @@ class BackendStats:
     sessions: int
     sessions_active: int        # with a request queued or generating
     sessions_idle: int
-    sessions_swapped: int       # KV state held in host RAM
+    sessions_offloaded: int     # KV state held in host RAM
     queue_depth: int            # requests waiting for admission
     queue_warnings: int         # times the queue reached queue_warning_threshold
     rejections: int             # requests refused with busy
     timeouts: int               # requests ended by their deadline
     kv_cells_used: int
     kv_cells_total: int
-    swap_bytes: int
+    offload_bytes: int          # host RAM those offloaded sessions hold
     prefill_tokens: int
     decode_tokens: int
     cache_hit_tokens: int       # prompt tokens reused from a session's KV instead of prefilled
@@ -39,7 +39,7 @@ class BackendStats:
 def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: int = 0
             ) -> BackendStats:
     totals = {"queue_depth": 0, "queue_warnings": 0, "rejections": 0, "timeouts": 0,
-              "kv_used": 0, "kv_total": 0, "swap_bytes": 0, "prefill": 0, "decode": 0,
+              "kv_used": 0, "kv_total": 0, "offload_bytes": 0, "prefill": 0, "decode": 0,
               "reused": 0, "decode_seconds": 0.0, "restore_failures": 0}
     engines: dict[int, dict[str, Any]] = {}
     loaded = [(graph, model) for graph in graphs for model in graph.loaded_models()
@@ -54,7 +54,7 @@ def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: in
         totals["timeouts"] += counters["timeouts"]
         totals["kv_used"] += used
         totals["kv_total"] += total
-        totals["swap_bytes"] += readings.offload_bytes
+        totals["offload_bytes"] += readings.offload_bytes
         totals["prefill"] += counters["prefill_tokens"]
         totals["decode"] += counters["decode_tokens"]
         totals["reused"] += counters["reused_tokens"]
@@ -67,11 +67,11 @@ def collect(graphs: list[Graph], sessions: list[Session], model_memory_bytes: in
     seconds = totals["decode_seconds"]
     return BackendStats(
         graphs=len(graphs), sessions=len(sessions), sessions_active=active,
-        sessions_idle=len(sessions) - active, sessions_swapped=swapped,
+        sessions_idle=len(sessions) - active, sessions_offloaded=swapped,
         queue_depth=totals["queue_depth"], queue_warnings=totals["queue_warnings"],
         rejections=totals["rejections"], timeouts=totals["timeouts"],
         kv_cells_used=totals["kv_used"], kv_cells_total=totals["kv_total"],
-        swap_bytes=totals["swap_bytes"], prefill_tokens=totals["prefill"],
+        offload_bytes=totals["offload_bytes"], prefill_tokens=totals["prefill"],
         decode_tokens=totals["decode"], cache_hit_tokens=totals["reused"],
         tokens_per_second=totals["decode"] / seconds if seconds > 0 else 0.0, engines=engines,
         models_loaded=len(loaded), model_memory_bytes=model_memory_bytes,

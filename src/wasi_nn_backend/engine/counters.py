@@ -14,8 +14,8 @@ class EngineCounters:
     reused_tokens: int = 0
     shifts: int = 0
     evictions: int = 0
-    swap_outs: int = 0            # KV offloads to host RAM (the names are public: stats)
-    swap_ins: int = 0             # restores from it
+    offloads: int = 0             # KV sequences offloaded to host RAM
+    restores: int = 0             # restored from it
     restore_failures: int = 0     # restores that found no usable state: prefilled again
     prefix_copies: int = 0
     copied_tokens: int = 0

@@ -43,7 +43,7 @@ class KvApplier:
         elif isinstance(action, Offload):
             self._puts.append((session, self.context.state_seq_get(action.seq_id)))
             self.context.seq_rm(action.seq_id, -1, -1)
-            self.counters.swap_outs += 1
+            self.counters.offloads += 1
         elif isinstance(action, Restore):
             self._restore(action)
         elif isinstance(action, CopyPrefix):
@@ -71,7 +71,7 @@ class KvApplier:
         elif self.context.seq_pos_max(action.seq_id) != len(session.kv_tokens) - 1:
             why = "the restored sequence has other positions than planned"
         else:
-            self.counters.swap_ins += 1
+            self.counters.restores += 1
             return
         self.counters.restore_failures += 1
         log.warning("session %d: KV state could not be restored (%s); prefilling it again",

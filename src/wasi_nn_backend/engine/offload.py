@@ -3,8 +3,8 @@ saved when its slot is taken: core/plan.py's Offload, restored by Restore), leas
 first out, under a byte budget (memory.max_memory_mb). A session whose bytes are dropped loses
 nothing a user sees: its tokens are prefilled again on its next use.
 
-"Offload" is the KV state moving to RAM and back; "swap" elsewhere means a graph's model
-hot-swapped for another (api/). Stats keep their public names (swap_bytes, swap_outs)."""
+"Offload" is the KV state moving to RAM and back (counted as offloads and restores, held as
+offload_bytes in stats); a graph's model replaced by another is replace_model (api/)."""
 from __future__ import annotations
 
 from collections import OrderedDict
