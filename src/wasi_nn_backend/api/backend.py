@@ -162,7 +162,7 @@ class Backend:
                 self._replacements += 1
                 count = self._replacements
             loaded = open_loaded(request, self._budget, clock=self.clock,
-                                 name=f"graph{graph.handle}-swap{count}")
+                                 name=f"graph{graph.handle}-model{count + 1}")
             with self._lock:
                 gone = graph.closed or self._closed
                 if not gone:
@@ -170,7 +170,7 @@ class Backend:
                     self._graphs.put(graph.handle, graph)
             if gone:
                 loaded.free()
-                raise NotFound(f"graph {graph.handle} was unloaded during the swap")
+                raise NotFound(f"graph {graph.handle} was unloaded while its model was being replaced")
         log.info("graph %d now serves %s (loaded in %.3f s)", graph.handle, request.path,
                  loaded.load_seconds)
         if old is not None:
