@@ -1,7 +1,8 @@
 """Error codes and the exception for each.
 
 Inside the package every failure is an exception of the class for its code; the function
-API (wasi_nn.py) and the adapters turn them into numbers. Two numberings exist:
+API (wasi_nn/) and the adapters turn them into numbers, each at its own border. Two
+numberings exist:
 
 * ``ErrorCode`` values are the original C header's (``wasi_nn_llama.h``), used by the Python
   function API and by Erlang: success=0 ... unknown=9, end_of_sequence=100 ... model_not_found=103.
@@ -159,14 +160,3 @@ class ModelNotFound(WasiNnError):
     """Raised when a model file does not exist or cannot be read."""
 
     code = ErrorCode.MODEL_NOT_FOUND
-
-
-_BY_CODE = {cls.code: cls for cls in (
-    InvalidArgument, InvalidEncoding, Timeout, BackendRuntimeError, UnsupportedOperation,
-    TooLarge, NotFound, Security, Unknown, Busy, EndOfSequence, ContextFull, PromptTooLong,
-    ModelNotFound)}
-
-
-def error_for(code: ErrorCode, message: str = "") -> WasiNnError:
-    """A new exception of the class that stands for ``code``."""
-    return _BY_CODE.get(ErrorCode(code), Unknown)(message)
