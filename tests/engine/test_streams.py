@@ -80,3 +80,39 @@ def test_a_failed_stream_ends_with_its_error_and_iteration_raises_it():
         for piece in again:
             got.append(piece)
     assert got == ["b"]
+
+
+def test_wake_takes_no_lock_when_no_reader_waits():
+    """Per token the engine wakes every stream it put a piece on; a stream nobody is reading
+    piece by piece (a caller in result(), or no caller yet) costs no lock and no wake-up."""
+    stream = Stream()
+    stream.put("piece", wake=False)
+    done = threading.Event()
+    with stream._cond:   # held: a wake() that took the lock would block here
+        thread = threading.Thread(target=lambda: (stream.wake(), done.set()))
+        thread.start()
+        assert done.wait(10)
+    thread.join(10)
+    assert stream.try_get() == "piece"
+
+
+def test_result_waits_for_the_end_through_pieces_and_wakes():
+    stream = Stream()
+    results = []
+    waiting = threading.Event()
+
+    def caller() -> None:
+        waiting.set()
+        results.append(stream.result(timeout=30))
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    assert waiting.wait(10)
+    for piece in ("a", "b", "c"):
+        stream.put(piece, wake=False)
+        stream.wake()
+        stream.put(piece)            # the waking put, too
+    assert thread.is_alive()
+    stream.finish(_completion("abcabc"))
+    thread.join(30)
+    assert not thread.is_alive() and results[0].text == "abcabc"

@@ -167,6 +167,7 @@ def test_reset_and_close(ctx):
 
 
 @pytest.mark.parametrize("extra", [{}, {"ignore_eos": True},
+                                   {"logit_bias": ((IM_END, -math.inf), (700, -math.inf))},
                                    {"logit_bias": ((IM_END, 50.0), (IM_END, 1.0), (700, -3.0))},
                                    {"logit_bias": ((700, math.inf),)}])
 def test_fast_greedy_picks_what_the_c_chain_picks(ctx, extra, monkeypatch):

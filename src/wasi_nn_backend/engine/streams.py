@@ -42,7 +42,10 @@ class EndOfStream(Exception):
 
 class Stream:
     def __init__(self, cancel: Callable[[], None] | None = None) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)       # readers of pieces wait here
+        self._ended = threading.Condition(lock)      # result() waits here: woken by the end only
+        self._piece_readers = 0                      # get() calls waiting now (under the lock)
         self._pieces: deque[str] = deque()
         self._completion: Completion | None = None
         self._error: WasiNnError | None = None
@@ -68,8 +71,13 @@ class Stream:
         return True
 
     def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        """Wake the readers waiting for a piece (put(wake=False) added it), if any: a caller
+        waiting in result() sleeps through the pieces. No lock is taken when nobody waits:
+        a reader counts itself in before it looks for a piece, and the piece was appended
+        before this reads the count, so either it is counted here or it finds the piece."""
+        if self._piece_readers:
+            with self._cond:
+                self._cond.notify_all()
         self._changed()
 
     def finish(self, completion: Completion) -> None:
@@ -78,6 +86,7 @@ class Stream:
                 return
             self._completion = completion
             self._cond.notify_all()
+            self._ended.notify_all()
         self._changed()
 
     def fail(self, error: WasiNnError, at: float | None = None) -> None:
@@ -87,6 +96,7 @@ class Stream:
                 return
             self._error, self._failed_at = error, at
             self._cond.notify_all()
+            self._ended.notify_all()
         self._changed()
 
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -123,14 +133,18 @@ class Stream:
         """The next piece, waiting up to ``timeout`` seconds (TimeoutError past it);
         EndOfStream once every piece was read and the stream has ended."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._pieces or self.done, timeout):
-                raise TimeoutError("no output within the time given")
+            self._piece_readers += 1
+            try:
+                if not self._cond.wait_for(lambda: self._pieces or self.done, timeout):
+                    raise TimeoutError("no output within the time given")
+            finally:
+                self._piece_readers -= 1
             return self._next_locked(block=True)
 
     def result(self, timeout: float | None = None) -> Completion:
         """Wait for the end; the Completion (its text holds every piece) or the error."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.done, timeout):
+        with self._ended:
+            if not self._ended.wait_for(lambda: self.done, timeout):
                 raise TimeoutError("the request did not finish within the time given")
             if self._error is not None:
                 raise self._error

@@ -67,6 +67,9 @@ class Sampler:
         self._bias: dict[int, list[np.float32]] = {}  # token -> its biases, added in order
         for token, value in bias:
             self._bias.setdefault(token, []).append(np.float32(value))
+        # Only bans (-inf: ignore_eos, or a user's): a banned token never beats a finite
+        # maximum, so the argmax stands unless it is banned itself.
+        self._bans_only = all(v == -np.inf for values in self._bias.values() for v in values)
         self._ids = np.arange(self._n_vocab, dtype=np.int32)
         self._candidates = np.zeros(self._n_vocab, dtype=TOKEN_DATA) if self._grammar else None
 
@@ -106,6 +109,8 @@ class Sampler:
         sampler), without copying the row: only the biased tokens can change the answer."""
         best = int(logits.argmax())  # the method: np.argmax adds a Python-level dispatch
         if not self._bias:
+            return best
+        if self._bans_only and best not in self._bias and logits[best] > -np.inf:
             return best
         if best in self._bias:  # its own bias decides: do it the long way
             biased = logits.copy()
