@@ -8,9 +8,11 @@ contender per process, in one run.
 Ours: generated tokens / seconds from the first generated token to the last (the prompts'
 prefill left out, as batched-bench's S_TG leaves it out), through the public API (one thread
 per session reading its stream), every session with its own KV stream (as batched-bench's
-default). Engine time outside llama_decode per token comes from the engine's counters.
+default). The gap column is what a token costs us beyond C++'s decode: 1/ours - 1/C++. Each
+contender runs --repeat times, alternating, and its best run counts (this machine is shared:
+single runs swing by 20%).
 
-Run: .venv/bin/python bench/scale.py [--sessions 1,8,64] [--tokens 128] [--no-write]
+Run: .venv/bin/python bench/scale.py [--sessions 1,8,64] [--tokens 128] [--repeat 3] [--no-write]
 """
 from __future__ import annotations
 
@@ -98,12 +100,8 @@ def ours(path: str, sessions: int, tokens: int, mode: str) -> dict:
     first = min(s[0] for s in stamps if s)
     last = max(s[-1] for s in stamps if s)
     generated = sum(counts)
-    steps = after["steps"] - before["steps"]
-    decode = after["decode_seconds"] - before["decode_seconds"]
-    wall = last - first
-    return {"tokens_per_s": (generated - sessions) / wall, "generated": generated,
-            "steps": steps, "decode_seconds": decode,
-            "outside_us_per_token": (wall - decode) / max(1, generated - sessions) * 1e6}
+    return {"tokens_per_s": (generated - sessions) / (last - first), "generated": generated,
+            "steps": after["steps"] - before["steps"]}
 
 
 def run_worker(path: str, sessions: int, tokens: int, mode: str) -> dict:
@@ -116,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="1,8,64")
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,17 +125,23 @@ def main() -> None:
     path = model_path()
     counts = [int(n) for n in args.sessions.split(",")]
     rows, verdicts = [], []
-    cpp_speeds = batched_bench(path, counts, args.tokens)
+    cpp_speeds: dict[int, float] = {}
+    best: dict[tuple[int, str], dict] = {}
+    for _ in range(args.repeat):   # alternating, so a slow spell hits every contender
+        for n, speed in batched_bench(path, counts, args.tokens).items():
+            cpp_speeds[n] = max(cpp_speeds.get(n, 0.0), speed)
+        for n in counts:
+            for mode in ("greedy", "sampled"):
+                result = run_worker(path, n, args.tokens, mode)
+                if (n, mode) not in best or \
+                        result["tokens_per_s"] > best[(n, mode)]["tokens_per_s"]:
+                    best[(n, mode)] = result
     for n in counts:
-        cpp = cpp_speeds[n]
-        greedy = run_worker(path, n, args.tokens, "greedy")
-        sampled = run_worker(path, n, args.tokens, "sampled")
+        cpp, greedy, sampled = cpp_speeds[n], best[(n, "greedy")], best[(n, "sampled")]
         rows.append((n, cpp, greedy, sampled))
         print(f"{n:3d} sessions: C++ {cpp:8.0f} | greedy {greedy['tokens_per_s']:8.0f} "
-              f"({greedy['tokens_per_s'] / cpp:.0%}, {greedy['outside_us_per_token']:.0f} us "
-              f"outside decode) | sampled {sampled['tokens_per_s']:8.0f} "
-              f"({sampled['tokens_per_s'] / cpp:.0%}, {sampled['outside_us_per_token']:.0f} us)",
-              flush=True)
+              f"({greedy['tokens_per_s'] / cpp:.0%}) | sampled {sampled['tokens_per_s']:8.0f} "
+              f"({sampled['tokens_per_s'] / cpp:.0%})", flush=True)
         for mode, result in (("greedy", greedy), ("sampled", sampled)):
             target = TARGETS.get((mode, n))
             if target is not None:
@@ -146,16 +151,16 @@ def main() -> None:
     lines = [f"## Per-token cost at scale (`bench/scale.py`)\n\n{common.machine()}; a 2-layer "
              f"n_embd-64 llama with a 32,000-token vocabulary (F32, random weights), "
              f"{args.tokens} new tokens per session after a ~{PROMPT_TOKENS}-token prompt; "
-             f"decode tokens/s (prefill left out on both sides).\n",
+             f"decode tokens/s (prefill left out on both sides), best of {args.repeat} "
+             "alternating runs.\n",
              "| sessions | llama-batched-bench (C++ decode) | ours greedy | ours sampled | "
-             "engine time outside llama_decode per token, greedy / sampled |",
+             "cost per token beyond C++'s decode, greedy / sampled |",
              "|---|---|---|---|---|"]
     for n, cpp, greedy, sampled in rows:
+        gaps = [(1 / r["tokens_per_s"] - 1 / cpp) * 1e6 for r in (greedy, sampled)]
         lines.append(f"| {n} | {cpp:,.0f} | {greedy['tokens_per_s']:,.0f} "
                      f"({greedy['tokens_per_s'] / cpp:.0%}) | {sampled['tokens_per_s']:,.0f} "
-                     f"({sampled['tokens_per_s'] / cpp:.0%}) | "
-                     f"{greedy['outside_us_per_token']:.0f} / "
-                     f"{sampled['outside_us_per_token']:.0f} us |")
+                     f"({sampled['tokens_per_s'] / cpp:.0%}) | {gaps[0]:.0f} / {gaps[1]:.0f} us |")
     body = "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n"
     common.publish("scale", body, write=not args.no_write)
 
