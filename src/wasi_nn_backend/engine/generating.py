@@ -30,8 +30,10 @@ from .live import LiveRequest
 from .packing import BatchPacker
 from .streams import Stream
 from .offload import OffloadStore
+from .sampling_pool import SamplingPool, pick_tokens
 
 log = logging.getLogger("wasi_nn_backend.engine")
+SAMPLING_THREADS = 4   # at most: past a few threads a step's chains are too few to split
 
 
 class GeneratingEngine(EngineBase):
@@ -57,6 +59,9 @@ class GeneratingEngine(EngineBase):
         self._live: dict[Request, LiveRequest] = {}
         self._with_deadline = 0  # live requests that have a deadline
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
+        # Sampler chains of one step on up to 4 threads (this one and the workers).
+        workers = min(self.threads, SAMPLING_THREADS) - 1
+        self._sampling = SamplingPool(workers, name) if workers > 0 else None
         self.start()
 
     # -- thread-safe API ---------------------------------------------------------------------
@@ -122,6 +127,8 @@ class GeneratingEngine(EngineBase):
     def _release(self, error: WasiNnError) -> None:
         for live in list(self._live.values()):
             self._fail(live.request, error)
+        if self._sampling is not None:
+            self._sampling.close()
         self.packer.close()
         self.context.close()
 
@@ -223,6 +230,7 @@ class GeneratingEngine(EngineBase):
 
     def _sample(self, outputs: Outputs) -> None:
         now = self.clock.now()
+        picking: list[tuple[Request, int, LiveRequest]] = []
         for request, index in outputs:
             live = self._live[request]
             if request.state is RequestState.PREFILL:
@@ -232,9 +240,12 @@ class GeneratingEngine(EngineBase):
                 if request.params.stopping.max_tokens == 0:
                     self._finish(request, FinishReason.LENGTH, ErrorCode.SUCCESS)
                     continue
-            try:
-                token = live.sampler.sample(self.context, index)
-            except GrammarRejected as error:
+            picking.append((request, index, live))
+        for (request, index, live), (token, error) in zip(
+                picking, pick_tokens(self._sampling, self.context, picking)):
+            if error is not None:
+                if not isinstance(error, GrammarRejected):
+                    raise error
                 if error.complete:  # the grammar matched a whole text: nothing more to say
                     self._finish(request, FinishReason.STOP, ErrorCode.SUCCESS)
                 else:

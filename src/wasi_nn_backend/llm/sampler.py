@@ -77,6 +77,12 @@ class Sampler:
     def has_grammar(self) -> bool:
         return self._grammar is not None
 
+    @property
+    def releases_gil(self) -> bool:
+        """sample() is one llama.cpp call (no grammar, not the numpy greedy path): it may
+        run beside other samplers' calls, on another thread (engine/sampling_pool.py)."""
+        return self._grammar is None and not self.fast_greedy
+
     def accept_prompt(self, tokens: Iterable[int]) -> None:
         """Feed prompt tokens to the history samplers (penalties, DRY) only; never to the
         grammar, which constrains the output alone."""

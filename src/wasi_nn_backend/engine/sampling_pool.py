@@ -1,0 +1,130 @@
+"""The step's tokens, picked on more than one core: llama.cpp's sampler chains run in C with the
+GIL released (ctypes), so the chains of one step's sequences can run on a few threads at once.
+
+Why: a sampled token (top-k, top-p, min-p, temperature, dist) costs ~50 us of C work over a
+32,000-token vocabulary, one sequence after another on the engine thread, while the cores that
+just ran llama_decode sit idle (bench/scale.py). Each chain is its own sampler with its own
+RNG, and it reads the context's logits only, so the token a chain picks does not depend on
+which thread runs it or on what runs beside it: the results are those of one thread.
+
+What runs here: only samplers whose sample() is one C call (Sampler.releases_gil: no grammar,
+not the numpy greedy path, which holds the GIL). llama.cpp reorders a decode's outputs on the
+first read of its logits, so the engine reads them once (Context.logits_view) before the
+chains start. Everything else of a step (stop checks, text, streams) stays on the engine
+thread, in batch order.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..llm.grammar import GrammarRejected
+
+if TYPE_CHECKING:
+    from ..core.request import Request
+    from ..llm.context import Context
+    from .live import LiveRequest
+
+T = TypeVar("T")
+Outcome = tuple[Any, BaseException | None]   # (result, None) or (None, the exception)
+
+
+def _call(fn: Callable[[T], Any], item: T) -> Outcome:
+    try:
+        return fn(item), None
+    except BaseException as error:   # handed back to the engine thread, in order
+        return None, error
+
+
+class SamplingPool:
+    """``workers`` threads beside the caller's; map() splits its items between them all.
+    Not thread-safe: one caller (the engine thread)."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._cond = threading.Condition()
+        self._work: list[tuple[Callable[[Any], Any], Sequence[Any]] | None] = [None] * workers
+        self._done: list[list[Outcome] | None] = [None] * workers
+        self._closed = False
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True,
+                                          name=f"{name}-sampling-{i}") for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
+
+    def map(self, fn: Callable[[T], Any], items: Sequence[T]) -> list[Outcome]:
+        """``fn(item)`` for every item, the first parts on the workers and the last on this
+        thread; the outcomes in the items' order."""
+        parts = min(len(self._threads) + 1, len(items))
+        if parts <= 1 or self._closed:
+            return [_call(fn, item) for item in items]
+        size, extra = divmod(len(items), parts)
+        bounds, start = [], 0
+        for part in range(parts):
+            end = start + size + (part < extra)
+            bounds.append((start, end))
+            start = end
+        with self._cond:
+            for worker, (lo, hi) in enumerate(bounds[:-1]):
+                self._done[worker] = None
+                self._work[worker] = (fn, items[lo:hi])
+            self._cond.notify_all()
+        lo, hi = bounds[-1]
+        mine = [_call(fn, item) for item in items[lo:hi]]
+        outcomes: list[Outcome] = []
+        with self._cond:
+            busy = range(parts - 1)
+            self._cond.wait_for(lambda: all(self._done[w] is not None for w in busy))
+            for worker in busy:
+                outcomes += self._done[worker]   # type: ignore[operator]
+                self._done[worker] = None
+        return outcomes + mine
+
+    def _run(self, worker: int) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._work[worker] is not None or self._closed)
+                if self._closed:
+                    return
+                fn, items = self._work[worker]   # type: ignore[misc]
+                self._work[worker] = None
+            done = [_call(fn, item) for item in items]
+            with self._cond:
+                self._done[worker] = done
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop the workers (idempotent); map() then runs everything on its caller."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+
+def pick_tokens(pool: SamplingPool | None, context: Context,
+                picking: list[tuple[Request, int, LiveRequest]]) -> list[Outcome]:
+    """Each request's next token from the logits at its batch index (or the GrammarRejected
+    its sampler raised), in order. The samplers that are one C call go to ``pool`` when
+    there are two or more; the others run here."""
+    pooled = [i for i, (_, _, live) in enumerate(picking) if live.sampler.releases_gil]
+    picked: dict[int, Outcome] = {}
+    if pool is not None and len(pooled) >= 2:
+        context.logits_view(picking[pooled[0]][1])   # llama.cpp reorders the outputs here
+        outcomes = pool.map(lambda item: item[2].sampler.sample(context, item[1]),
+                            [picking[i] for i in pooled])
+        picked = dict(zip(pooled, outcomes))
+    results: list[Outcome] = []
+    for i, (_, index, live) in enumerate(picking):
+        if i in picked:
+            results.append(picked[i])
+            continue
+        try:
+            results.append((live.sampler.sample(context, index), None))
+        except GrammarRejected as error:
+            results.append((None, error))
+    return results

@@ -1,0 +1,82 @@
+"""engine.sampling_pool: a step's sampler chains on several threads pick exactly the tokens one
+thread picks (each chain has its own RNG and reads the logits only), outcomes come back in
+order, and a sampler's exception comes back in its place."""
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from wasi_nn_backend.config import SamplingParams
+from wasi_nn_backend.engine.sampling_pool import SamplingPool, pick_tokens
+from wasi_nn_backend.llm.batch import Batch
+from wasi_nn_backend.llm.context import Context
+from wasi_nn_backend.llm.sampler import Sampler
+
+SEQUENCES = 8
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 9])
+def test_map_keeps_the_order_and_returns_errors_in_place(workers, count):
+    pool = SamplingPool(workers, "test")
+    try:
+        threads: set[int] = set()
+
+        def work(item: int) -> int:
+            threads.add(threading.get_ident())
+            if item == 3:
+                raise ValueError("three")
+            return item * 10
+
+        outcomes = pool.map(work, list(range(count)))
+        assert [value for value, _ in outcomes] == [None if i == 3 else i * 10
+                                                    for i in range(count)]
+        errors = [(i, str(error)) for i, (_, error) in enumerate(outcomes) if error]
+        assert errors == ([(3, "three")] if count > 3 else [])
+        assert len(threads) == min(workers + 1, count)   # every part on its own thread
+    finally:
+        pool.close()
+
+
+def test_a_closed_pool_runs_everything_on_the_caller():
+    pool = SamplingPool(2, "test")
+    pool.close()
+    pool.close()
+    me = threading.get_ident()
+    assert pool.map(lambda item: (item, threading.get_ident() == me), [1, 2, 3]) == \
+        [((1, True), None), ((2, True), None), ((3, True), None)]
+
+
+def _requests(model, params_list):
+    return [(None, index, SimpleNamespace(sampler=Sampler(model, params, n_ctx=256)))
+            for index, params in enumerate(params_list)]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_pooled_chains_pick_what_one_thread_picks(tiny_model, workers):
+    """Eight sequences decoded together; seeded sampled chains (and a greedy one, which stays
+    on the caller) step 12 times over the same logits, pooled and not: the same tokens."""
+    params = [SamplingParams(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, seed=seed)
+              for seed in range(SEQUENCES - 1)] + [SamplingParams(temperature=0)]
+    with Context(tiny_model, n_ctx=64 * SEQUENCES, n_batch=64, n_seq_max=SEQUENCES,
+                 n_threads=2) as context:
+        batch = Batch(64)
+        for seq in range(SEQUENCES):
+            batch.add(seq + 5, 0, seq, True)
+        assert context.decode(batch) == 0
+        runs = []
+        for pool in (None, SamplingPool(workers, "test")):
+            picking = _requests(tiny_model, params)
+            assert [live.sampler.releases_gil for _, _, live in picking] == \
+                [True] * (SEQUENCES - 1) + [False]
+            tokens = [[token for token, error in pick_tokens(pool, context, picking)]
+                      for _ in range(12)]
+            runs.append(tokens)
+            for _, _, live in picking:
+                live.sampler.close()
+            if pool is not None:
+                pool.close()
+        assert runs[0] == runs[1]
+        assert len({tuple(step) for step in runs[0]}) > 1   # the chains did sample
