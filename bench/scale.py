@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -104,9 +105,17 @@ def ours(path: str, sessions: int, tokens: int, mode: str) -> dict:
             "steps": after["steps"] - before["steps"]}
 
 
-def run_worker(path: str, sessions: int, tokens: int, mode: str) -> dict:
+SPIN = "GOMP_SPINCOUNT"   # libgomp: how long its workers spin after a decode before sleeping
+SHORT_SPIN = "1000"
+
+
+def run_worker(path: str, sessions: int, tokens: int, mode: str, spin: str | None = None
+               ) -> dict:
+    env = dict(os.environ)
+    if spin is not None:
+        env[SPIN] = spin
     out = subprocess.run([sys.executable, __file__, "--worker", path, str(sessions), str(tokens),
-                          mode], check=True, capture_output=True, text=True)
+                          mode], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -131,11 +140,12 @@ def main() -> None:
         for n, speed in batched_bench(path, counts, args.tokens).items():
             cpp_speeds[n] = max(cpp_speeds.get(n, 0.0), speed)
         for n in counts:
-            for mode in ("greedy", "sampled"):
-                result = run_worker(path, n, args.tokens, mode)
-                if (n, mode) not in best or \
-                        result["tokens_per_s"] > best[(n, mode)]["tokens_per_s"]:
-                    best[(n, mode)] = result
+            for mode, spin in (("greedy", None), ("sampled", None), ("greedy", SHORT_SPIN),
+                               ("sampled", SHORT_SPIN)):
+                key = (n, mode if spin is None else f"{mode} spin")
+                result = run_worker(path, n, args.tokens, mode, spin)
+                if key not in best or result["tokens_per_s"] > best[key]["tokens_per_s"]:
+                    best[key] = result
     for n in counts:
         cpp, greedy, sampled = cpp_speeds[n], best[(n, "greedy")], best[(n, "sampled")]
         rows.append((n, cpp, greedy, sampled))
@@ -161,6 +171,15 @@ def main() -> None:
         lines.append(f"| {n} | {cpp:,.0f} | {greedy['tokens_per_s']:,.0f} "
                      f"({greedy['tokens_per_s'] / cpp:.0%}) | {sampled['tokens_per_s']:,.0f} "
                      f"({sampled['tokens_per_s'] / cpp:.0%}) | {gaps[0]:.0f} / {gaps[1]:.0f} us |")
+    lines += ["", f"The same with {SPIN}={SHORT_SPIN} in our process (libgomp's worker sleeps "
+              "soon after a decode instead of spinning on the core the engine's per-token work "
+              "and the readers need; llama-batched-bench, which does nothing between decodes, "
+              "as above):", "",
+              "| sessions | ours greedy | ours sampled |", "|---|---|---|"]
+    for n, cpp, _, _ in rows:
+        greedy, sampled = best[(n, "greedy spin")], best[(n, "sampled spin")]
+        lines.append(f"| {n} | {greedy['tokens_per_s']:,.0f} ({greedy['tokens_per_s'] / cpp:.0%})"
+                     f" | {sampled['tokens_per_s']:,.0f} ({sampled['tokens_per_s'] / cpp:.0%}) |")
     body = "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n"
     common.publish("scale", body, write=not args.no_write)
 
