@@ -68,12 +68,12 @@ def batched_bench(path: str, counts: list[int], tokens: int) -> dict[int, float]
     return speeds
 
 
-def ours(path: str, sessions: int, tokens: int, mode: str) -> dict:
-    """Runs in its own process (--worker)."""
+def ours(path: str, sessions: int, tokens: int, mode: str, n_gpu_layers: int = 0) -> dict:
+    """Runs in its own process (--worker). Decode tokens/s from the first token to the last."""
     from wasi_nn_backend import Backend
     config = {"backend": {"max_sessions": sessions + 1, "max_concurrent": sessions},
               "model": {"n_ctx": N_CTX, "n_seq_max": sessions, "threads": THREADS,
-                        "n_batch": 2048, "flash_attn": "on"}}
+                        "n_batch": 2048, "flash_attn": "on", "n_gpu_layers": n_gpu_layers}}
     ask = {"max_tokens": tokens, "ignore_eos": True,
            **({"temperature": 0} if mode == "greedy" else SAMPLED)}
     words = "once upon a time the little cat and the dog ran to see the sun and sat"
@@ -109,13 +109,15 @@ SPIN = "GOMP_SPINCOUNT"   # libgomp: how long its workers spin after a decode be
 SHORT_SPIN = "1000"
 
 
-def run_worker(path: str, sessions: int, tokens: int, mode: str, spin: str | None = None
-               ) -> dict:
+def run_worker(path: str, sessions: int, tokens: int, mode: str, spin: str | None = None,
+               gpu_layers: int = 0) -> dict:
+    """ours() in a process of its own (``spin``: GOMP_SPINCOUNT there)."""
     env = dict(os.environ)
     if spin is not None:
         env[SPIN] = spin
     out = subprocess.run([sys.executable, __file__, "--worker", path, str(sessions), str(tokens),
-                          mode], check=True, capture_output=True, text=True, env=env)
+                          mode, str(gpu_layers)], check=True, capture_output=True, text=True,
+                         env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -125,11 +127,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        path, sessions, tokens, mode = args.worker
-        print(json.dumps(ours(path, int(sessions), int(tokens), mode)))
+        path, sessions, tokens, mode, *gpu = args.worker
+        print(json.dumps(ours(path, int(sessions), int(tokens), mode, *map(int, gpu))))
         return
     path = model_path()
     counts = [int(n) for n in args.sessions.split(",")]
