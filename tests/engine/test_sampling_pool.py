@@ -4,7 +4,6 @@ order, and a sampler's exception comes back in its place."""
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import pytest
 
@@ -49,8 +48,9 @@ def test_a_closed_pool_runs_everything_on_the_caller():
         [((1, True), None), ((2, True), None), ((3, True), None)]
 
 
-def _requests(model, params_list):
-    return [(None, index, SimpleNamespace(sampler=Sampler(model, params, n_ctx=256)))
+def _picks(model, params_list):
+    """(batch index, sampler) for each sequence, as the engine passes them."""
+    return [(index, Sampler(model, params, n_ctx=256))
             for index, params in enumerate(params_list)]
 
 
@@ -68,14 +68,14 @@ def test_pooled_chains_pick_what_one_thread_picks(tiny_model, workers):
         assert context.decode(batch) == 0
         runs = []
         for pool in (None, SamplingPool(workers, "test")):
-            picking = _requests(tiny_model, params)
-            assert [live.sampler.releases_gil for _, _, live in picking] == \
+            picks = _picks(tiny_model, params)
+            assert [sampler.releases_gil for _, sampler in picks] == \
                 [True] * (SEQUENCES - 1) + [False]
-            tokens = [[token for token, error in pick_tokens(pool, context, picking)]
+            tokens = [[token for token, error in pick_tokens(pool, context, picks)]
                       for _ in range(12)]
             runs.append(tokens)
-            for _, _, live in picking:
-                live.sampler.close()
+            for _, sampler in picks:
+                sampler.close()
             if pool is not None:
                 pool.close()
         assert runs[0] == runs[1]

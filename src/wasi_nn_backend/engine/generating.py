@@ -241,8 +241,9 @@ class GeneratingEngine(EngineBase):
                     self._finish(request, FinishReason.LENGTH, ErrorCode.SUCCESS)
                     continue
             picking.append((request, index, live))
+        picks = [(index, live.sampler) for _, index, live in picking]
         for (request, index, live), (token, error) in zip(
-                picking, pick_tokens(self._sampling, self.context, picking)):
+                picking, pick_tokens(self._sampling, self.context, picks)):
             if error is not None:
                 if not isinstance(error, GrammarRejected):
                     raise error

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..llm.grammar import GrammarRejected
 
 if TYPE_CHECKING:
-    from ..core.request import Request
     from ..llm.context import Context
-    from .live import LiveRequest
+    from ..llm.sampler import Sampler
 
 T = TypeVar("T")
 Outcome = tuple[Any, BaseException | None]   # (result, None) or (None, the exception)
@@ -50,10 +49,6 @@ class SamplingPool:
                                           name=f"{name}-sampling-{i}") for i in range(workers)]
         for thread in self._threads:
             thread.start()
-
-    @property
-    def workers(self) -> int:
-        return len(self._threads)
 
     def map(self, fn: Callable[[T], Any], items: Sequence[T]) -> list[Outcome]:
         """``fn(item)`` for every item, the first parts on the workers and the last on this
@@ -107,24 +102,23 @@ class SamplingPool:
 
 
 def pick_tokens(pool: SamplingPool | None, context: Context,
-                picking: list[tuple[Request, int, LiveRequest]]) -> list[Outcome]:
-    """Each request's next token from the logits at its batch index (or the GrammarRejected
-    its sampler raised), in order. The samplers that are one C call go to ``pool`` when
-    there are two or more; the others run here."""
-    pooled = [i for i, (_, _, live) in enumerate(picking) if live.sampler.releases_gil]
-    picked: dict[int, Outcome] = {}
-    if pool is not None and len(pooled) >= 2:
-        context.logits_view(picking[pooled[0]][1])   # llama.cpp reorders the outputs here
-        outcomes = pool.map(lambda item: item[2].sampler.sample(context, item[1]),
-                            [picking[i] for i in pooled])
-        picked = dict(zip(pooled, outcomes))
-    results: list[Outcome] = []
-    for i, (_, index, live) in enumerate(picking):
-        if i in picked:
-            results.append(picked[i])
-            continue
-        try:
-            results.append((live.sampler.sample(context, index), None))
-        except GrammarRejected as error:
-            results.append((None, error))
-    return results
+                picks: list[tuple[int, Sampler]]) -> list[Outcome]:
+    """For each (batch index, sampler), the next token from the logits at that index (or the
+    GrammarRejected the sampler raised), in order. The samplers that are one C call go to
+    ``pool`` when there are two or more; the others run here."""
+    outcomes: list[Outcome | None] = [None] * len(picks)
+    pooled = ([i for i, (_, sampler) in enumerate(picks) if sampler.releases_gil]
+              if pool is not None else [])
+    if len(pooled) >= 2:
+        context.logits_view(picks[pooled[0]][0])   # llama.cpp reorders the outputs here
+        done = pool.map(lambda pick: pick[1].sample(context, pick[0]),
+                        [picks[i] for i in pooled])
+        for i, outcome in zip(pooled, done):
+            outcomes[i] = outcome
+    for i, (index, sampler) in enumerate(picks):
+        if outcomes[i] is None:
+            try:
+                outcomes[i] = (sampler.sample(context, index), None)
+            except GrammarRejected as error:
+                outcomes[i] = (None, error)
+    return outcomes

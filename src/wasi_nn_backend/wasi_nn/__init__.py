@@ -228,10 +228,10 @@ def run_inference(ctx: Any, exec_ctx: Any, index: int, tensor: Any, out: Any,
         message = _tensor_bytes(tensor)
         view = buffer(out)
         overrides = _text(runtime_config, runtime_config_len, "runtime config")
+        written: list[int] = []   # the bytes delivered, NUL included
         completion = context.run_inference(
-            message, overrides, lambda reply: write(view, reply + b"\0"))
+            message, overrides, lambda reply: written.append(write(view, reply + b"\0")))
     except Exception as error:
         return _report(run_inference, error)
     error = completion.error()  # context full, timeout, closed: the partial text is written
-    code = error.code if error else ErrorCode.SUCCESS
-    return code, len(completion.text.encode("utf-8")) + 1
+    return (error.code if error else ErrorCode.SUCCESS), written[0]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...api import Backend, Completion, Session, Stream, registry
+from ...api import Completion, Session, Stream, registry
 from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument, WasiNnError
 from . import terms
 from .terms import ERROR, OK, atom, atom_name, binary, binary_value, describe, is_integer
@@ -105,13 +105,8 @@ class Call:
     cancel: Callable[[Any], int] = lambda request_id: 0   # cancel the generations of an Id
 
 
-def backend(ctx: int) -> Backend:
-    """The backend behind handle ``ctx``; NotFound for one never made or deinitialized."""
-    return registry.backend(ctx)
-
-
 def _session(ctx: int, exec_ctx: int) -> Session:
-    return backend(ctx).session(exec_ctx)
+    return registry.backend(ctx).session(exec_ctx)
 
 
 def _path(path: bytes) -> str:
@@ -159,14 +154,14 @@ def deinit_backend(call: Call, ctx: int) -> Any:
 def load_by_name_with_config(call: Call, ctx: int, path: bytes, config: bytes) -> Any:
     """Backend.load: the graph already serving this file and config, a hot swap into the
     graph loaded last (backend.hot_swap), or a new graph; its handle."""
-    target = backend(ctx)  # not_found for an unknown Ctx before any argument's error
+    target = registry.backend(ctx)  # not_found for an unknown Ctx before any argument's error
     return (OK, target.load(_path(path), config or None).handle)
 
 
 def init_execution_context(call: Call, ctx: int, session_id: bytes) -> Any:
     """The session named ``session_id`` (history kept), or a new one, on the graph a load
     returned last (invalid_argument when no model is loaded)."""
-    target = backend(ctx)
+    target = registry.backend(ctx)
     name = _session_id(session_id)
     return (OK, target.latest_graph().session(name).handle)
 

@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ...api import EndOfStream, Stream
+from ...api import EndOfStream, Stream, registry
 from ...errors import Busy, ErrorCode, WasiNnError
-from .ops import TOKEN, Op, backend, error_term, request_key
+from .ops import TOKEN, Op, error_term, request_key
 from .terms import binary
 from .workers import HeldBytes, Workers
 
@@ -203,7 +203,7 @@ class Relay:
 
     def _enter(self, job: Job) -> None:
         ctx = job.key[0]
-        settings = backend(ctx).config.backend  # not_found for an unknown Ctx
+        settings = registry.backend(ctx).config.backend  # not_found for an unknown Ctx
         limit = min(settings.queue_size, settings.queue_reject_threshold)
         with self._lock:
             lane = self._lanes.get(job.key)
