@@ -5,10 +5,10 @@ Layering (imports point one way; tests/test_layers.py enforces it, docs/DESIGN.m
 Only llm/ imports llama_cpp. This module only re-exports.
 """
 from .api import (Backend, BackendStats, Completion, EndOfStream, FakeClock, FinishReason, Graph,
-                  MonotonicClock, Session, Stream)
+                  MonotonicClock, ReadySet, Session, Stream)
 from .config import Config, RequestParams, parse_config
 from .errors import ErrorCode, WasiNnError
 
 __all__ = ["Backend", "BackendStats", "Completion", "Config", "EndOfStream", "ErrorCode",
            "FakeClock", "FinishReason", "Graph", "MonotonicClock", "RequestParams", "Session",
-           "Stream", "WasiNnError", "parse_config"]
+           "ReadySet", "Stream", "WasiNnError", "parse_config"]

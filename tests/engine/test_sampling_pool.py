@@ -56,10 +56,12 @@ def _picks(model, params_list):
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_pooled_chains_pick_what_one_thread_picks(tiny_model, workers):
-    """Eight sequences decoded together; seeded sampled chains (and a greedy one, which stays
-    on the caller) step 12 times over the same logits, pooled and not: the same tokens."""
-    params = [SamplingParams(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, seed=seed)
-              for seed in range(SEQUENCES - 1)] + [SamplingParams(temperature=0)]
+    """Eight sequences decoded together; seeded sampled chains that are one C call (a
+    repeat penalty before top_k: not llm/top_k.py's) and a greedy one, which stays on the
+    caller, step 12 times over the same logits, pooled and not: the same tokens."""
+    params = [SamplingParams(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, seed=seed,
+                             repeat_penalty=1.1) for seed in range(SEQUENCES - 1)] + \
+        [SamplingParams(temperature=0)]
     with Context(tiny_model, n_ctx=64 * SEQUENCES, n_batch=64, n_seq_max=SEQUENCES,
                  n_threads=2) as context:
         batch = Batch(64)
@@ -80,3 +82,32 @@ def test_pooled_chains_pick_what_one_thread_picks(tiny_model, workers):
                 pool.close()
         assert runs[0] == runs[1]
         assert len({tuple(step) for step in runs[0]}) > 1   # the chains did sample
+
+
+def test_greedy_rows_together_pick_what_each_picks_alone(tiny_model):
+    """The fast-greedy samplers' argmax is taken over the step's rows in one call: with
+    biases (a ban on each row's own best, a boost, a force), in any order of rows, and with
+    other samplers between them, the tokens each sampler picks alone."""
+    with Context(tiny_model, n_ctx=64 * SEQUENCES, n_batch=64, n_seq_max=SEQUENCES,
+                 n_threads=2) as context:
+        batch = Batch(64)
+        for seq in range(SEQUENCES):
+            batch.add(seq + 5, 0, seq, True)
+        assert context.decode(batch) == 0
+        best = [int(context.logits_view(i).argmax()) for i in range(SEQUENCES)]
+        params = [SamplingParams(temperature=0),
+                  SamplingParams(temperature=0, logit_bias=((best[1], float("-inf")),)),
+                  SamplingParams(temperature=0, logit_bias=((7, 50.0),)),
+                  SamplingParams(temperature=0.7, seed=3),
+                  SamplingParams(temperature=0, logit_bias=((9, float("inf")),)),
+                  SamplingParams(temperature=0, ignore_eos=True),
+                  SamplingParams(temperature=0), SamplingParams(temperature=0)]
+        for order in (list(range(SEQUENCES)), list(range(SEQUENCES))[::-1], [6, 2, 0, 5]):
+            picks = [(i, Sampler(tiny_model, params[i], n_ctx=256)) for i in order]
+            alone = [Sampler(tiny_model, params[i], n_ctx=256) for i in order]
+            together = [token for token, _ in pick_tokens(None, context, picks)]
+            assert together == [sampler.sample(context, index)
+                                for (index, _), sampler in zip(picks, alone)]
+            for sampler in [s for _, s in picks] + alone:
+                sampler.close()
+        assert together[:3] == [best[6], 7, best[0]]   # row 2 boosts token 7

@@ -116,3 +116,42 @@ def test_result_waits_for_the_end_through_pieces_and_wakes():
     stream.finish(_completion("abcabc"))
     thread.join(30)
     assert not thread.is_alive() and results[0].text == "abcabc"
+
+
+def test_a_ready_set_gives_each_changed_stream_once_to_one_reader():
+    """Many streams read from one thread: on_change marks a stream (on the engine's thread);
+    take() gives every marked one once, in the order first marked, and waits for the next."""
+    from wasi_nn_backend import EndOfStream, ReadySet
+    ready: ReadySet[Stream] = ReadySet()
+    streams = [Stream() for _ in range(3)]
+    for stream in streams:
+        stream.on_change(lambda s=stream: ready.mark(s))   # marks each once, now
+    assert ready.take(timeout=0) == streams
+    assert ready.take(timeout=0) == []
+    streams[2].put("c", wake=False)
+    streams[0].put("a", wake=False)
+    for stream in (streams[2], streams[0]):
+        stream.wake()
+    streams[2].wake()
+    assert ready.take(timeout=0) == [streams[2], streams[0]]
+    assert [s.try_get() for s in streams] == ["a", None, "c"]
+    taken: list = []
+    waiting = threading.Event()
+
+    def reader() -> None:
+        waiting.set()
+        while (items := ready.take(timeout=30)) is not None:
+            taken.extend(items)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert waiting.wait(10)
+    streams[1].finish(_completion(""))
+    ready.close()
+    thread.join(30)
+    assert not thread.is_alive() and taken == [streams[1]]
+    try:
+        streams[1].try_get()
+        raise AssertionError("a finished stream with nothing left ends")
+    except EndOfStream as end:
+        assert end.completion is not None

@@ -7,6 +7,7 @@ step = plan -> kv actions -> fill ONE batch -> decode -> sample -> stop checks -
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import Future
 
 from ..config import Config, RequestParams
@@ -58,6 +59,7 @@ class GeneratingEngine(EngineBase):
         self.kv = KvApplier(self.context, self.offload, self.counters)
         self._live: dict[Request, LiveRequest] = {}
         self._with_deadline = 0  # live requests that have a deadline
+        self._next_deadline = math.inf  # no live request's deadline is earlier (maybe later)
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
         # Sampler chains of one step on up to 4 threads (this one and the workers).
         workers = min(self.threads, SAMPLING_THREADS) - 1
@@ -142,7 +144,10 @@ class GeneratingEngine(EngineBase):
 
     def _admit(self, live: LiveRequest) -> None:
         self._live[live.request] = live
-        self._with_deadline += live.request.deadline is not None
+        deadline = live.request.deadline
+        if deadline is not None:
+            self._with_deadline += 1
+            self._next_deadline = min(self._next_deadline, deadline)
         self.scheduler.submit(live.request)
 
     def _cancel(self, request: Request) -> None:
@@ -283,11 +288,15 @@ class GeneratingEngine(EngineBase):
         if not self._with_deadline:
             return
         now = self.clock.now()
+        if now < self._next_deadline:  # nothing to look at this step
+            return
         for request in self.scheduler.expire_waiting(now):
             self._finish(request, FinishReason.TIMEOUT, ErrorCode.TIMEOUT)
         for request in [r for r in self.scheduler.running
                         if r.deadline is not None and r.deadline <= now]:
             self._finish(request, FinishReason.TIMEOUT, ErrorCode.TIMEOUT)
+        self._next_deadline = min((r.deadline for r in self._live if r.deadline is not None),
+                                  default=math.inf)
 
     def _finish(self, request: Request, reason: FinishReason, code: ErrorCode) -> None:
         live = self._live.pop(request)

@@ -107,8 +107,9 @@ def pick_tokens(pool: SamplingPool | None, context: Context,
     GrammarRejected the sampler raised), in order. The samplers that are one C call go to
     ``pool`` when there are two or more; the others run here."""
     outcomes: list[Outcome | None] = [None] * len(picks)
-    pooled = ([i for i, (_, sampler) in enumerate(picks) if sampler.releases_gil]
-              if pool is not None else [])
+    _greedy_together(context, picks, outcomes)
+    pooled = ([i for i, (_, sampler) in enumerate(picks)
+               if sampler.releases_gil and outcomes[i] is None] if pool is not None else [])
     if len(pooled) >= 2:
         context.logits_view(picks[pooled[0]][0])   # llama.cpp reorders the outputs here
         done = pool.map(lambda pick: pick[1].sample(context, pick[0]),
@@ -122,3 +123,18 @@ def pick_tokens(pool: SamplingPool | None, context: Context,
             except GrammarRejected as error:
                 outcomes[i] = (None, error)
     return outcomes
+
+
+def _greedy_together(context: Context, picks: list[tuple[int, Sampler]],
+                     outcomes: list[Outcome | None]) -> None:
+    """The fast-greedy samplers' picks from one argmax over their rows (a numpy call for
+    the step instead of one a sequence), each then checked against its logit_bias."""
+    greedy = [i for i, (_, sampler) in enumerate(picks)
+              if sampler.fast_greedy and sampler.model is context.model]
+    if len(greedy) < 2:
+        return
+    matrix, rows = context.logits_matrix([picks[i][0] for i in greedy])
+    whole = len(rows) == len(matrix) and rows == list(range(len(matrix)))
+    best = (matrix if whole else matrix[rows]).argmax(axis=1).tolist()
+    for i, row, first in zip(greedy, rows, best):
+        outcomes[i] = (picks[i][1].greedy_from(matrix[row], first), None)

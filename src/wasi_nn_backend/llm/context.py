@@ -203,6 +203,22 @@ class Context:
             matrix = self._logits = self._views.matrix(self.handle, len(self._outputs))
         return matrix[row]
 
+    def logits_matrix(self, batch_indices: list[int]) -> tuple[np.ndarray, list[int]]:
+        """The last decode's logits as one read-only (rows, n_vocab) view, and the row of
+        each of ``batch_indices`` in it (InvalidArgument for one without logits); valid only
+        until the next decode. For work on many rows at once (one numpy call, not one each)."""
+        rows = []
+        for batch_index in batch_indices:
+            row = self._row(batch_index)
+            if row is None:
+                raise errors.InvalidArgument(
+                    f"batch index {batch_index} has no logits from the last decode")
+            rows.append(row)
+        matrix = self._logits
+        if matrix is None:
+            matrix = self._logits = self._views.matrix(self.handle, len(self._outputs))
+        return matrix, rows
+
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A float32 copy of the logits (n_vocab) for the token at ``batch_index``."""
         return self.logits_view(batch_index).copy()

@@ -21,7 +21,8 @@ from ..config import SamplingParams
 from .context import Context
 from .grammar import TOKEN_DATA, GrammarRejected, make_guard
 from .model import Model
-from .sampler_chain import add_bias, add_history, add_selection, bias_entries
+from .sampler_chain import add_bias, add_history, add_selection, bias_entries, top_k_first
+from .top_k import TopK, selected_token
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Sampler:
         self._grammar = make_guard(model, params)
         model.register_dependent(self)
         self._registered = True
+        top_k = 0 if self._grammar is not None else top_k_first(model, params, max(1, n_ctx))
         try:
             bias = bias_entries(model, params)
             self._chain = _new_chain()
@@ -49,7 +51,7 @@ class Sampler:
                 # logit_bias must run before the grammar, so it gets a chain of its own.
                 self._pre = _new_chain()
                 add_bias(self._pre, model, bias)
-            else:
+            elif not top_k:  # with top_k first, numpy adds the biases (top_k.py)
                 add_bias(self._chain, model, bias)
             self._has_history = add_history(self._chain, model, params, max(1, n_ctx))
             self._history_n = max(n_ctx if n < 0 else n for n in
@@ -72,6 +74,12 @@ class Sampler:
         self._bans_only = all(v == -np.inf for values in self._bias.values() for v in values)
         self._ids = np.arange(self._n_vocab, dtype=np.int32)
         self._candidates = np.zeros(self._n_vocab, dtype=TOKEN_DATA) if self._grammar else None
+        # A chain that starts with top_k runs on the few candidates it can pick (top_k.py).
+        self._top_k = TopK(top_k, self._bias, self._n_vocab) if top_k else None
+
+    @property
+    def model(self) -> Model:
+        return self._model
 
     @property
     def has_grammar(self) -> bool:
@@ -81,7 +89,7 @@ class Sampler:
     def releases_gil(self) -> bool:
         """sample() is one llama.cpp call (no grammar, not the numpy greedy path): it may
         run beside other samplers' calls, on another thread (engine/sampling_pool.py)."""
-        return self._grammar is None and not self.fast_greedy
+        return self._grammar is None and not self.fast_greedy and self._top_k is None
 
     def accept_prompt(self, tokens: Iterable[int]) -> None:
         """Feed prompt tokens to the history samplers (penalties, DRY) only; never to the
@@ -106,14 +114,55 @@ class Sampler:
         if not context.has_logits(batch_index):
             raise errors.InvalidArgument(
                 f"batch index {batch_index} has no logits from the last decode")
+        if self._top_k is not None:
+            return self._sample_top_k(context.logits_view(batch_index))
         if self._grammar is None:
             return int(C.llama_sampler_sample(self._live(), context.handle, batch_index))
         return self._sample_guarded(context, batch_index)
 
+    def _sample_top_k(self, logits: np.ndarray) -> int:
+        """The chain (no logit_bias in it: numpy adds the biases) on the K + 1 best biased
+        logits, or on the whole biased row when those cannot stand for it (top_k.py). The
+        same token as llama_sampler_sample with the biases in the chain, the same draw."""
+        chain, top_k = self._live(), self._top_k
+        if top_k.select(logits):
+            C.llama_sampler_apply(chain, top_k.array_ref)
+            token = top_k.picked()
+        else:
+            token = self._sample_row(chain, logits)
+        if token < 0:
+            raise errors.BackendRuntimeError("the sampler chain selected no token")
+        C.llama_sampler_accept(chain, token)
+        return token
+
+    def _sample_row(self, chain: ctypes.c_void_p, logits: np.ndarray) -> int:
+        """The chain on every token, in id order, its logits biased (as llama_sampler_sample
+        does with a logit_bias sampler first in the chain)."""
+        cands = self._candidates
+        if cands is None:
+            cands = self._candidates = np.zeros(self._n_vocab, dtype=TOKEN_DATA)
+        cands["id"] = self._ids
+        cands["logit"] = logits
+        cands["p"] = 0.0
+        biased = cands["logit"]
+        for token, values in self._bias.items():
+            for value in values:
+                biased[token] += value
+        array = C.llama_token_data_array(data=cands.ctypes.data_as(C.llama_token_data_p),
+                                         size=self._n_vocab, selected=-1, sorted=False)
+        C.llama_sampler_apply(chain, ctypes.byref(array))
+        return selected_token(array)
+
     def _greedy(self, logits: np.ndarray) -> int:
+        # the method: np.argmax adds a Python-level dispatch
+        return self.greedy_from(logits, int(logits.argmax()))
+
+    def greedy_from(self, logits: np.ndarray, best: int) -> int:
         """The first maximum of logits + logit_bias (llama.cpp's greedy after its logit_bias
-        sampler), without copying the row: only the biased tokens can change the answer."""
-        best = int(logits.argmax())  # the method: np.argmax adds a Python-level dispatch
+        sampler), given ``best``, the first maximum of the row itself (fast_greedy samplers
+        only; the engine takes the argmax of many rows in one call). Without copying the
+        row: only the biased tokens can change the answer."""
+        self._live()  # raises when closed
         if not self._bias:
             return best
         if self._bans_only and best not in self._bias and logits[best] > -np.inf:
@@ -147,8 +196,7 @@ class Sampler:
             raise GrammarRejected("the grammar allows no token here",
                                   complete=self._grammar.is_complete())
         C.llama_sampler_apply(chain, ctypes.byref(array))
-        selected = int(array.selected)
-        token = int(cands["id"][selected]) if 0 <= selected < array.size else -1
+        token = selected_token(array)
         if token < 0 or not np.isfinite(allowed[token]):
             token = int(np.argmax(allowed))  # dist can land on a p=0 token when rnd == 0
         self._grammar.accept(token)

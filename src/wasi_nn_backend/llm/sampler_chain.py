@@ -67,19 +67,39 @@ def _dry_breakers(breakers: Iterable[str]) -> list[bytes]:
     return result
 
 
+def _penalties_on(p: SamplingParams, n_ctx: int) -> bool:
+    last_n = n_ctx if p.penalty_last_n < 0 else min(p.penalty_last_n, n_ctx)
+    return bool(last_n and (p.repeat_penalty != 1 or p.frequency_penalty or p.presence_penalty))
+
+
+def _dry_on(p: SamplingParams, n_ctx: int) -> bool:
+    return bool(p.dry_multiplier > 0 and (n_ctx if p.dry_penalty_last_n < 0
+                                          else min(p.dry_penalty_last_n, n_ctx)))
+
+
+def top_k_first(model: Model, p: SamplingParams, n_ctx: int) -> int:
+    """K when the chain's first filter is top_k K (no penalties, DRY, mirostat, top_n_sigma
+    before it, and K < the vocabulary): the chain then sees only the K best logits (top_k.py).
+    0 otherwise."""
+    if (p.temperature <= 0 or p.mirostat or p.top_n_sigma > 0 or not 0 < p.top_k < model.n_vocab
+            or _penalties_on(p, n_ctx) or _dry_on(p, n_ctx)):
+        return 0
+    return p.top_k
+
+
 def add_history(chain: ctypes.c_void_p, model: Model, p: SamplingParams, n_ctx: int) -> bool:
     """Penalties and DRY: the samplers that remember tokens. True if any was added."""
     added = False
     last_n = n_ctx if p.penalty_last_n < 0 else min(p.penalty_last_n, n_ctx)
     if p.repeat_penalty <= 0:
         raise errors.InvalidArgument("repeat_penalty must be > 0 (1 = off)")
-    if last_n and (p.repeat_penalty != 1 or p.frequency_penalty or p.presence_penalty):
+    if _penalties_on(p, n_ctx):
         _add(chain, C.llama_sampler_init_penalties(model.n_vocab, last_n, p.repeat_penalty,
                                                    p.frequency_penalty, p.presence_penalty),
              "penalties")
         added = True
     dry_last_n = n_ctx if p.dry_penalty_last_n < 0 else min(p.dry_penalty_last_n, n_ctx)
-    if p.dry_multiplier > 0 and dry_last_n:
+    if _dry_on(p, n_ctx):
         breakers = _dry_breakers(p.dry_sequence_breakers)
         array = (ctypes.c_char_p * max(1, len(breakers)))(*breakers)
         _add(chain, C.llama_sampler_init_dry(model.vocab_handle, p.dry_multiplier, p.dry_base,

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ...api import EndOfStream, Stream, registry
+from ...api import EndOfStream, ReadySet, Stream, registry
 from ...errors import Busy, ErrorCode, WasiNnError
 from .ops import TOKEN, Op, error_term, request_key
 from .terms import binary
@@ -149,31 +149,19 @@ class Forwarder:
     on the engine threads, only mark them ready)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._ready: dict[int, Job] = {}
-        self._closed = False
+        self._ready: ReadySet[Job] = ReadySet()
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="erlang-forwarder", daemon=True).start()
 
     def ready(self, job: Job) -> None:
-        with self._cond:
-            self._ready[id(job)] = job
-            self._cond.notify()
+        self._ready.mark(job)
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+        self._ready.close()
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._ready and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                jobs, self._ready = list(self._ready.values()), {}
+        while (jobs := self._ready.take()) is not None:
             for job in jobs:
                 try:
                     job.pump()

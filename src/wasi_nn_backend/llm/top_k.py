@@ -1,0 +1,123 @@
+"""The few candidates a top-k chain can ever pick, found in numpy, so that llama.cpp's chain
+runs on about k candidates instead of the whole vocabulary (issue 16: ~40 us -> ~15 us a
+token on a 32,000-token vocabulary).
+
+A chain whose first filter is top_k K (then typical, top_p, min_p, XTC, temperature, dist in
+any mix: they only see what top_k kept) depends on the row only through top_k's result: the K
+largest logits, sorted. When those K + 1 largest values are all distinct, that result is one
+and the same whatever array holds them, as long as the array holds them: the chain run on the
+candidates picks exactly the token it picks on the full row, with the same random draw. When
+two of them tie, the order llama.cpp's partial sort leaves them in depends on the whole array:
+``select`` says so (None) and the caller runs the chain on the full row.
+
+Finding them: every logit within a margin of the row's maximum (one compare pass); the margin
+widens until at least K + 1 are in, and the next row starts from what this one needed.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp.llama_cpp as C
+import numpy as np
+
+from .grammar import TOKEN_DATA
+
+_FIRST_MARGIN = 8.0     # logits: real models' top-40 sit within a few units of the maximum
+_MAX_WIDENINGS = 12   # x4 each: a margin 16 million times too narrow still gets there
+
+
+class TopK:
+    """Candidate finder and buffer for one sampler (not thread-safe: its owner's thread).
+    ``bias``: token -> the float32 biases to add in order (logit_bias, ignore_eos bans)."""
+
+    def __init__(self, k: int, bias: dict[int, list[np.float32]], n_vocab: int) -> None:
+        self.k = k
+        self._n = k + 1
+        self._enough = k + 1 + len(bias)  # biased tokens within the margin do not count
+        self._margin = np.float32(_FIRST_MARGIN)
+        self._bias = bias
+        self._biased = np.array(sorted(bias), dtype=np.int64)
+        self._is_biased = np.zeros(n_vocab, dtype=bool)
+        self._is_biased[self._biased] = True
+        # Only bans (-inf): a banned token is never among the best, so it is only taken out.
+        self._bans_only = all(v == -np.inf for values in bias.values() for v in values)
+        self._cands = np.zeros(self._n, dtype=TOKEN_DATA)
+        self._data = self._cands.ctypes.data_as(C.llama_token_data_p)
+        self._array = C.llama_token_data_array(data=self._data, size=self._n, selected=-1,
+                                               sorted=False)
+        self.array_ref = ctypes.byref(self._array)
+
+    def select(self, row: np.ndarray) -> bool:
+        """Put the K + 1 best candidates of ``row`` (biased) in the buffer, best first; False
+        when they cannot stand for the row (a tie among them, fewer than K + 1 finite values,
+        a NaN or an infinity): run the chain on the whole row then."""
+        found = self._within(row)
+        if found is None:
+            return False
+        ids, values, floor = found
+        n = self._n
+        if self._bias:
+            ids, values = self._with_bias(row, ids, values)
+        if len(ids) > n:
+            keep = np.argpartition(values, len(values) - n)[len(values) - n:]
+            ids, values = ids[keep], values[keep]
+        order = np.argsort(values)[::-1]
+        ids, values = ids[order], values[order]
+        # The next row (of the same sequence, much alike) starts from half again the distance
+        # from the top to the (K + 1)-th best: one compare pass, few candidates.
+        self._margin = np.float32(max((values[0] - values[-1]) * 1.5, 1e-3))
+        # Exact only if the K + 1 best are distinct and none left out can reach them.
+        if len(values) < n or not values[n - 1] >= floor or not (values[:-1] > values[1:]).all():
+            return False
+        cands = self._cands
+        cands["id"] = ids
+        cands["logit"] = values
+        cands["p"] = 0.0
+        array = self._array
+        array.data, array.size, array.selected, array.sorted = self._data, n, -1, False
+        return True
+
+    def _within(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.float32] | None:
+        """(ids, values, floor): every token whose logit is >= floor, the row's maximum less
+        the margin, at least enough of them; None for a NaN or infinite maximum or too few
+        finite values."""
+        top = row.max()
+        if not np.isfinite(top):
+            return None
+        margin = self._margin
+        for _ in range(_MAX_WIDENINGS):
+            floor = np.float32(top - margin)
+            ids = (row >= floor).nonzero()[0]
+            if len(ids) >= self._enough:
+                return ids, row[ids], floor
+            margin = np.float32(margin * 4)
+        return None
+
+    def _with_bias(self, row: np.ndarray, ids: np.ndarray,
+                   values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates with every biased token taken out, then put back with its biased
+        value (float32 adds in order, as llama.cpp's logit_bias sampler does); banned tokens
+        (-inf) stay out."""
+        hit = self._is_biased[ids]
+        if self._bans_only:
+            return (ids[~hit], values[~hit]) if hit.any() else (ids, values)
+        keep = ~hit
+        extra = []
+        for token in self._biased.tolist():
+            value = row[token]
+            for bias in self._bias[token]:
+                value = np.float32(value + bias)
+            extra.append(value)
+        return (np.concatenate((ids[keep], self._biased)),
+                np.concatenate((values[keep], np.array(extra, dtype=np.float32))))
+
+    def picked(self) -> int:
+        """The token the chain selected, -1 if none."""
+        return selected_token(self._array)
+
+
+def selected_token(array: C.llama_token_data_array) -> int:
+    """The token a chain selected in ``array``, -1 if none. Through the array's data pointer:
+    a sampler may move it (XTC drops the best candidates by advancing it)."""
+    selected = int(array.selected)
+    return int(array.data[selected].id) if 0 <= selected < array.size else -1
