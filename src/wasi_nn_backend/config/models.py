@@ -48,6 +48,8 @@ class ModelSettings(_Frozen):
     cache_type_v: Literal["f32", "f16", "q8_0", "q4_0"] = "f16"
     chat_template: str | None = None                      # overrides the GGUF's template
     deterministic: bool = False
+    # A step's text emitted while the next decode computes (auto: with GPU layers).
+    async_output: Literal["auto", "on", "off"] = "auto"
     # Embedding graphs (WasmEdge's ``embedding``): compute returns a pooled vector, not text.
     embedding: bool = False
     pooling: Literal["mean", "cls", "last", "none"] | None = None  # None: the GGUF's, else mean

@@ -6,6 +6,7 @@ from ..config import ModelSettings
 from ..errors import UnsupportedOperation
 from ..llm.context import Context
 from ..llm.embeddings import gguf_pooling
+from ..llm.lib import supports_gpu_offload
 from ..llm.model import Model
 
 
@@ -16,6 +17,16 @@ def generation_context(model: Model, settings: ModelSettings, threads: int) -> C
         n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn,
         kv_unified=settings.kv_unified and not settings.deterministic,
         type_k=settings.cache_type_k, type_v=settings.cache_type_v)
+
+
+def defers_output(settings: ModelSettings) -> bool:
+    """Asynchronous output (model.async_output): "auto" turns it on where llama_decode returns
+    before the computation ends, i.e. with layers offloaded to a GPU; on a CPU decode
+    computes before it returns, and emitting a step's text right after sampling shows it a
+    step sooner for the same throughput."""
+    if settings.async_output == "auto":
+        return settings.n_gpu_layers != 0 and supports_gpu_offload()
+    return settings.async_output == "on"
 
 
 def embedding_context(model: Model, settings: ModelSettings, threads: int) -> Context:

@@ -24,7 +24,7 @@ from ..llm.grammar import GrammarRejected
 from ..llm.model import Model
 from ..llm.sampler import Sampler
 from .base import EngineBase, EngineReadings
-from .contexts import generation_context
+from .contexts import defers_output, generation_context
 from .gate import QueueGate
 from .kv_apply import KvApplier
 from .live import LiveRequest
@@ -61,6 +61,10 @@ class GeneratingEngine(EngineBase):
         self._with_deadline = 0  # live requests that have a deadline
         self._next_deadline = math.inf  # no live request's deadline is earlier (maybe later)
         self._unwoken: list[Stream] = []  # streams with pieces their readers were not woken for
+        # Asynchronous output: a step's text is emitted after the next llama_decode was
+        # launched (on a GPU it returns at once and computes while we detokenize).
+        self._defer = defers_output(settings)
+        self._deferred: list[LiveRequest] = []  # sampled, text not yet emitted
         # Sampler chains of one step on up to 4 threads (this one and the workers).
         workers = min(self.threads, SAMPLING_THREADS) - 1
         self._sampling = SamplingPool(workers, name) if workers > 0 else None
@@ -119,6 +123,8 @@ class GeneratingEngine(EngineBase):
         return self.scheduler.has_work
 
     def _before_wait(self) -> None:
+        if self._deferred and not self.scheduler.has_work:
+            self._emit_deferred()
         if self._unwoken and not self.scheduler.has_work:
             self._wake_readers()  # no decode is coming to wake them
 
@@ -127,6 +133,7 @@ class GeneratingEngine(EngineBase):
             self._step()
 
     def _release(self, error: WasiNnError) -> None:
+        self._emit_deferred()
         for live in list(self._live.values()):
             self._fail(live.request, error)
         if self._sampling is not None:
@@ -174,14 +181,29 @@ class GeneratingEngine(EngineBase):
         self._wake_readers()
         batch = self.packer.batch
         if batch.n_tokens == 0:
+            self._emit_deferred()
             return
         result = self.context.decode(batch)
         self.counters.decode_seconds = self.context.decode_seconds
         if result != 0:
+            self._emit_deferred()
             self._decode_failed(result, plan)
             return
         self._commit(plan)
+        if self._deferred:
+            self._emit_deferred()   # the last step's text, while this step computes
+            self._wake_readers()    # sampling waits for the logits with the GIL released
         self._sample(outputs)
+
+    def _emit_deferred(self) -> None:
+        """Emit the text of the tokens sampled last step (asynchronous output); a stop
+        string found in it ends its request now, its next token decoded for nothing."""
+        deferred, self._deferred = self._deferred, []
+        for live in deferred:
+            if self._live.get(live.request) is live:
+                reason = live.emit(self.model, self._unwoken)
+                if reason is not None:
+                    self._finish(live.request, reason, ErrorCode.SUCCESS)
 
     def _prepare(self, plan: StepPlan) -> Outputs:
         """Carry out a plan up to its batch: failures, KV actions, samplers, the batch."""
@@ -237,7 +259,9 @@ class GeneratingEngine(EngineBase):
         now = self.clock.now()
         picking: list[tuple[Request, int, LiveRequest]] = []
         for request, index in outputs:
-            live = self._live[request]
+            live = self._live.get(request)
+            if live is None:   # a stop string in its last text ended it (_emit_deferred)
+                continue
             if request.state is RequestState.PREFILL:
                 request.state = RequestState.GENERATING
                 request.session.reused_tokens += request.reused
@@ -260,9 +284,11 @@ class GeneratingEngine(EngineBase):
             if request.params.sampling.n_probs:
                 request.probs.append(tuple(live.sampler.top_probs(
                     self.context, index, request.params.sampling.n_probs)))
-            reason = live.on_token(self.model, token, now, self._unwoken)
+            reason = live.on_token(self.model, token, now, self._unwoken, defer=self._defer)
             if reason is not None:
                 self._finish(request, reason, ErrorCode.SUCCESS)
+            elif live.unsent is not None:
+                self._deferred.append(live)
 
     def _decode_failed(self, result: int, plan: StepPlan) -> None:
         """llama_decode did not succeed: roll every sequence in the batch back to what we
@@ -306,7 +332,7 @@ class GeneratingEngine(EngineBase):
         self.counters.finished += 1
         self.counters.timeouts += reason is FinishReason.TIMEOUT
         self.counters.cancelled += reason is FinishReason.CANCELLED
-        live.complete(reason, code, self.clock)
+        live.complete(reason, code, self.clock, self.model)
 
     def _fail(self, request: Request, error: WasiNnError) -> None:
         live = self._live.pop(request, None)
@@ -314,5 +340,6 @@ class GeneratingEngine(EngineBase):
         self.scheduler.remove(request)
         self.counters.failed += 1
         if live is not None:
+            live.emit(self.model, [])   # the text sampled before the failure stays readable
             live.close_sampler()
             live.stream.fail(error, at=self.clock.now())

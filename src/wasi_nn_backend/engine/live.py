@@ -20,10 +20,15 @@ class LiveRequest:
     text: TextAssembler
     sampler: Sampler | None = None
 
-    def on_token(self, model: Model, token: int, now: float,
-                 unwoken: list[Stream]) -> FinishReason | None:
+    unsent: int | None = None   # a sampled token whose text is not emitted yet (defer=True)
+
+    def on_token(self, model: Model, token: int, now: float, unwoken: list[Stream], *,
+                 defer: bool = False) -> FinishReason | None:
         """Record a sampled token, emit its text; the reason to stop, if any. The stream's
-        readers are not woken: the stream goes on ``unwoken`` for the engine to wake."""
+        readers are not woken: the stream goes on ``unwoken`` for the engine to wake.
+        ``defer``: leave the text for emit() (the engine's asynchronous output, after the
+        next llama_decode is under way) unless the request stops here anyway; a stop string
+        in it then ends the request one token late (that token decoded for nothing)."""
         request = self.request
         request.generated.append(token)
         request.session.generated_tokens += 1
@@ -33,20 +38,34 @@ class LiveRequest:
         stopping = request.params.stopping
         if model.is_eog(token) and not request.params.sampling.ignore_eos:
             return FinishReason.STOP
+        self.unsent = token
+        reason = None
+        if 0 <= stopping.max_tokens <= len(request.generated):
+            reason = FinishReason.LENGTH
+        elif stopping.max_time_ms and request.started_at is not None \
+                and (now - request.started_at) * 1000 >= stopping.max_time_ms:
+            reason = FinishReason.TIME
+        if defer and reason is None:
+            return None
+        return self.emit(model, unwoken) or reason
+
+    def emit(self, model: Model, unwoken: list[Stream]) -> FinishReason | None:
+        """Put the text of the unsent token on the stream (held back while it may be the
+        start of a stop string); STOP when a stop string completed."""
+        token, self.unsent = self.unsent, None
+        if token is None:
+            return None
         if self.stream.put(self.text.feed(model.token_to_piece(token)), wake=False):
             unwoken.append(self.stream)
-        if self.text.stopped_by is not None:
-            return FinishReason.STOP
-        if 0 <= stopping.max_tokens <= len(request.generated):
-            return FinishReason.LENGTH
-        if stopping.max_time_ms and request.started_at is not None \
-                and (now - request.started_at) * 1000 >= stopping.max_time_ms:
-            return FinishReason.TIME
-        return None
+        return FinishReason.STOP if self.text.stopped_by is not None else None
 
-    def complete(self, reason: FinishReason, code: ErrorCode, clock: Clock) -> Completion:
-        """Release held text and build the Completion (the stream gets it too)."""
+    def complete(self, reason: FinishReason, code: ErrorCode, clock: Clock,
+                 model: Model) -> Completion:
+        """Emit the unsent token's text, release held text and build the Completion (the
+        stream gets it too)."""
         request = self.request
+        if self.emit(model, []) is not None:   # its text completed a stop string: it ended
+            reason, code = FinishReason.STOP, ErrorCode.SUCCESS   # there, as if not deferred
         self.stream.put(self.text.finish())
         final = list(request.session.kv_tokens)
         if request.pending_token is not None:

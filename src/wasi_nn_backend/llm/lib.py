@@ -98,6 +98,11 @@ def _ggml_text(name: str) -> str | None:
     return _text(value) if value else None
 
 
+def supports_gpu_offload() -> bool:
+    """Whether this llama.cpp build can put layers on a GPU (CUDA, Metal, Vulkan, ...)."""
+    return bool(C.llama_supports_gpu_offload())
+
+
 def build_info() -> dict[str, object]:
     """What the bindings say about the llama.cpp build (for usage JSON and diagnostics)."""
     version = getattr(C, "llama_version", None)
@@ -117,7 +122,7 @@ def build_info() -> dict[str, object]:
         "max_parallel_sequences": int(C.llama_max_parallel_sequences()),
         "supports_mmap": bool(C.llama_supports_mmap()),
         "supports_mlock": bool(C.llama_supports_mlock()),
-        "supports_gpu_offload": bool(C.llama_supports_gpu_offload()),
+        "supports_gpu_offload": supports_gpu_offload(),
     }
     raw = C.llama_print_system_info()
     info["system_info"] = raw.decode("utf-8", errors="replace").strip() if raw else ""
