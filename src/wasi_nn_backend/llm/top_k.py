@@ -16,6 +16,7 @@ widens until at least K + 1 are in, and the next row starts from what this one n
 from __future__ import annotations
 
 import ctypes
+import math
 
 import llama_cpp.llama_cpp as C
 import numpy as np
@@ -58,14 +59,14 @@ class TopK:
         n = self._n
         if self._bias:
             ids, values = self._with_bias(row, ids, values)
-        if len(ids) > n:
+        if len(ids) > 4 * n:   # the margin keeps them few: sorting them all is then quicker
             keep = np.argpartition(values, len(values) - n)[len(values) - n:]
             ids, values = ids[keep], values[keep]
-        order = np.argsort(values)[::-1]
+        order = np.argsort(values)[:-n - 1:-1]   # the n best, best first
         ids, values = ids[order], values[order]
         # The next row (of the same sequence, much alike) starts from half again the distance
         # from the top to the (K + 1)-th best: one compare pass, few candidates.
-        self._margin = np.float32(max((values[0] - values[-1]) * 1.5, 1e-3))
+        self._margin = np.float32(max(float(values[0] - values[-1]) * 1.5, 1e-3))
         # Exact only if the K + 1 best are distinct and none left out can reach them.
         if len(values) < n or not values[n - 1] >= floor or not (values[:-1] > values[1:]).all():
             return False
@@ -82,7 +83,7 @@ class TopK:
         the margin, at least enough of them; None for a NaN or infinite maximum or too few
         finite values."""
         top = row.max()
-        if not np.isfinite(top):
+        if not -math.inf < float(top) < math.inf:   # NaN or an infinity
             return None
         margin = self._margin
         for _ in range(_MAX_WIDENINGS):
