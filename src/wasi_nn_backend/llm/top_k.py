@@ -10,8 +10,9 @@ candidates picks exactly the token it picks on the full row, with the same rando
 two of them tie, the order llama.cpp's partial sort leaves them in depends on the whole array:
 ``select`` says so (None) and the caller runs the chain on the full row.
 
-Finding them: every logit within a margin of the row's maximum (one compare pass); the margin
-widens until at least K + 1 are in, and the next row starts from what this one needed.
+Finding them (~11 us a row of 32,000 cold from a decode, against ~40 us for llama.cpp's
+top_k over the row): the maxima of 1,000 interleaved groups of the row, the (K + 1)-th largest
+of them as a floor (K + 1 tokens reach it, and seldom many more), one compare pass.
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ import numpy as np
 
 from .grammar import TOKEN_DATA
 
-_FIRST_MARGIN = 8.0     # logits: real models' top-40 sit within a few units of the maximum
-_MAX_WIDENINGS = 12   # x4 each: a margin 16 million times too narrow still gets there
+_GROUP_ROWS = 32   # tokens per group when finding the floor (1,000 groups of 32,000 tokens)
 
 
 class TopK:
@@ -34,8 +34,10 @@ class TopK:
     def __init__(self, k: int, bias: dict[int, list[np.float32]], n_vocab: int) -> None:
         self.k = k
         self._n = k + 1
-        self._enough = k + 1 + len(bias)  # biased tokens within the margin do not count
-        self._margin = np.float32(_FIRST_MARGIN)
+        self._enough = k + 1 + len(bias)  # biased tokens above the floor do not count
+        # Groups for _within: ``rows`` tokens each, at least 4 x ``enough`` groups.
+        self._rows = max(1, min(_GROUP_ROWS, n_vocab // (4 * self._enough)))
+        self._width = n_vocab // self._rows
         self._bias = bias
         self._biased = np.array(sorted(bias), dtype=np.int64)
         self._is_biased = np.zeros(n_vocab, dtype=bool)
@@ -59,14 +61,11 @@ class TopK:
         n = self._n
         if self._bias:
             ids, values = self._with_bias(row, ids, values)
-        if len(ids) > 4 * n:   # the margin keeps them few: sorting them all is then quicker
+        if len(ids) > 4 * n:   # seldom (the floor keeps them few): sorting all is quicker
             keep = np.argpartition(values, len(values) - n)[len(values) - n:]
             ids, values = ids[keep], values[keep]
         order = np.argsort(values)[:-n - 1:-1]   # the n best, best first
         ids, values = ids[order], values[order]
-        # The next row (of the same sequence, much alike) starts from half again the distance
-        # from the top to the (K + 1)-th best: one compare pass, few candidates.
-        self._margin = np.float32(max(float(values[0] - values[-1]) * 1.5, 1e-3))
         # Exact only if the K + 1 best are distinct and none left out can reach them.
         if len(values) < n or not values[n - 1] >= floor or not (values[:-1] > values[1:]).all():
             return False
@@ -79,20 +78,23 @@ class TopK:
         return True
 
     def _within(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.float32] | None:
-        """(ids, values, floor): every token whose logit is >= floor, the row's maximum less
-        the margin, at least enough of them; None for a NaN or infinite maximum or too few
-        finite values."""
-        top = row.max()
+        """(ids, values, floor): every token whose logit is >= floor, at least ``enough`` of
+        them and seldom many more; None for a NaN or infinite maximum. The floor: the
+        enough-th largest of the maxima of interleaved groups of the row (token j is in
+        group j mod width), which ``enough`` distinct tokens reach, so never too high; and
+        as the best tokens mostly fall in different groups, seldom much lower than the
+        enough-th best token."""
+        head = row[:self._rows * self._width].reshape(self._rows, self._width)
+        maxima = head.max(axis=0)
+        if self._rows * self._width < len(row):   # the last few tokens are groups of one
+            maxima = np.concatenate((maxima, row[self._rows * self._width:]))
+        top = maxima.max()
         if not -math.inf < float(top) < math.inf:   # NaN or an infinity
             return None
-        margin = self._margin
-        for _ in range(_MAX_WIDENINGS):
-            floor = np.float32(top - margin)
-            ids = (row >= floor).nonzero()[0]
-            if len(ids) >= self._enough:
-                return ids, row[ids], floor
-            margin = np.float32(margin * 4)
-        return None
+        rank = len(maxima) - self._enough
+        floor = np.partition(maxima, rank)[rank]
+        ids = (row >= floor).nonzero()[0]
+        return ids, row[ids], floor
 
     def _with_bias(self, row: np.ndarray, ids: np.ndarray,
                    values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
