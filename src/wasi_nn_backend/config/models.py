@@ -50,6 +50,8 @@ class ModelSettings(_Frozen):
     deterministic: bool = False
     # A step's text emitted while the next decode computes (auto: with GPU layers).
     async_output: Literal["auto", "on", "off"] = "auto"
+    # Sampler chains run inside llama_decode's graph where they can (auto: with GPU layers).
+    backend_sampling: Literal["auto", "on", "off"] = "auto"
     # Embedding graphs (WasmEdge's ``embedding``): compute returns a pooled vector, not text.
     embedding: bool = False
     pooling: Literal["mean", "cls", "last", "none"] | None = None  # None: the GGUF's, else mean

@@ -11,12 +11,19 @@ from ..llm.model import Model
 
 
 def generation_context(model: Model, settings: ModelSettings, threads: int) -> Context:
+    """With backend sampling, one output a sequence per decode (the engine never asks for more):
+    llama.cpp sizes the sampling graph by it."""
     return Context(
         model, n_ctx=settings.n_ctx * settings.n_seq_max, n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch, n_seq_max=settings.n_seq_max, n_threads=threads,
         n_threads_batch=settings.threads_batch or threads, flash_attn=settings.flash_attn,
         kv_unified=settings.kv_unified and not settings.deterministic,
-        type_k=settings.cache_type_k, type_v=settings.cache_type_v)
+        type_k=settings.cache_type_k, type_v=settings.cache_type_v,
+        outputs_per_seq=1 if samples_in_graph(settings) else 0)
+
+
+def _on_gpu(settings: ModelSettings) -> bool:
+    return settings.n_gpu_layers != 0 and supports_gpu_offload()
 
 
 def defers_output(settings: ModelSettings) -> bool:
@@ -25,8 +32,17 @@ def defers_output(settings: ModelSettings) -> bool:
     computes before it returns, and emitting a step's text right after sampling shows it a
     step sooner for the same throughput."""
     if settings.async_output == "auto":
-        return settings.n_gpu_layers != 0 and supports_gpu_offload()
+        return _on_gpu(settings)
     return settings.async_output == "on"
+
+
+def samples_in_graph(settings: ModelSettings) -> bool:
+    """Backend sampling (model.backend_sampling): "auto" turns it on with layers on a GPU,
+    where the logits then stay there; on a CPU the graph's sampling ops cost more than the
+    host's (bench/backend_sampling.py)."""
+    if settings.backend_sampling == "auto":
+        return _on_gpu(settings)
+    return settings.backend_sampling == "on"
 
 
 def embedding_context(model: Model, settings: ModelSettings, threads: int) -> Context:

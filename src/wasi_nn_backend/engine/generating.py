@@ -24,7 +24,8 @@ from ..llm.grammar import GrammarRejected
 from ..llm.model import Model
 from ..llm.sampler import Sampler
 from .base import EngineBase, EngineReadings
-from .contexts import defers_output, generation_context
+from .backend_samplers import BackendSamplers
+from .contexts import defers_output, generation_context, samples_in_graph
 from .gate import QueueGate
 from .kv_apply import KvApplier
 from .live import LiveRequest
@@ -64,6 +65,9 @@ class GeneratingEngine(EngineBase):
         # Asynchronous output: a step's text is emitted after the next llama_decode was
         # launched (on a GPU it returns at once and computes while we detokenize).
         self._defer = defers_output(settings)
+        # Backend sampling: chains that can run inside llama_decode's graph do.
+        self._in_graph = samples_in_graph(settings)
+        self.backend_samplers = BackendSamplers(self.context)
         self._deferred: list[LiveRequest] = []  # sampled, text not yet emitted
         # Sampler chains of one step on up to 4 threads (this one and the workers).
         workers = min(self.threads, SAMPLING_THREADS) - 1
@@ -138,6 +142,7 @@ class GeneratingEngine(EngineBase):
             self._fail(live.request, error)
         if self._sampling is not None:
             self._sampling.close()
+        self.backend_samplers.clear()
         self.packer.close()
         self.context.close()
 
@@ -183,6 +188,8 @@ class GeneratingEngine(EngineBase):
         if batch.n_tokens == 0:
             self._emit_deferred()
             return
+        if self._in_graph:
+            self._attach_samplers()
         result = self.context.decode(batch)
         self.counters.decode_seconds = self.context.decode_seconds
         if result != 0:
@@ -194,6 +201,15 @@ class GeneratingEngine(EngineBase):
             self._emit_deferred()   # the last step's text, while this step computes
             self._wake_readers()    # sampling waits for the logits with the GIL released
         self._sample(outputs)
+
+    def _attach_samplers(self) -> None:
+        """Live requests whose chain can sample in the graph do, at their sequence's id."""
+        wanted = {}
+        for request, live in self._live.items():
+            sampler, seq = live.sampler, request.session.seq_id
+            if sampler is not None and sampler.backend and seq is not None:
+                wanted[seq] = sampler
+        self.backend_samplers.sync(wanted)
 
     def _emit_deferred(self) -> None:
         """Emit the text of the tokens sampled last step (asynchronous output); a stop
@@ -235,7 +251,8 @@ class GeneratingEngine(EngineBase):
             if live.sampler is not None:
                 continue
             try:
-                live.sampler = Sampler(self.model, request.params.sampling, n_ctx=self.n_ctx)
+                live.sampler = Sampler(self.model, request.params.sampling, n_ctx=self.n_ctx,
+                                       backend=self._in_graph)
                 live.sampler.accept_prompt(request.prompt_tokens)
             except WasiNnError as error:
                 self._fail(request, error)
@@ -332,6 +349,7 @@ class GeneratingEngine(EngineBase):
         self.counters.finished += 1
         self.counters.timeouts += reason is FinishReason.TIMEOUT
         self.counters.cancelled += reason is FinishReason.CANCELLED
+        self.backend_samplers.release(live.sampler)   # before complete() frees its chain
         live.complete(reason, code, self.clock, self.model)
 
     def _fail(self, request: Request, error: WasiNnError) -> None:
@@ -341,5 +359,6 @@ class GeneratingEngine(EngineBase):
         self.counters.failed += 1
         if live is not None:
             live.emit(self.model, [])   # the text sampled before the failure stays readable
+            self.backend_samplers.release(live.sampler)
             live.close_sampler()
             live.stream.fail(error, at=self.clock.now())

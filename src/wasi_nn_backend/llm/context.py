@@ -49,7 +49,7 @@ class Context:
                  n_threads_batch: int | None = None, flash_attn: str | bool = "auto",
                  kv_unified: bool = True, type_k: str = "f16", type_v: str = "f16",
                  no_perf: bool = False, embeddings: bool = False,
-                 pooling: str | None = None) -> None:
+                 pooling: str | None = None, outputs_per_seq: int = 0) -> None:
         self._handle = None
         if _index("n_ctx", n_ctx) == 0:  # llama.cpp's meaning: the model's training context
             n_ctx = model.n_ctx_train
@@ -57,7 +57,9 @@ class Context:
                                  n_seq_max=n_seq_max, n_threads=n_threads,
                                  n_threads_batch=n_threads_batch, flash_attn=flash_attn,
                                  kv_unified=kv_unified, type_k=type_k, type_v=type_v,
-                                 no_perf=no_perf, embeddings=embeddings, pooling=pooling)
+                                 no_perf=no_perf, embeddings=embeddings, pooling=pooling,
+                                 outputs_per_seq=outputs_per_seq)
+        self._outputs_per_seq = outputs_per_seq
         if C.llama_model_has_encoder(model.handle):
             raise errors.UnsupportedOperation("encoder(-decoder) models are not supported")
         check_cache_types(model, type_k, type_v)
@@ -218,6 +220,29 @@ class Context:
         if matrix is None:
             matrix = self._logits = self._views.matrix(self.handle, len(self._outputs))
         return matrix, rows
+
+    # --- backend sampling (a sampler chain in the decode's graph, per sequence) ------------
+
+    def set_sampler(self, seq: int, chain: ctypes.c_void_p | None) -> bool:
+        """Have llama_decode sample ``seq``'s output in its graph with ``chain`` (None: stop).
+        False when llama.cpp cannot (a sampler in the chain has no backend version): the
+        chain then samples on the host from the logits. The chain must stay alive while set;
+        its owner sets None before freeing it. Each change rebuilds the graph at the next
+        decode. Needs a context made with outputs_per_seq=1 (one output a sequence)."""
+        seq = self._seq(seq)
+        if chain is not None and self._outputs_per_seq != 1:
+            raise errors.BackendRuntimeError("backend sampling needs a context made with "
+                                             "outputs_per_seq=1")
+        return bool(C.llama_set_sampler(self.handle, seq, chain))
+
+    def sampled_token(self, batch_index: int) -> int:
+        """The token the graph sampled at ``batch_index`` in the last decode (set_sampler),
+        -1 if none (LLAMA_TOKEN_NULL); InvalidArgument for an index without an output."""
+        if self._row(batch_index) is None:
+            raise errors.InvalidArgument(
+                f"batch index {batch_index} has no output from the last decode")
+        token = int(C.llama_get_sampled_token_ith(self.handle, batch_index))
+        return token if 0 <= token < self._n_vocab else -1
 
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A float32 copy of the logits (n_vocab) for the token at ``batch_index``."""

@@ -32,10 +32,12 @@ def index(name: str, value: object) -> int:
 def context_params(*, n_ctx: int, n_batch: int, n_ubatch: int | None,
                    n_seq_max: int, n_threads: int | None, n_threads_batch: int | None,
                    flash_attn: str | bool, kv_unified: bool, type_k: str, type_v: str,
-                   no_perf: bool, embeddings: bool, pooling: str | None
-                   ) -> C.llama_context_params:
+                   no_perf: bool, embeddings: bool, pooling: str | None,
+                   outputs_per_seq: int = 0) -> C.llama_context_params:
     """Validated llama_context_params (InvalidArgument / BackendRuntimeError if impossible).
-    ``n_ctx`` is the total KV size (0 = the model's training context is resolved by Context)."""
+    ``n_ctx`` is the total KV size (0 = the model's training context is resolved by Context).
+    ``outputs_per_seq``: the most outputs one sequence has in a decode (0 = n_batch); backend
+    samplers size their graph by it."""
     max_seq = int(C.llama_max_parallel_sequences())
     if not 1 <= index("n_seq_max", n_seq_max) <= max_seq:
         raise errors.BackendRuntimeError(f"n_seq_max must be in [1, {max_seq}], got {n_seq_max}")
@@ -73,6 +75,7 @@ def context_params(*, n_ctx: int, n_batch: int, n_ubatch: int | None,
     params.type_k, params.type_v = KV_TYPES[type_k], KV_TYPES[type_v]
     params.kv_unified = bool(kv_unified)
     params.no_perf = bool(no_perf)
+    params.n_outputs_max_per_seq = max(0, min(index("outputs_per_seq", outputs_per_seq), n_batch))
     params.embeddings = bool(embeddings)
     params.pooling_type = pooling_param(pooling)
     return params

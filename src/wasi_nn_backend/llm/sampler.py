@@ -21,7 +21,8 @@ from ..config import SamplingParams
 from .context import Context
 from .grammar import TOKEN_DATA, GrammarRejected, make_guard
 from .model import Model
-from .sampler_chain import add_bias, add_history, add_selection, bias_entries, top_k_first
+from .sampler_chain import (add_bias, add_history, add_selection, backend_chain, bias_entries,
+                            top_k_first)
 from .top_k import TopK, selected_token
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,20 @@ def _new_chain() -> ctypes.c_void_p:
 class Sampler:
     """Samples tokens for one sequence. Not thread-safe: one owner (the engine thread)."""
 
-    def __init__(self, model: Model, params: SamplingParams, *, n_ctx: int) -> None:
+    def __init__(self, model: Model, params: SamplingParams, *, n_ctx: int,
+                 backend: bool = False) -> None:
         self._model = model
+        # backend: the chain may sample inside llama_decode's graph (the engine attaches it to
+        # the sequence: Context.set_sampler); it is then the whole chain, logit_bias in it.
+        self.backend = backend and backend_chain(params, max(1, n_ctx))
+        self.attached = False   # set by the engine while the context samples with the chain
         self._pre = self._chain = self._grammar = None
         self._registered = False
         self._grammar = make_guard(model, params)
         model.register_dependent(self)
         self._registered = True
-        top_k = 0 if self._grammar is not None else top_k_first(model, params, max(1, n_ctx))
+        top_k = 0 if self._grammar is not None or self.backend else \
+            top_k_first(model, params, max(1, n_ctx))
         try:
             bias = bias_entries(model, params)
             self._chain = _new_chain()
@@ -65,7 +72,8 @@ class Sampler:
         # logit_bias to the logits and take the first maximum, so numpy does exactly that,
         # without llama_sampler_sample building an n_vocab candidate array every token.
         self.fast_greedy = (self._grammar is None and params.temperature <= 0
-                            and not params.mirostat and not self._has_history)
+                            and not params.mirostat and not self._has_history
+                            and not self.backend)
         self._bias: dict[int, list[np.float32]] = {}  # token -> its biases, added in order
         for token, value in bias:
             self._bias.setdefault(token, []).append(np.float32(value))
@@ -89,7 +97,13 @@ class Sampler:
     def releases_gil(self) -> bool:
         """sample() is one llama.cpp call (no grammar, not the numpy greedy path): it may
         run beside other samplers' calls, on another thread (engine/sampling_pool.py)."""
-        return self._grammar is None and not self.fast_greedy and self._top_k is None
+        return (self._grammar is None and not self.fast_greedy and self._top_k is None
+                and not self.attached)
+
+    @property
+    def chain(self) -> ctypes.c_void_p:
+        """The llama_sampler chain (borrowed: for Context.set_sampler while backend)."""
+        return self._live()
 
     def accept_prompt(self, tokens: Iterable[int]) -> None:
         """Feed prompt tokens to the history samplers (penalties, DRY) only; never to the
@@ -111,6 +125,12 @@ class Sampler:
             raise errors.BackendRuntimeError("sampler is closed")
         if self.fast_greedy:  # logits_view raises InvalidArgument for an index without logits
             return self._greedy(context.logits_view(batch_index))
+        if self.attached:   # the decode's graph sampled it: accept it (llama_sampler_sample's way)
+            token = context.sampled_token(batch_index)
+            if token < 0:
+                raise errors.BackendRuntimeError("the backend sampler gave no token")
+            C.llama_sampler_accept(self._live(), token)
+            return token
         if not context.has_logits(batch_index):
             raise errors.InvalidArgument(
                 f"batch index {batch_index} has no logits from the last decode")
@@ -215,6 +235,16 @@ class Sampler:
         top = np.argpartition(-probs, n - 1)[:n]
         top = top[np.argsort(-probs[top], kind="stable")]
         return [(int(t), float(probs[t])) for t in top]
+
+    def rechain(self) -> None:
+        """Go on with a clone of the chain (its state, RNG included), freeing this one: a
+        chain set up for a decode's graph cannot be set up again, nor run on the host."""
+        chain = self._live()
+        clone = C.llama_sampler_clone(chain)
+        if not clone:
+            raise errors.BackendRuntimeError("llama.cpp could not clone the sampler chain")
+        self._chain = clone
+        C.llama_sampler_free(chain)
 
     def reset(self) -> None:
         """Forget history, grammar progress and mirostat state (the RNG is re-seeded too)."""

@@ -87,6 +87,17 @@ def top_k_first(model: Model, p: SamplingParams, n_ctx: int) -> int:
     return p.top_k
 
 
+def backend_chain(p: SamplingParams, n_ctx: int) -> bool:
+    """Whether every sampler of the chain for ``p`` has a version llama.cpp runs inside the
+    decode's graph (logit_bias, penalties, top_k, top_p, min_p, temperature, dist, greedy), so
+    that the chain can sample there (llm/context.py set_sampler). Not with a grammar, DRY,
+    mirostat, top_n_sigma, typical or XTC, nor with n_probs (it reads the raw logits)."""
+    if p.grammar or p.json_schema or p.n_probs or _dry_on(p, n_ctx):
+        return False
+    return p.temperature <= 0 or not (p.mirostat or p.top_n_sigma > 0 or p.typical_p < 1
+                                      or p.xtc_probability > 0)
+
+
 def add_history(chain: ctypes.c_void_p, model: Model, p: SamplingParams, n_ctx: int) -> bool:
     """Penalties and DRY: the samplers that remember tokens. True if any was added."""
     added = False
