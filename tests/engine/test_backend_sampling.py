@@ -148,3 +148,36 @@ def test_auto_is_on_only_with_gpu_layers_on_a_gpu_build(mode, gpu_layers):
     config, _ = parse_config({"model": {"backend_sampling": mode, "n_gpu_layers": gpu_layers}})
     expected = {"on": True, "off": False}.get(mode, gpu_layers != 0 and supports_gpu_offload())
     assert samples_in_graph(config.model) is expected
+
+
+def test_a_chain_is_set_up_for_the_graph_once_and_moves_as_a_clone(tiny_model):
+    """llama.cpp aborts when a chain is set up for the graph twice, and a set-up chain skips
+    its samplers on the host: moving, waiting or coming back, a sampler goes on with a clone
+    (same state); released, it is detached before it is freed."""
+    from wasi_nn_backend.engine.backend_samplers import BackendSamplers
+    from wasi_nn_backend.llm.context import Context
+    from wasi_nn_backend.llm.sampler import Sampler
+    with Context(tiny_model, n_ctx=256, n_batch=64, n_seq_max=4, n_threads=2,
+                 kv_unified=False, outputs_per_seq=1) as context:
+        samplers = BackendSamplers(context)
+        one = Sampler(tiny_model, SamplingParams(temperature=0), n_ctx=64, backend=True)
+        two = Sampler(tiny_model, SamplingParams(seed=4), n_ctx=64, backend=True)
+        first = one.chain
+        samplers.sync({0: one, 1: two})
+        assert one.attached and two.attached and samplers.attached == {0: one, 1: two}
+        samplers.sync({2: one, 1: two})          # one moved to sequence 2
+        assert one.chain is not first and one.attached and samplers.attached == {2: one, 1: two}
+        moved = one.chain
+        samplers.sync({1: two})                  # one waits
+        assert not one.attached and one.chain is not moved
+        samplers.sync({0: one, 1: two})          # and comes back: no second set-up
+        assert samplers.attached == {0: one, 1: two}
+        for sampler in (one, two):
+            samplers.release(sampler)
+            assert not sampler.attached
+            sampler.close()
+        assert samplers.attached == {}
+    with Context(tiny_model, n_ctx=64, n_batch=64, n_threads=2) as context:
+        with Sampler(tiny_model, SamplingParams(), n_ctx=64, backend=True) as sampler:
+            with pytest.raises(Exception, match="outputs_per_seq=1"):
+                context.set_sampler(0, sampler.chain)

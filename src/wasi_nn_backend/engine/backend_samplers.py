@@ -37,7 +37,7 @@ class BackendSamplers:
         for seq, sampler in list(self._attached.items()):
             if wanted.get(seq) is not sampler:
                 self._detach(seq)
-                if sampler in wanted.values():   # it moved: it goes on with a fresh chain
+                if not sampler.closed:   # it moved, or waits: it goes on with a fresh chain
                     sampler.rechain()
         for seq, sampler in wanted.items():
             if seq in self._attached or sampler.attached:

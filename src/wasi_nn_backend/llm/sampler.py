@@ -101,6 +101,10 @@ class Sampler:
                 and not self.attached)
 
     @property
+    def closed(self) -> bool:
+        return self._chain is None
+
+    @property
     def chain(self) -> ctypes.c_void_p:
         """The llama_sampler chain (borrowed: for Context.set_sampler while backend)."""
         return self._live()
