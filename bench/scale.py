@@ -236,7 +236,21 @@ def report(args: argparse.Namespace, counts: list[int], cpp: dict[int, float],
                         f"stream, {one:.0%} with one reader (target >= {target:.0%}): "
                         f"{common.verdict(max(each, one) >= target)}; the bare loop: "
                         f"{best[(n, 'floor')] / cpp[n]:.0%}")
-    return "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n\n" + LIMITS + "\n"
+
+
+LIMITS = ("What limits the rest. llama-batched-bench only decodes; a sampler on the host first "
+          "reads the step's logits (128 KB a token, ~9 us from memory here), and the bare loop's "
+          "column is that floor on this machine, with no engine at all. Beyond it our engine "
+          "pays, per token, its bookkeeping (scheduling, stop checks, text, stream hand-off: "
+          "~8-12 us) and its readers: a thread per stream wakes once a step and runs while "
+          "llama_decode computes, taking a core from it (~15 us of CPU a token at 64 streams), "
+          "where one reader for every stream (a ReadySet) wakes once a step in all. A sampled "
+          "chain that starts with top_k adds ~11 us a row to find the 41 best logits in numpy "
+          "and one small C call (llama.cpp's own top_k over the row took ~40 us). On a GPU the "
+          "logits need not leave it (model.backend_sampling) and the text work overlaps the "
+          "next decode (model.async_output); on this CPU both are slower or equal, so they are "
+          "off here (bench/backend_sampling.py).")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,8 @@ reason, tokens, stop string, probabilities), eight sessions at once; a stop stri
 most one token decoded for nothing, never a wrong one; "auto" is off on this CPU."""
 from __future__ import annotations
 
-import threading
-
 import pytest
+from sessions_at_once import run_at_once
 
 from wasi_nn_backend import Backend, FinishReason
 from wasi_nn_backend.config import parse_config
@@ -42,21 +41,8 @@ def asks(full: list[str]) -> list[dict]:
 
 def run_all(graph, shapes):
     """Every prompt on its own session, all at once, streamed: (pieces, completion) each."""
-    results: list = [None] * len(PROMPTS)
-    start = threading.Barrier(len(PROMPTS))
-
-    def one(i: int) -> None:
-        with graph.session() as session:
-            start.wait(30)
-            stream = session.complete_stream(PROMPTS[i], **{
-                "temperature": 0, "max_tokens": 40, "ignore_eos": True, **shapes[i]})
-            results[i] = (list(stream), stream.result())
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return results
+    asks = [{"temperature": 0, "max_tokens": 40, "ignore_eos": True, **shape} for shape in shapes]
+    return run_at_once(graph, PROMPTS, asks, stream=True)
 
 
 def test_every_request_ends_as_without_it(tiny_model_path):

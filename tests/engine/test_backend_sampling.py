@@ -4,9 +4,8 @@ deterministic; the others sample on the host as before; nothing stays attached t
 once its request ends (the context holds a borrowed pointer to the chain)."""
 from __future__ import annotations
 
-import threading
-
 import pytest
+from sessions_at_once import run_at_once
 
 from wasi_nn_backend import Backend, FinishReason
 from wasi_nn_backend.config import SamplingParams, parse_config
@@ -25,8 +24,6 @@ def load(backend, path, mode, **model):
 def run_all(graph, asks, seen=None):
     """Every prompt on its own session, all at once; the completions. ``seen`` collects the
     sequences sampled in the graph at some step."""
-    results: list = [None] * len(PROMPTS)
-    start = threading.Barrier(len(PROMPTS))
     engine = graph.engine
     if seen is not None:
         sync = engine.backend_samplers.sync
@@ -35,17 +32,22 @@ def run_all(graph, asks, seen=None):
             sync(wanted)
             seen.update(engine.backend_samplers.attached)
         engine.backend_samplers.sync = watching
+    return run_at_once(graph, PROMPTS, [{"max_tokens": 24, **ask} for ask in asks])
 
-    def one(i: int) -> None:
-        with graph.session() as session:
-            start.wait(30)
-            results[i] = session.complete(PROMPTS[i], **{"max_tokens": 24, **asks[i]})
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return results
+
+def host_then_graph(path, asks, **model):
+    """The same requests sampled on the host, then in the graph where they can be: (the
+    host's completions, the graph's, the sequences seen sampling in the graph); every
+    chain detached from the context once all ended."""
+    with Backend() as backend:
+        host = load(backend, path, "off", **model)
+        expected = run_all(host, asks)
+        host.close()
+        graph = load(backend, path, "on", **model)
+        seen: dict = {}
+        got = run_all(graph, asks, seen)
+        assert graph.engine.backend_samplers.attached == {}
+    return expected, got, seen
 
 
 GREEDY = [{"temperature": 0}, {"temperature": 0, "ignore_eos": True},
@@ -58,14 +60,7 @@ GREEDY = [{"temperature": 0}, {"temperature": 0, "ignore_eos": True},
 
 
 def test_deterministic_chains_in_the_graph_give_the_hosts_tokens(tiny_model_path):
-    with Backend() as backend:
-        host = load(backend, tiny_model_path, "off", deterministic=True)
-        expected = run_all(host, GREEDY)
-        host.close()
-        graph = load(backend, tiny_model_path, "on", deterministic=True)
-        seen: dict = {}
-        got = run_all(graph, GREEDY, seen)
-        assert graph.engine.backend_samplers.attached == {}   # all detached at the end
+    expected, got, seen = host_then_graph(tiny_model_path, GREEDY, deterministic=True)
     assert len(seen) >= 4   # sequences did sample in the graph
     for done, want in zip(got, expected):
         assert done.generated_tokens == want.generated_tokens
@@ -77,14 +72,9 @@ def test_sampled_chains_in_the_graph_draw_what_the_host_draws(tiny_model_path):
     the same seed (llama.cpp's backend dist draws from the same generator), run after run."""
     asks = [{"temperature": 0.9, "seed": 10 + i, "top_k": 40, "top_p": 0.9, "min_p": 0.02}
             for i in range(len(PROMPTS))]
+    expected, first, seen = host_then_graph(tiny_model_path, asks, deterministic=True)
     with Backend() as backend:
-        host = load(backend, tiny_model_path, "off", deterministic=True)
-        expected = run_all(host, asks)
-        host.close()
-        graph = load(backend, tiny_model_path, "on", deterministic=True)
-        seen: dict = {}
-        first = run_all(graph, asks, seen)
-        again = run_all(graph, asks)
+        again = run_all(load(backend, tiny_model_path, "on", deterministic=True), asks)
     assert len(seen) == len(PROMPTS)
     assert [c.generated_tokens for c in first] == [c.generated_tokens for c in expected]
     assert [c.generated_tokens for c in first] == [c.generated_tokens for c in again]
@@ -100,13 +90,7 @@ def test_what_the_graph_cannot_run_samples_on_the_host(tiny_model_path):
             {"temperature": 0.7, "typical_p": 0.8, "seed": 1, "top_k": 1},
             {"temperature": 0.7, "xtc_probability": 0.5, "seed": 2, "top_k": 1},
             {"temperature": 0}, {"temperature": 0, "ignore_eos": True}]
-    with Backend() as backend:
-        host = load(backend, tiny_model_path, "off", deterministic=True)
-        expected = run_all(host, asks)
-        host.close()
-        graph = load(backend, tiny_model_path, "on", deterministic=True)
-        seen: dict = {}
-        got = run_all(graph, asks, seen)
+    expected, got, seen = host_then_graph(tiny_model_path, asks, deterministic=True)
     for done, want in zip(got, expected):
         assert (done.generated_tokens, done.probs) == (want.generated_tokens, want.probs)
     assert 0 < len(seen) <= 4   # only the plain greedy ones

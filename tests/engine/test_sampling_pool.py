@@ -3,6 +3,7 @@ thread picks (each chain has its own RNG and reads the logits only), outcomes co
 order, and a sampler's exception comes back in its place."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -48,6 +49,18 @@ def test_a_closed_pool_runs_everything_on_the_caller():
         [((1, True), None), ((2, True), None), ((3, True), None)]
 
 
+@contextlib.contextmanager
+def decoded(model):
+    """A context that decoded one token on each of SEQUENCES sequences (batch index = seq)."""
+    with Context(model, n_ctx=64 * SEQUENCES, n_batch=64, n_seq_max=SEQUENCES,
+                 n_threads=2) as context:
+        batch = Batch(64)
+        for seq in range(SEQUENCES):
+            batch.add(seq + 5, 0, seq, True)
+        assert context.decode(batch) == 0
+        yield context
+
+
 def _picks(model, params_list):
     """(batch index, sampler) for each sequence, as the engine passes them."""
     return [(index, Sampler(model, params, n_ctx=256))
@@ -62,12 +75,7 @@ def test_pooled_chains_pick_what_one_thread_picks(tiny_model, workers):
     params = [SamplingParams(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, seed=seed,
                              repeat_penalty=1.1) for seed in range(SEQUENCES - 1)] + \
         [SamplingParams(temperature=0)]
-    with Context(tiny_model, n_ctx=64 * SEQUENCES, n_batch=64, n_seq_max=SEQUENCES,
-                 n_threads=2) as context:
-        batch = Batch(64)
-        for seq in range(SEQUENCES):
-            batch.add(seq + 5, 0, seq, True)
-        assert context.decode(batch) == 0
+    with decoded(tiny_model) as context:
         runs = []
         for pool in (None, SamplingPool(workers, "test")):
             picks = _picks(tiny_model, params)
@@ -88,12 +96,7 @@ def test_greedy_rows_together_pick_what_each_picks_alone(tiny_model):
     """The fast-greedy samplers' argmax is taken over the step's rows in one call: with
     biases (a ban on each row's own best, a boost, a force), in any order of rows, and with
     other samplers between them, the tokens each sampler picks alone."""
-    with Context(tiny_model, n_ctx=64 * SEQUENCES, n_batch=64, n_seq_max=SEQUENCES,
-                 n_threads=2) as context:
-        batch = Batch(64)
-        for seq in range(SEQUENCES):
-            batch.add(seq + 5, 0, seq, True)
-        assert context.decode(batch) == 0
+    with decoded(tiny_model) as context:
         best = [int(context.logits_view(i).argmax()) for i in range(SEQUENCES)]
         params = [SamplingParams(temperature=0),
                   SamplingParams(temperature=0, logit_bias=((best[1], float("-inf")),)),
