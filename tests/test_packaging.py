@@ -44,7 +44,7 @@ def test_the_wheel_carries_the_demo_model_and_the_erlang_client(wheel):
     assert model.file_size == (ROOT / "models" / "zen-demo.gguf").stat().st_size > 3_000_000
     for name in ("wasi_nn.erl", "README.md", "erlang-protocol.md"):
         assert DATA + "erlang/" + name in names
-    assert archive.read(DATA + "erlang/wasi_nn.erl") == (ROOT / "erlang/wasi_nn.erl").read_bytes()
+    assert archive.read(DATA + "erlang/wasi_nn.erl") == (ROOT / "erlang/src/wasi_nn.erl").read_bytes()
     assert "wasi_nn_backend/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 

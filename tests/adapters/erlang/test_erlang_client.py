@@ -1,4 +1,4 @@
-"""The Erlang client (erlang/wasi_nn.erl) end to end: a real Erlang VM, the real port program
+"""The Erlang client (erlang/src/wasi_nn.erl) end to end: a real Erlang VM, the real port program
 (python -m wasi_nn_backend.adapters.erlang) and the tiny model.
 
 The modules are compiled with plain erlc (warnings are errors) into a temp dir; each test starts
@@ -27,7 +27,7 @@ except ImportError:
     import erlang_toolchain
 
 ERLANG_DIR = Path(__file__).resolve().parents[3] / "erlang"
-SOURCES = (ERLANG_DIR / "wasi_nn.erl", ERLANG_DIR / "wasi_nn_tests.erl")
+SOURCES = (ERLANG_DIR / "src" / "wasi_nn.erl", ERLANG_DIR / "test" / "wasi_nn_tests.erl")
 PYTHON = sys.executable  # the venv's python: it has the package
 
 # Same settings on both sides: one llama.cpp thread (the tiny model needs no more, and on a

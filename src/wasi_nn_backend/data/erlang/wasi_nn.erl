@@ -1,1 +1,1 @@
-../../../../erlang/wasi_nn.erl
+../../../../erlang/src/wasi_nn.erl
