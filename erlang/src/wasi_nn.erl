@@ -45,9 +45,10 @@
 -define(DEFAULT_TIMEOUT, 300000).
 -define(DEFAULT_SHUTDOWN_WAIT, 5000).
 
-%% A backend context: which server (pid, so a restarted server never sees an old id) and the
-%% port's backend handle. Treat it as opaque.
--record(wasi_nn_ctx, {server :: pid(), id :: term()}).
+%% A backend context: which server (pid, so a restarted server never sees an old id), the name
+%% it was reached by (to tell a restarted server from none), and the port's backend handle.
+%% Treat it as opaque.
+-record(wasi_nn_ctx, {server :: pid(), id :: term(), name :: server() | undefined}).
 
 -record(state, {port :: port() | undefined,
                 os_pid :: non_neg_integer() | undefined,
@@ -135,7 +136,10 @@ init_backend(Server, Config) -> init_backend(Server, Config, []).
 
 -spec init_backend(server(), text(), options()) -> {ok, ctx()} | error().
 init_backend(Server, Config, Opts) ->
-    with_text([Config], fun([C]) -> request(Server, init_backend, {C}, Opts) end).
+    case with_text([Config], fun([C]) -> request(Server, init_backend, {C}, Opts) end) of
+        {ok, Ctx = #wasi_nn_ctx{}} -> {ok, Ctx#wasi_nn_ctx{name = Server}};
+        Other -> Other
+    end.
 
 -spec deinit_backend(ctx()) -> ok | error().
 deinit_backend(Ctx) -> deinit_backend(Ctx, []).
@@ -213,8 +217,30 @@ safe_call(Server, Request) ->
     catch exit:_ -> {error, port_closed}
     end.
 
-with_ctx(#wasi_nn_ctx{server = Server, id = Id}, Fun) -> Fun(Server, Id);
+%% A context of a server that died: {error, {backend_restarted, _}} when the name it was
+%% reached by answers again (a supervisor restarted it: its backends, models and sessions are
+%% gone, so the caller must initialise again), {error, port_closed} when nothing does.
+with_ctx(#wasi_nn_ctx{server = Server, id = Id, name = Name}, Fun) ->
+    case is_pid(Server) andalso node(Server) =:= node() andalso not is_process_alive(Server) of
+        true -> gone(Name);
+        false -> Fun(Server, Id)
+    end;
 with_ctx(_, _) -> {error, {invalid_argument, <<"not a wasi_nn backend context">>}}.
+
+gone(Name) ->
+    case Name =/= undefined andalso is_pid(whereis_server(Name)) of
+        true -> {error, {backend_restarted,
+                         <<"the wasi_nn server restarted since this context was made (its "
+                           "backends, models and sessions are gone): call init_backend, "
+                           "load_by_name_with_config and init_execution_context again">>}};
+        false -> {error, port_closed}
+    end.
+
+whereis_server(Pid) when is_pid(Pid) -> undefined;   % a pid names one incarnation only
+whereis_server(Name) when is_atom(Name) -> whereis(Name);
+whereis_server({global, Name}) -> global:whereis_name(Name);
+whereis_server({via, Module, Name}) -> Module:whereis_name(Name);
+whereis_server(_) -> undefined.
 
 with_text(Values, Fun) ->
     case lists:foldr(fun(V, {ok, Acc}) ->
