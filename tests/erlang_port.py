@@ -75,6 +75,7 @@ class PortProcess:
         self._buffer = b""
         self._ids = itertools.count(1)
         self.muted: set = set()   # request Ids whose {token, _} events receive() drops
+        self.logs: list = []      # {log, Level, Logger, Message} frames (--log-frames), plain
 
     def send_raw(self, payload: bytes) -> None:
         frame = memoryview(struct.pack(">I", len(payload)) + payload)
@@ -92,7 +93,11 @@ class PortProcess:
                 (size,) = struct.unpack(">I", self._buffer[:4])
                 if len(self._buffer) >= 4 + size:
                     frame, self._buffer = self._buffer[4:4 + size], self._buffer[4 + size:]
-                    request_id, reply = erlang.binary_to_term(frame)
+                    term = erlang.binary_to_term(frame)
+                    if len(term) == 4 and plain(term[0]) == "log":
+                        self.logs.append(plain(term))
+                        continue
+                    request_id, reply = term
                     reply = plain(reply)
                     if isinstance(request_id, int) and request_id in self.muted \
                             and reply[0] == "token":

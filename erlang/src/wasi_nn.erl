@@ -42,6 +42,7 @@
 
 -define(SERVER, ?MODULE).
 -define(DEFAULT_ARGS, ["-m", "wasi_nn_backend.adapters.erlang"]).
+-define(LOG_FRAMES, "--log-frames").
 -define(DEFAULT_TIMEOUT, 300000).
 -define(DEFAULT_SHUTDOWN_WAIT, 5000).
 
@@ -73,7 +74,11 @@ start_link() -> start_link([]).
 
 %% @doc Options (a proplist or a map):
 %%   python: the interpreter (default: $WASI_NN_PYTHON, else python3 on PATH);
-%%   args: its arguments (default ["-m", "wasi_nn_backend.adapters.erlang"]);
+%%   args: its arguments (default ["-m", "wasi_nn_backend.adapters.erlang", "--log-frames"]);
+%%   port_logs: logger (default: the port program's log lines come as frames and go to
+%%     logger, metadata wasi_nn_port => the Python logger's name, at the level the backends'
+%%     "logging" config sets) or stderr
+%%     (they go to the VM's stderr); only with the default args;
 %%   env: [{Name, Value}] added to the port's environment;
 %%   timeout: the default per-call timeout, ms or infinity (default 300000);
 %%   shutdown_wait: ms to wait on stop for the port's OS process to exit (default 5000);
@@ -300,7 +305,7 @@ init([Opts]) ->
             {stop, {no_python, "set the python option or WASI_NN_PYTHON"}};
         Python ->
             Env = [{to_list(K), to_list(V)} || {K, V} <- maps:get(env, Opts, [])],
-            PortOpts = [{args, maps:get(args, Opts, ?DEFAULT_ARGS)}, {packet, 4}, nouse_stdio,
+            PortOpts = [{args, port_args(Opts)}, {packet, 4}, nouse_stdio,
                         binary, exit_status] ++ [{env, Env} || Env =/= []],
             try open_port({spawn_executable, Python}, PortOpts) of
                 Port ->
@@ -315,6 +320,13 @@ init([Opts]) ->
             catch error:Reason ->
                 {stop, {open_port_failed, Python, Reason}}
             end
+    end.
+
+port_args(Opts) ->
+    case {maps:find(args, Opts), maps:get(port_logs, Opts, logger)} of
+        {{ok, Args}, _} -> Args;
+        {error, logger} -> ?DEFAULT_ARGS ++ [?LOG_FRAMES];
+        {error, stderr} -> ?DEFAULT_ARGS
     end.
 
 python(Opts) ->
@@ -352,19 +364,43 @@ handle_call(_, _From, State) ->
 %% Send {Id, Op, Args} and remember who waits for Id (and its timer); error: no port.
 submit(_Op, _Args, _Timeout, _Waiter, #state{port = undefined}) ->
     error;
-submit(Op, Args, Timeout0, Waiter, State = #state{port = Port, next_id = Id}) ->
+submit(Op, Args0, Timeout0, Waiter, State = #state{port = Port, next_id = Id}) ->
     Timeout = case Timeout0 of default -> State#state.timeout; T -> T end,
+    Args = with_options(Op, Args0, Timeout),
     try port_command(Port, term_to_binary({Id, Op, Args})) of
         true ->
             Timer = case Timeout of
                         infinity -> undefined;
                         _ -> erlang:send_after(Timeout, self(), {request_timeout, Id})
                     end,
-            Entry = Waiter#{op => Op, timer => Timer},
+            telemetry(start, Op, #{system_time => erlang:system_time()}, #{id => Id}),
+            Entry = Waiter#{op => Op, timer => Timer,
+                            started => erlang:monotonic_time()},
             {ok, State#state{next_id = Id + 1,
                              pending = maps:put(Id, Entry, State#state.pending)}}
     catch error:_ ->
         error
+    end.
+
+%% A generation's Options (docs/erlang-protocol.md): the call's timeout as its deadline on the
+%% backend, which then never ends it sooner than the caller waits (a timeout_ms in the
+%% RuntimeConfigJson still wins), and usage in run_inference's reply (for telemetry; the
+%% caller gets {ok, Reply} as always).
+with_options(Op, {Ctx, Exec, Prompt, Runtime}, Timeout)
+  when Op =:= run_inference; Op =:= run_inference_stream ->
+    {Ctx, Exec, Prompt, Runtime, #{timeout => Timeout, usage => Op =:= run_inference}};
+with_options(_Op, Args, _Timeout) ->
+    Args.
+
+%% telemetry:execute([wasi_nn, request, start | stop], Measurements, Metadata) when the
+%% telemetry application is there; nothing otherwise (no dependency).
+telemetry(Event, Op, Measurements, Metadata) ->
+    case erlang:function_exported(telemetry, execute, 3) of
+        true ->
+            catch telemetry:execute([wasi_nn, request, Event], Measurements,
+                                    Metadata#{op => Op}),
+            ok;
+        false -> ok
     end.
 
 handle_cast(_Msg, State) ->
@@ -373,6 +409,9 @@ handle_cast(_Msg, State) ->
 handle_info({Port, {data, Frame}}, State = #state{port = Port}) ->
     try binary_to_term(Frame) of
         {Id, Reply} when is_integer(Id) -> {noreply, deliver(Id, Reply, State)};
+        {log, Level, Name, Message} ->
+            port_log(Level, Name, Message),
+            {noreply, State};
         Other ->
             logger:warning("wasi_nn: frame for no request: ~0tp", [Other]),
             {noreply, State}
@@ -396,6 +435,17 @@ handle_info({'EXIT', Port, Reason}, State = #state{port = Port}) ->
     {stop, {port_closed, Reason}, State1};
 handle_info(_Msg, State) ->
     {noreply, State}.
+
+%% A log line of the port program (--log-frames) into logger. No domain: OTP's default handler
+%% drops events of domains other than otp's; metadata wasi_nn_port names the Python logger,
+%% for a filter or formatter to pick out.
+port_log(Level0, Name, Message) ->
+    Level = case lists:member(Level0, [emergency, alert, critical, error, warning, notice,
+                                       info, debug]) of
+                true -> Level0;
+                false -> notice
+            end,
+    logger:log(Level, "~ts: ~ts", [Name, Message], #{wasi_nn_port => Name}).
 
 %% A generation that timed out: ask the port to stop it ({NewId, cancel, {Id}}), so its session
 %% is free for the next request. Nobody waits for the `ok'; it and the cancelled request's own
@@ -429,8 +479,10 @@ deliver(Id, Reply, State = #state{pending = Pending}) ->
     end.
 
 %% The end of a request: its reply (shaped as HyperBEAM's) or the error that ended it.
-finish(Entry = #{timer := Timer}, Reply) ->
+finish(Entry = #{timer := Timer, op := Op, started := Started}, Reply) ->
     Timer =:= undefined orelse erlang:cancel_timer(Timer),
+    telemetry(stop, Op, #{duration => erlang:monotonic_time() - Started},
+              stop_metadata(Reply)),
     case Entry of
         #{kind := call, from := From, op := Op} ->
             gen_server:reply(From, shape(Op, Reply));
@@ -442,7 +494,14 @@ finish(Entry = #{timer := Timer}, Reply) ->
                  end
     end.
 
+%% stop's metadata: ok, or the error; a generation's usage JSON (token counts) when it came.
+stop_metadata({ok, _Reply, Usage}) -> #{result => ok, usage => Usage};
+stop_metadata({done, Usage}) -> #{result => ok, usage => Usage};
+stop_metadata({error, Reason}) -> #{result => error, error => Reason};
+stop_metadata(_) -> #{result => ok}.
+
 shape(init_backend, {ok, Id}) -> {ok, #wasi_nn_ctx{server = self(), id = Id}};
+shape(run_inference, {ok, Reply, _Usage}) -> {ok, Reply};
 shape(load_by_name_with_config, {ok, _Graph}) -> ok;
 shape(_Op, Reply) -> Reply.
 

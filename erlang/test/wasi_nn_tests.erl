@@ -89,7 +89,8 @@ fake_reply_test() ->
     S = fake("head -c 4 <&3 >/dev/null; " ++ frame_printf([{1, {ok, 7}}]) ++ " >&4; "
              ++ silent()),
     {ok, Ctx} = wasi_nn:init_backend(S, <<>>),
-    ?assertEqual({wasi_nn_ctx, S, 7}, Ctx),  % the record: server pid and the port's handle
+    %% the record: server pid, the port's handle, the server as the caller named it
+    ?assertEqual({wasi_nn_ctx, S, 7, S}, Ctx),
     ok = wasi_nn:stop(S).
 
 fake_garbage_frame_test() ->
@@ -97,7 +98,7 @@ fake_garbage_frame_test() ->
     S = fake("printf '\\000\\000\\000\\002ab' >&4; head -c 4 <&3 >/dev/null; "
              ++ frame_printf([{99, ok}, {undefined, {error, {invalid_argument, <<"x">>}}},
                               {1, {ok, 3}}]) ++ " >&4; " ++ silent()),
-    ?assertMatch({ok, {wasi_nn_ctx, S, 3}}, wasi_nn:init_backend(S, <<>>)),
+    ?assertMatch({ok, {wasi_nn_ctx, S, 3, S}}, wasi_nn:init_backend(S, <<>>)),
     ok = wasi_nn:stop(S).
 
 fake_timeout_and_late_reply_test() ->
@@ -122,7 +123,7 @@ fake_default_timeout_test() ->
 
 fake_stream_timeout_test() ->
     S = fake(silent()),
-    Ctx = {wasi_nn_ctx, S, 1},
+    Ctx = {wasi_nn_ctx, S, 1, S},
     {ok, Ref} = wasi_nn:run_inference_stream(Ctx, 1, "hi", <<>>, 100),
     ?assert(is_reference(Ref)),
     ?assertEqual({error, timeout}, wait_end(Ref, 5000)),
@@ -133,7 +134,7 @@ fake_timeout_sends_cancel_test() ->
     File = filename:join(tmp_dir(), "wasi_nn_cancel_"
                          ++ integer_to_list(erlang:unique_integer([positive]))),
     S = fake("exec cat <&3 >" ++ File),
-    Ctx = {wasi_nn_ctx, S, 1},
+    Ctx = {wasi_nn_ctx, S, 1, S},
     ?assertEqual({error, timeout}, wasi_nn:run_inference(Ctx, 4, "hi", <<>>, 50)),
     {ok, Ref} = wasi_nn:run_inference_stream(Ctx, 5, "hi", <<>>, 50),
     ?assertEqual({error, timeout}, wait_end(Ref, 5000)),
@@ -141,8 +142,12 @@ fake_timeout_sends_cancel_test() ->
     ok = wasi_nn:stop(S),
     {ok, Bytes} = file:read_file(File),
     file:delete(File),
-    ?assertEqual([{1, run_inference, {1, 4, <<"hi">>, <<>>}}, {2, cancel, {1}},
-                  {3, run_inference_stream, {1, 5, <<"hi">>, <<>>}}, {4, cancel, {3}},
+    %% a generation carries its Options: the call's timeout as its deadline on the backend
+    ?assertEqual([{1, run_inference, {1, 4, <<"hi">>, <<>>, #{timeout => 50, usage => true}}},
+                  {2, cancel, {1}},
+                  {3, run_inference_stream, {1, 5, <<"hi">>, <<>>,
+                                             #{timeout => 50, usage => false}}},
+                  {4, cancel, {3}},
                   {5, init_backend, {<<>>}}],
                  frames(Bytes)).
 
@@ -158,7 +163,7 @@ fake_stream_messages_test() ->
     Self = self(),
     Collector = spawn_link(fun() -> receive {ref, R} -> Self ! {collected, collect(R, 5000)} end
                            end),
-    {ok, Ref} = wasi_nn:run_inference_stream({wasi_nn_ctx, S, 1}, 1, "hi", <<>>,
+    {ok, Ref} = wasi_nn:run_inference_stream({wasi_nn_ctx, S, 1, S}, 1, "hi", <<>>,
                                              #{to => Collector}),
     Collector ! {ref, Ref},
     ?assertEqual({[<<"Hel">>, <<"lo">>], {done, <<"{\"n\":2}">>}},
@@ -170,7 +175,7 @@ fake_stream_error_test() ->
     S = fake("head -c 4 <&3 >/dev/null; " ++
              frame_printf([{1, {token, <<"a">>}}, {1, {error, {context_full, <<"full">>}}}])
              ++ " >&4; " ++ silent()),
-    {ok, Ref} = wasi_nn:run_inference_stream({wasi_nn_ctx, S, 1}, 1, "hi", <<>>),
+    {ok, Ref} = wasi_nn:run_inference_stream({wasi_nn_ctx, S, 1, S}, 1, "hi", <<>>),
     ?assertEqual({[<<"a">>], {error, {context_full, <<"full">>}}}, collect(Ref, 5000)),
     ok = wasi_nn:stop(S).
 
@@ -190,7 +195,7 @@ fake_kill_test() ->
     Self = self(),
     Callers = [spawn_link(fun() -> Self ! {self(), wasi_nn:init_backend(S, <<>>, infinity)} end)
                || _ <- [1, 2, 3]],
-    {ok, Ref} = wasi_nn:run_inference_stream({wasi_nn_ctx, S, 1}, 1, "hi", <<>>, infinity),
+    {ok, Ref} = wasi_nn:run_inference_stream({wasi_nn_ctx, S, 1, S}, 1, "hi", <<>>, infinity),
     wait_pending(S, 4),
     kill9(OsPid),
     [?assertEqual({error, {port_exit, 137}}, receive {C, R} -> R after 5000 -> none end)
@@ -204,7 +209,7 @@ fake_stop_test() ->
     {ok, OsPid} = wasi_nn:os_pid(S),
     Self = self(),
     Caller = spawn_link(fun() -> Self ! {self(), wasi_nn:init_backend(S, <<>>, infinity)} end),
-    {ok, Ref} = wasi_nn:run_inference_stream({wasi_nn_ctx, S, 1}, 1, "hi", <<>>),
+    {ok, Ref} = wasi_nn:run_inference_stream({wasi_nn_ctx, S, 1, S}, 1, "hi", <<>>),
     wait_pending(S, 2),
     ok = wasi_nn:stop(S),
     ?assertEqual({error, port_closed}, receive {Caller, R} -> R after 5000 -> none end),
@@ -580,7 +585,9 @@ scenario(supervised, _) ->
         S1 = whereis(wasi_nn),
         kill9(OsPid1),
         _S2 = wait_restarted(wasi_nn, S1, 10000),
-        ?assertEqual({error, port_closed}, wasi_nn:run_inference(Ctx, E, msg(a), short())),
+        %% the old context says the server restarted (not a closed port): initialise again
+        ?assertMatch({error, {backend_restarted, <<_/binary>>}},
+                     wasi_nn:run_inference(Ctx, E, msg(a), short())),
         {ok, Ctx2} = wasi_nn:init_backend(),
         ok = wasi_nn:load_by_name_with_config(Ctx2, model(), load_config()),
         {ok, E2} = wasi_nn:init_execution_context(Ctx2, "sup"),

@@ -83,12 +83,18 @@ class Session:
             self._settle()
             return completion
 
-    def chat_stream(self, message: str, overrides: Overrides = None, **kwargs: Any) -> Stream:
-        """Like chat, but the reply's text arrives piece by piece on the returned Stream."""
+    def chat_stream(self, message: str, overrides: Overrides = None, *,
+                    default_timeout_ms: int | None = None, **kwargs: Any) -> Stream:
+        """Like chat, but the reply's text arrives piece by piece on the returned Stream.
+        ``default_timeout_ms``: the deadline when neither ``overrides`` nor ``kwargs`` set
+        timeout_ms (a caller's own timeout, so the backend never ends the turn sooner than
+        the caller waits; 0 = none), instead of backend.default_task_timeout_ms."""
         if not isinstance(message, str):
             raise InvalidArgument(f"a chat message must be text, not {type(message).__name__}")
         started = self.owner.clock.now()   # tokenizing counts against the deadline
         params = self._params(overrides, kwargs)
+        if default_timeout_ms is not None and params.timeout_ms is None:
+            params = params.model_copy(update={"timeout_ms": default_timeout_ms})
         with self._lock, self._while_open():
             self._check_open()
             self._settle()

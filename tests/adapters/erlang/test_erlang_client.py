@@ -254,14 +254,15 @@ def test_deinit_backend(erlang, code_dir, port_env, python_replies):
 
 def test_hyperbeam_style_calls(erlang, code_dir, port_env, python_replies):
     """As HyperBEAM's dev_wasi_nn_nif is called: the registered server (start_link/0, python
-    from WASI_NN_PYTHON), init_backend/0 (default logging: the port logs on stderr while the
-    frames stay intact on fds 3/4), charlists everywhere, HyperBEAM's test config keys (plus
+    from WASI_NN_PYTHON), init_backend/0 (default logging: the port's log lines come as frames
+    and go to the VM's logger, nothing on stderr), charlists everywhere, HyperBEAM's test config keys (plus
     greedy 8-token defaults, as run_inference/3 takes no runtime config), run_inference/3; then
     stop/0 and the port program is gone."""
     config = ('{"n_gpu_layers":98,"ctx_size":2048,"stream-stdout":true,"enable_debug_log":true,'
               '"n_threads":1,"temperature":0,"max_tokens":8,"ignore_eos":true}')
     expr = f"""
         process_flag(trap_exit, true),
+        ok = logger:set_primary_config(level, info),
         {{ok, S}} = wasi_nn:start_link(),
         S = whereis(wasi_nn),
         {{ok, P}} = wasi_nn:port(),
@@ -279,14 +280,38 @@ def test_hyperbeam_style_calls(erlang, code_dir, port_env, python_replies):
         ok = wasi_nn:deinit_backend(Ctx),
         ok = wasi_nn:stop(),
         undefined = whereis(wasi_nn),
+        logger_std_h:filesync(default),
         halt(0)."""
     done = erl(erlang, code_dir, expr, {"WASI_NN_PYTHON": PYTHON,
                                         "WASI_NN_MODEL": port_env["WASI_NN_MODEL"]})
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     out = base64.b64decode(re.search(r"^OUT (\S*)$", done.stdout, re.M).group(1))
     assert out.decode() == python_replies["a"]
-    assert "INFO wasi_nn_backend" in done.stderr  # the port's log, beside the frames
+    # the port's log lines, through logger (its default handler writes to standard_io)
+    assert re.search(r"=INFO REPORT=.*\n\s*wasi_nn_backend\S*: ", done.stdout), done.stdout
+    assert "wasi_nn_backend" not in done.stderr
     assert_reaped(int(re.search(r"OSPID (\d+)", done.stdout).group(1)))
+
+
+def test_the_callers_timeout_outlasts_the_backends_default_deadline(erlang, code_dir, port_env):
+    """Regression (issue 17): a backend whose default_task_timeout_ms is shorter than a turn
+    (here 1 ms) no longer times out a run_inference the caller is still waiting for: the call's
+    timeout (run_inference/5's, else the server's 300 s) goes to the port as the deadline."""
+    backend = '{"backend":{"default_task_timeout_ms":1},"logging":{"level":"error"}}'
+    runtime = '{"temperature":0,"max_tokens":64,"ignore_eos":true}'
+    expr = f"""
+        {{ok, _}} = wasi_nn:start_link(),
+        {{ok, Ctx}} = wasi_nn:init_backend({erl_string(backend)}),
+        ok = wasi_nn:load_by_name_with_config(Ctx, os:getenv("WASI_NN_MODEL"),
+                                              "{{\\"model\\":{{\\"threads\\":1}}}}"),
+        {{ok, E}} = wasi_nn:init_execution_context(Ctx, "patient"),
+        {{ok, A}} = wasi_nn:run_inference(Ctx, E, "Hello", {erl_string(runtime)}),
+        {{ok, B}} = wasi_nn:run_inference(Ctx, E, "Again", {erl_string(runtime)}, 120000),
+        io:format("LENS ~b ~b~n", [byte_size(A), byte_size(B)]),
+        halt(0)."""
+    done = erl(erlang, code_dir, expr, {"WASI_NN_PYTHON": PYTHON,
+                                        "WASI_NN_MODEL": port_env["WASI_NN_MODEL"]})
+    assert done.returncode == 0 and "LENS" in done.stdout, done.stdout + done.stderr[-4000:]
 
 
 def erl_string(text: str) -> str:

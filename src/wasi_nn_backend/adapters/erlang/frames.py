@@ -84,7 +84,8 @@ class FrameWriter:
                     frame = frame[os.write(self.fd, frame):]
                 return True
             except OSError as error:
-                log.info("the VM side of fd %d is gone (%s)", self.fd, error)
-                self._broken = True
+                self._broken = True   # first: a log handler sending frames finds it broken
+                broken = error
+        log.info("the VM side of fd %d is gone (%s)", self.fd, broken)
         self._on_broken()
         return False

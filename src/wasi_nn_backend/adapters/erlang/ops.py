@@ -166,15 +166,54 @@ def init_execution_context(call: Call, ctx: int, session_id: bytes) -> Any:
     return (OK, target.latest_graph().session(name).handle)
 
 
-def start_chat(ctx: int, exec_ctx: int, prompt: bytes, config: bytes) -> Stream:
+def start_chat(ctx: int, exec_ctx: int, prompt: bytes, config: bytes,
+               options: Any = None) -> Stream:
     """run_inference / run_inference_stream: the chat turn, submitted (Session.chat_stream;
     the reply has no caller buffer to fit, so it is never generated twice); `cancel` stops
-    it."""
-    return _session(ctx, exec_ctx).chat_stream(_message(prompt), config or None)
+    it. ``options`` (the optional 5th element): the caller's timeout as the turn's deadline
+    unless its RuntimeConfigJson sets timeout_ms (chat_options)."""
+    timeout_ms = chat_options(options).timeout_ms
+    return _session(ctx, exec_ctx).chat_stream(_message(prompt), config or None,
+                                               default_timeout_ms=timeout_ms)
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    timeout_ms: int | None = None   # None: the backend's default_task_timeout_ms; 0: none
+    usage: bool = False             # run_inference replies {ok, Reply, UsageJson}
+
+
+def chat_options(term: Any) -> ChatOptions:
+    """The optional Options map of run_inference / run_inference_stream: ``timeout`` (ms, or
+    ``infinity`` for no deadline) and ``usage`` (true: the reply carries the usage JSON)."""
+    if term is None:
+        return ChatOptions()
+    if not isinstance(term, dict):
+        raise InvalidArgument(f"Options must be a map, not {describe(term)}")
+    options = {atom_name(key): value for key, value in term.items()}
+    unknown = sorted(str(k) for k in options if k not in ("timeout", "usage"))
+    if unknown:
+        raise InvalidArgument(f"unknown Options keys {unknown}; they are timeout and usage")
+    timeout = options.get("timeout")
+    if timeout is not None:
+        if atom_name(timeout) == "infinity":
+            timeout = 0
+        elif not is_integer(timeout) or not 0 <= timeout <= 24 * 3600 * 1000:
+            raise InvalidArgument("Options timeout must be ms in [0, 86400000] or infinity, "
+                                  f"not {describe(timeout)}")
+    usage = atom_name(options.get("usage", atom("false")))
+    if usage not in ("true", "false"):
+        raise InvalidArgument("Options usage must be true or false")
+    return ChatOptions(timeout, usage == "true")
 
 
 def reply_text(completion: Completion) -> Any:
     return (OK, binary(_finished(completion).text))
+
+
+def reply_text_usage(completion: Completion) -> Any:
+    done = _finished(completion)
+    return (OK, binary(done.text), binary(json.dumps(done.usage())))
 
 
 def reply_usage(completion: Completion) -> Any:
@@ -201,12 +240,23 @@ class Op:
     finish: Callable[[Completion], Any] | None = None   # set: a generating op (relay.py)
     streams: bool = False   # sends {token, Piece} before its last reply
     inline: bool = False    # quick and never blocking: answered on the reader thread
+    optional: int = 0       # how many of the last params may be left out
+    finish_usage: Callable[[Completion], Any] | None = None   # finish when Options usage
+
+    def finisher(self, args: list[Any]) -> Callable[[Completion], Any] | None:
+        """The last reply's builder for a request of this op with checked ``args``: with
+        Options (the 5th of a generating op's) asking for usage, finish_usage."""
+        if self.finish_usage is not None and len(args) > 4 and chat_options(args[4]).usage:
+            return self.finish_usage
+        return self.finish
 
     def check(self, args: tuple[Any, ...]) -> list[Any]:
         """The handler's arguments (binaries as bytes); InvalidArgument naming the bad one."""
         shape = "{" + ", ".join(name for name, _ in self.params) + "}"
-        if len(args) != len(self.params):
-            raise InvalidArgument(f"{self.name} takes {shape}; got a tuple of {len(args)}")
+        if not len(self.params) - self.optional <= len(args) <= len(self.params):
+            raise InvalidArgument(f"{self.name} takes {shape}"
+                                  + (f" (the last {self.optional} optional)" if self.optional
+                                     else "") + f"; got a tuple of {len(args)}")
         values = []
         for position, ((name, kind), term) in enumerate(zip(self.params, args), 1):
             if kind == TERM:
@@ -223,15 +273,17 @@ class Op:
 
 
 _CTX, _EXEC = ("Ctx", INTEGER), ("Exec", INTEGER)
-_INFER = (_CTX, _EXEC, ("Prompt", BINARY), ("RuntimeConfigJson", BINARY))
+_INFER = (_CTX, _EXEC, ("Prompt", BINARY), ("RuntimeConfigJson", BINARY), ("Options", TERM))
 OPS = {op.name: op for op in (
     Op("init_backend", (("ConfigJson", BINARY),), init_backend),
     Op("deinit_backend", (_CTX,), deinit_backend),
     Op("load_by_name_with_config", (_CTX, ("Path", BINARY), ("ConfigJson", BINARY)),
        load_by_name_with_config),
     Op("init_execution_context", (_CTX, ("SessionId", BINARY)), init_execution_context),
-    Op("run_inference", _INFER, start_chat, finish=reply_text),
-    Op("run_inference_stream", _INFER, start_chat, finish=reply_usage, streams=True),
+    Op("run_inference", _INFER, start_chat, finish=reply_text, optional=1,
+       finish_usage=reply_text_usage),
+    Op("run_inference_stream", _INFER, start_chat, finish=reply_usage, streams=True,
+       optional=1),
     Op("close_execution_context", (_CTX, _EXEC), close_execution_context),
     Op("cancel", (("RequestId", TERM),), cancel, inline=True),
 )}

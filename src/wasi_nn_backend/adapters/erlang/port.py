@@ -21,8 +21,10 @@ import threading
 from typing import Any
 
 from ...errors import ErrorCode, WasiNnError
+from ...logs import PACKAGE_LOGGER
 from . import terms
 from .frames import MAX_FRAME_BYTES, FrameReader, FrameTooLarge, FrameWriter
+from .log_frames import FrameLogHandler
 from .ops import Backends, BadRequest, Call, Op, error_term, parse
 from .relay import Relay, internal_error
 from .workers import HeldBytes, Workers
@@ -126,6 +128,10 @@ class Port:
         except Exception as error:  # a bug: say so, keep serving
             return internal_error(op, error)
 
+    def notify(self, term: Any) -> bool:
+        """A frame that answers no request (a log line)."""
+        return self._writer.send(terms.encode(term))
+
     def _send(self, request_id: Any, reply: Any) -> bool:
         try:
             payload = terms.encode((request_id, reply))
@@ -144,8 +150,9 @@ def _fds_ready() -> bool:
     return modes[0] in (os.O_RDONLY, os.O_RDWR) and modes[1] in (os.O_WRONLY, os.O_RDWR)
 
 
-def run() -> int:
-    """The program: serve on fds 3/4, then leave at once (status 0)."""
+def run(*, log_frames: bool = False) -> int:
+    """The program: serve on fds 3/4, then leave at once (status 0). ``log_frames``: the
+    package's log lines go to the VM as {log, ...} frames (log_frames.py)."""
     if not _fds_ready():
         sys.stderr.write("wasi-nn-backend erlang-port: file descriptors 3 (read) and 4 (write) "
                          "are not open; this is an Erlang port program: open_port("
@@ -154,7 +161,10 @@ def run() -> int:
         return 2
     # Ctrl-C in an erl shell reaches the whole process group; the VM decides when we end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    status = Port().serve()
+    port = Port()
+    if log_frames:
+        logging.getLogger(PACKAGE_LOGGER).addHandler(FrameLogHandler(port.notify))
+    status = port.serve()
     # Request threads may still be inside llama.cpp calls; interpreter teardown beneath them
     # could crash or hang, and nobody is left to answer: flush and go.
     logging.shutdown()

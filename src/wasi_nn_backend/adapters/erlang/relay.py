@@ -36,6 +36,7 @@ class Job:
         self.key = (args[0], args[1])        # (Ctx, Exec): the session's lane
         self.started = False                 # begin() ran: it was its lane's head
         self.stream: Stream | None = None
+        self.finish = op.finish              # the last reply's builder (Options may change it)
         self._lock = threading.Lock()
         self._cancelled = False
         self._ended = False
@@ -58,6 +59,7 @@ class Job:
             return self.end(error_term(ErrorCode.NOT_FOUND, "the request was cancelled "
                                                             "before it started"))
         try:
+            self.finish = self.op.finisher(args)
             stream = self.op.handler(*args)
         except WasiNnError as error:
             return self.end(error_term(error.code, error.message))
@@ -80,7 +82,7 @@ class Job:
                 return
             if not stream.done:
                 return
-            reply = self.op.finish(stream.result())
+            reply = self.finish(stream.result())
         except WasiNnError as error:
             log.info("%s: %s (%s)", self.op.name, error.message, error.code.name.lower())
             reply = error_term(error.code, error.message)
