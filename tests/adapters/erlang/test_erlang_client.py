@@ -10,6 +10,7 @@ first use when missing and we run as root; when it cannot be had these tests FAI
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -312,6 +313,46 @@ def test_the_callers_timeout_outlasts_the_backends_default_deadline(erlang, code
     done = erl(erlang, code_dir, expr, {"WASI_NN_PYTHON": PYTHON,
                                         "WASI_NN_MODEL": port_env["WASI_NN_MODEL"]})
     assert done.returncode == 0 and "LENS" in done.stdout, done.stdout + done.stderr[-4000:]
+
+
+FAKE_TELEMETRY = """-module(telemetry).
+-export([execute/3]).
+execute(Event, Measurements, Metadata) -> telemetry_sink ! {Event, Measurements, Metadata}, ok.
+"""
+
+
+def test_telemetry_events_when_the_telemetry_app_is_there(erlang, code_dir, port_env, tmp_path):
+    """With a telemetry module loaded (here a stand-in that forwards events), each request has
+    [wasi_nn, request, start] and [..., stop] events; a turn's stop carries its usage JSON
+    (token counts). Without one, nothing is called (every other test)."""
+    (tmp_path / "telemetry.erl").write_text(FAKE_TELEMETRY)
+    erlang_toolchain.compile_modules(erlang, [tmp_path / "telemetry.erl"], tmp_path)
+    runtime = '{"temperature":0,"max_tokens":6,"ignore_eos":true}'
+    expr = f"""
+        register(telemetry_sink, self()),
+        true = code:add_patha({erl_string(str(tmp_path))}),
+        {{module, telemetry}} = code:ensure_loaded(telemetry),
+        {{ok, _}} = wasi_nn:start_link(),
+        {{ok, Ctx}} = wasi_nn:init_backend(),
+        ok = wasi_nn:load_by_name_with_config(Ctx, os:getenv("WASI_NN_MODEL"), <<>>),
+        {{ok, E}} = wasi_nn:init_execution_context(Ctx, "measured"),
+        {{ok, _}} = wasi_nn:run_inference(Ctx, E, "Hello", {erl_string(runtime)}),
+        Events = fun F(Acc) -> receive {{[wasi_nn, request, _], _, _}} = Ev -> F([Ev | Acc])
+                               after 500 -> lists:reverse(Acc) end end,
+        [io:format("EVENT ~s ~s ~s~n", [Kind, maps:get(op, Meta),
+                                        base64:encode(maps:get(usage, Meta, <<>>))])
+         || {{[wasi_nn, request, Kind], _, Meta}} <- Events([])],
+        halt(0)."""
+    done = erl(erlang, code_dir, expr, {"WASI_NN_PYTHON": PYTHON,
+                                        "WASI_NN_MODEL": port_env["WASI_NN_MODEL"]})
+    events = re.findall(r"^EVENT (\w+) (\w+) (\S*)$", done.stdout, re.M)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert [(kind, op) for kind, op, _ in events] == [
+        (kind, op) for op in ("init_backend", "load_by_name_with_config",
+                              "init_execution_context", "run_inference")
+        for kind in ("start", "stop")], events
+    usage = json.loads(base64.b64decode(events[-1][2]))
+    assert usage["output_tokens"] == 6
 
 
 def erl_string(text: str) -> str:
