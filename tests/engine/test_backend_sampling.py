@@ -165,3 +165,46 @@ def test_a_chain_is_set_up_for_the_graph_once_and_moves_as_a_clone(tiny_model):
         with Sampler(tiny_model, SamplingParams(), n_ctx=64, backend=True) as sampler:
             with pytest.raises(Exception, match="outputs_per_seq=1"):
                 context.set_sampler(0, sampler.chain)
+
+
+def test_mirostat_at_temperature_zero_samples_on_the_host(tiny_model_path):
+    """Regression (review of issue 16): mirostat replaces greedy even at temperature 0, and has
+    no graph version; it was attached, the graph left no token, and the engine died."""
+    assert backend_chain(SamplingParams(temperature=0, mirostat=2), 512) is False
+    with Backend() as backend:
+        graph = load(backend, tiny_model_path, "on")
+        with graph.session() as session:
+            done = session.complete("Hello", temperature=0, mirostat=2, seed=1, max_tokens=6)
+            assert done.finish_reason in (FinishReason.LENGTH, FinishReason.STOP)
+            again = session.complete("Hello", temperature=0, max_tokens=4, ignore_eos=True)
+            assert len(again.generated_tokens) == 4
+
+
+def test_a_failing_sampler_fails_its_request_alone(tiny_model_path, monkeypatch):
+    """A sampler that fails (here: the graph left it nothing to sample from) ends its own
+    request with the error; the engine and the other requests go on."""
+    from wasi_nn_backend.errors import BackendRuntimeError
+    from wasi_nn_backend.llm.sampler import Sampler
+    real = Sampler.sample
+
+    def sample(self, context, index):
+        if self.backend and self.attached and getattr(self, "doomed", False):
+            raise BackendRuntimeError("the sampler chain left nothing to sample from")
+        return real(self, context, index)
+    monkeypatch.setattr(Sampler, "sample", sample)
+    real_init = Sampler.__init__
+
+    def init(self, model, params, **kwargs):
+        real_init(self, model, params, **kwargs)
+        self.doomed = params.seed == 666
+    monkeypatch.setattr(Sampler, "__init__", init)
+    with Backend() as backend:
+        graph = load(backend, tiny_model_path, "on")
+        asks = [{"temperature": 0, "seed": 666 if i == 3 else 1, "ignore_eos": True}
+                for i in range(len(PROMPTS))]
+        with pytest.raises(BackendRuntimeError, match="nothing to sample"):
+            with graph.session() as session:
+                session.complete(PROMPTS[3], **asks[3], max_tokens=4)
+        done = run_all(graph, [{**a, "seed": 1} for a in asks])   # none doomed: all answer
+        assert all(len(c.generated_tokens) == 24 for c in done)
+        assert graph.engine.counters.snapshot()["failed"] == 1

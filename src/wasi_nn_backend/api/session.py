@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config import RequestParams, parse_overrides
+from ..config import MAX_TIMEOUT_MS, RequestParams, parse_overrides
 from ..core.clock import Clock
 from ..core.request import Completion, SequenceState
 from ..engine.streams import Stream
@@ -94,6 +94,9 @@ class Session:
         started = self.owner.clock.now()   # tokenizing counts against the deadline
         params = self._params(overrides, kwargs)
         if default_timeout_ms is not None and params.timeout_ms is None:
+            if not 0 <= default_timeout_ms <= MAX_TIMEOUT_MS:
+                raise InvalidArgument(f"default_timeout_ms must be in [0, {MAX_TIMEOUT_MS}], "
+                                      f"got {default_timeout_ms}")
             params = params.model_copy(update={"timeout_ms": default_timeout_ms})
         with self._lock, self._while_open():
             self._check_open()

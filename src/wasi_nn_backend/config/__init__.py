@@ -102,12 +102,13 @@ parse_config reads only Config settings; priority and timeout_ms there give a wa
 parse_overrides reads only sampling, stopping, priority and timeout_ms; load-time keys there
 (ctx-size, n_gpu_layers, backend.*, ...) give a warning and are not validated.
 """
-from .models import (BackendSettings, Config, LoggingConfig, MemoryConfig, ModelSettings,
-                     PerformanceConfig, Priority, RequestParams, SamplingParams, StoppingParams)
+from .models import (MAX_TIMEOUT_MS, BackendSettings, Config, LoggingConfig, MemoryConfig,
+                     ModelSettings, PerformanceConfig, Priority, RequestParams, SamplingParams,
+                     StoppingParams)
 from .parse import dump_config, parse_config, parse_overrides, request_params
 
 __all__ = [
-    "BackendSettings", "Config", "LoggingConfig", "MemoryConfig", "ModelSettings",
+    "MAX_TIMEOUT_MS", "BackendSettings", "Config", "LoggingConfig", "MemoryConfig", "ModelSettings",
     "PerformanceConfig", "Priority", "RequestParams", "SamplingParams", "StoppingParams",
     "dump_config", "parse_config", "parse_overrides", "request_params",
 ]

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .limits import GGML_MAX_N_THREADS, LLAMA_MAX_SEQ, MAX_N_BATCH, MAX_N_CTX, MIN_N_CTX
 
 
+MAX_TIMEOUT_MS = 24 * 3600 * 1000   # a request's deadline: at most a day
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -147,7 +149,7 @@ class RequestParams(_Frozen):
     sampling: SamplingParams = SamplingParams()
     stopping: StoppingParams = StoppingParams()
     priority: Priority = "normal"
-    timeout_ms: int | None = Field(None, ge=0, le=24 * 3600 * 1000)
+    timeout_ms: int | None = Field(None, ge=0, le=MAX_TIMEOUT_MS)
 
 
 # Section name -> its model: the canonical keys of each section, and what parse_config fills.

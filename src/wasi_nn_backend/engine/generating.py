@@ -291,11 +291,12 @@ class GeneratingEngine(EngineBase):
         for (request, index, live), (token, error) in zip(
                 picking, pick_tokens(self._sampling, self.context, picks)):
             if error is not None:
-                if not isinstance(error, GrammarRejected):
-                    raise error
-                if error.complete:  # the grammar matched a whole text: nothing more to say
+                if not isinstance(error, WasiNnError):
+                    raise error   # a bug: the engine fails (base.py)
+                if isinstance(error, GrammarRejected) and error.complete:
+                    # the grammar matched a whole text: nothing more to say
                     self._finish(request, FinishReason.STOP, ErrorCode.SUCCESS)
-                else:
+                else:   # this request's sampler failed: the others go on
                     self._fail(request, error)
                 continue
             if request.params.sampling.n_probs:
@@ -310,7 +311,8 @@ class GeneratingEngine(EngineBase):
     def _decode_failed(self, result: int, plan: StepPlan) -> None:
         """llama_decode did not succeed: roll every sequence in the batch back to what we
         recorded, then free room (result 1: no KV cell) or fail the batch's requests."""
-        involved = [r for r in plan.decode] + [r for r, _ in plan.prefill]
+        # live ones: _emit_deferred may have finished one (a stop string) just before
+        involved = [r for r in plan.decode + [r for r, _ in plan.prefill] if r in self._live]
         for request in involved:
             session = request.session
             self.context.seq_rm(session.seq_id, len(session.kv_tokens), -1)
@@ -343,6 +345,8 @@ class GeneratingEngine(EngineBase):
 
     def _finish(self, request: Request, reason: FinishReason, code: ErrorCode) -> None:
         live = self._live.pop(request)
+        if live.emit(self.model, self._unwoken) is not None:   # its deferred text ended it:
+            reason, code = FinishReason.STOP, ErrorCode.SUCCESS   # a stop string, as if sooner
         self._with_deadline -= request.deadline is not None
         self.scheduler.remove(request)
         # Counters first: completing wakes the caller, who may read them at once.
@@ -350,15 +354,19 @@ class GeneratingEngine(EngineBase):
         self.counters.timeouts += reason is FinishReason.TIMEOUT
         self.counters.cancelled += reason is FinishReason.CANCELLED
         self.backend_samplers.release(live.sampler)   # before complete() frees its chain
-        live.complete(reason, code, self.clock, self.model)
+        live.complete(reason, code, self.clock)
 
     def _fail(self, request: Request, error: WasiNnError) -> None:
+        live = self._live.get(request)
+        if live is not None and live.emit(self.model, self._unwoken) is not None:
+            # its deferred text completed a stop string: without deferral it had ended there
+            self._finish(request, FinishReason.STOP, ErrorCode.SUCCESS)
+            return
         live = self._live.pop(request, None)
         self._with_deadline -= live is not None and request.deadline is not None
         self.scheduler.remove(request)
         self.counters.failed += 1
         if live is not None:
-            live.emit(self.model, [])   # the text sampled before the failure stays readable
             self.backend_samplers.release(live.sampler)
             live.close_sampler()
             live.stream.fail(error, at=self.clock.now())

@@ -59,13 +59,10 @@ class LiveRequest:
             unwoken.append(self.stream)
         return FinishReason.STOP if self.text.stopped_by is not None else None
 
-    def complete(self, reason: FinishReason, code: ErrorCode, clock: Clock,
-                 model: Model) -> Completion:
-        """Emit the unsent token's text, release held text and build the Completion (the
-        stream gets it too)."""
+    def complete(self, reason: FinishReason, code: ErrorCode, clock: Clock) -> Completion:
+        """Release held text and build the Completion (the stream gets it too). The engine
+        emits the unsent token's text first (a stop string in it changes the reason)."""
         request = self.request
-        if self.emit(model, []) is not None:   # its text completed a stop string: it ended
-            reason, code = FinishReason.STOP, ErrorCode.SUCCESS   # there, as if not deferred
         self.stream.put(self.text.finish())
         final = list(request.session.kv_tokens)
         if request.pending_token is not None:

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..llm.grammar import GrammarRejected
+from ..errors import WasiNnError
 
 if TYPE_CHECKING:
     from ..llm.context import Context
@@ -104,7 +104,7 @@ class SamplingPool:
 def pick_tokens(pool: SamplingPool | None, context: Context,
                 picks: list[tuple[int, Sampler]]) -> list[Outcome]:
     """For each (batch index, sampler), the next token from the logits at that index (or the
-    GrammarRejected the sampler raised), in order. The samplers that are one C call go to
+    WasiNnError the sampler raised: GrammarRejected, or a failure of that sampler), in order. The samplers that are one C call go to
     ``pool`` when there are two or more; the others run here."""
     outcomes: list[Outcome | None] = [None] * len(picks)
     _greedy_together(context, picks, outcomes)
@@ -120,7 +120,7 @@ def pick_tokens(pool: SamplingPool | None, context: Context,
         if outcomes[i] is None:
             try:
                 outcomes[i] = (sampler.sample(context, index), None)
-            except GrammarRejected as error:
+            except WasiNnError as error:   # GrammarRejected, or a failure of this one
                 outcomes[i] = (None, error)
     return outcomes
 

@@ -225,8 +225,9 @@ class Context:
 
     def set_sampler(self, seq: int, chain: ctypes.c_void_p | None) -> bool:
         """Have llama_decode sample ``seq``'s output in its graph with ``chain`` (None: stop).
-        False when llama.cpp cannot (a sampler in the chain has no backend version): the
-        chain then samples on the host from the logits. The chain must stay alive while set;
+        True also when only a prefix of the chain has a graph version on this device (the
+        rest runs on the host: Sampler); False only where llama.cpp offers none at all
+        (tensor split mode). The chain must stay alive while set;
         its owner sets None before freeing it. Each change rebuilds the graph at the next
         decode. Needs a context made with outputs_per_seq=1 (one output a sequence)."""
         seq = self._seq(seq)
@@ -243,6 +244,14 @@ class Context:
                 f"batch index {batch_index} has no output from the last decode")
         token = int(C.llama_get_sampled_token_ith(self.handle, batch_index))
         return token if 0 <= token < self._n_vocab else -1
+
+    def has_sampled_candidates(self, batch_index: int) -> bool:
+        """Whether the graph left probabilities or logits of candidates at ``batch_index``
+        (a chain only partly run in the graph), for the host to finish sampling from."""
+        if self._row(batch_index) is None:
+            return False
+        return bool(C.llama_get_sampled_probs_ith(self.handle, batch_index)
+                    or C.llama_get_sampled_logits_ith(self.handle, batch_index))
 
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A float32 copy of the logits (n_vocab) for the token at ``batch_index``."""

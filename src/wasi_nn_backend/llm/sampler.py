@@ -129,12 +129,8 @@ class Sampler:
             raise errors.BackendRuntimeError("sampler is closed")
         if self.fast_greedy:  # logits_view raises InvalidArgument for an index without logits
             return self._greedy(context.logits_view(batch_index))
-        if self.attached:   # the decode's graph sampled it: accept it (llama_sampler_sample's way)
-            token = context.sampled_token(batch_index)
-            if token < 0:
-                raise errors.BackendRuntimeError("the backend sampler gave no token")
-            C.llama_sampler_accept(self._live(), token)
-            return token
+        if self.attached:
+            return self._sample_in_graph(context, batch_index)
         if not context.has_logits(batch_index):
             raise errors.InvalidArgument(
                 f"batch index {batch_index} has no logits from the last decode")
@@ -143,6 +139,23 @@ class Sampler:
         if self._grammar is None:
             return int(C.llama_sampler_sample(self._live(), context.handle, batch_index))
         return self._sample_guarded(context, batch_index)
+
+    def _sample_in_graph(self, context: Context, batch_index: int) -> int:
+        """The decode's graph ran the chain (or the first samplers of it, where the device
+        lacks an op for the rest: llama.cpp sets up a prefix and leaves the rest to the host).
+        Its token, accepted; else the rest of the chain on the host over the candidates the
+        graph left (llama_sampler_sample, which skips the prefix that ran); else, with
+        nothing to sample from (llama.cpp would assert on the missing logits), an error for
+        this request alone."""
+        chain = self._live()
+        token = context.sampled_token(batch_index)
+        if token >= 0:
+            C.llama_sampler_accept(chain, token)
+            return token
+        if context.has_sampled_candidates(batch_index):
+            return int(C.llama_sampler_sample(chain, context.handle, batch_index))
+        raise errors.BackendRuntimeError("the sampler chain left nothing to sample from in "
+                                         "the decode's graph")
 
     def _sample_top_k(self, logits: np.ndarray) -> int:
         """The chain (no logit_bias in it: numpy adds the biases) on the K + 1 best biased

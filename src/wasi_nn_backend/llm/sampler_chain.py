@@ -92,9 +92,9 @@ def backend_chain(p: SamplingParams, n_ctx: int) -> bool:
     decode's graph (logit_bias, penalties, top_k, top_p, min_p, temperature, dist, greedy), so
     that the chain can sample there (llm/context.py set_sampler). Not with a grammar, DRY,
     mirostat, top_n_sigma, typical or XTC, nor with n_probs (it reads the raw logits)."""
-    if p.grammar or p.json_schema or p.n_probs or _dry_on(p, n_ctx):
-        return False
-    return p.temperature <= 0 or not (p.mirostat or p.top_n_sigma > 0 or p.typical_p < 1
+    if p.grammar or p.json_schema or p.n_probs or p.mirostat or _dry_on(p, n_ctx):
+        return False   # mirostat replaces greedy even at temperature 0 (add_selection)
+    return p.temperature <= 0 or not (p.top_n_sigma > 0 or p.typical_p < 1
                                       or p.xtc_probability > 0)
 
 

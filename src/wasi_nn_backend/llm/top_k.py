@@ -91,7 +91,7 @@ class TopK:
         top = maxima.max()
         if not -math.inf < float(top) < math.inf:   # NaN or an infinity
             return None
-        rank = len(maxima) - self._enough
+        rank = max(0, len(maxima) - self._enough)   # fewer groups than needed: the least
         floor = np.partition(maxima, rank)[rank]
         ids = (row >= floor).nonzero()[0]
         return ids, row[ids], floor

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...api import Completion, Session, Stream, registry
+from ...config import MAX_TIMEOUT_MS
 from ...errors import BackendRuntimeError, ErrorCode, InvalidArgument, WasiNnError
 from . import terms
 from .terms import ERROR, OK, atom, atom_name, binary, binary_value, describe, is_integer
@@ -198,7 +199,7 @@ def chat_options(term: Any) -> ChatOptions:
     if timeout is not None:
         if atom_name(timeout) == "infinity":
             timeout = 0
-        elif not is_integer(timeout) or not 0 <= timeout <= 24 * 3600 * 1000:
+        elif not is_integer(timeout) or not 0 <= timeout <= MAX_TIMEOUT_MS:
             raise InvalidArgument("Options timeout must be ms in [0, 86400000] or infinity, "
                                   f"not {describe(timeout)}")
     usage = atom_name(options.get("usage", atom("false")))
