@@ -120,7 +120,7 @@ def test_erlang_client_prints_its_folder_and_writes_the_files(tmp_path, capsys):
     assert cli.main(["erlang-client", "--dest", str(dest)]) == 0
     assert sorted(p.name for p in dest.iterdir()) == ["README.md", "erlang-protocol.md",
                                                       "wasi_nn.erl"]
-    assert (dest / "wasi_nn.erl").read_bytes() == (ROOT / "erlang" / "wasi_nn.erl").read_bytes()
+    assert (dest / "wasi_nn.erl").read_bytes() == (ROOT / "erlang" / "src" / "wasi_nn.erl").read_bytes()
     (tmp_path / "file").write_text("")
     assert cli.main(["erlang-client", "--dest", str(tmp_path / "file")]) == 2
     assert "invalid_argument" in capsys.readouterr().err
