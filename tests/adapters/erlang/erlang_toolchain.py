@@ -4,7 +4,8 @@ erlang-eunit, erlang-dev; eunit.hrl lives in erlang-dev).
 find_or_install() probes for a working erlc (one that compiles a module including eunit.hrl)
 and, when there is none and we run as root with apt-get, installs the packages once, quietly.
 It never skips: when it cannot get a toolchain it says why and the tests fail with that message.
-compile_modules() builds .erl files with plain erlc.
+compile_modules() builds .erl files with plain erlc. rebar3_status() does for rebar3 (Debian's
+rebar3 package) what toolchain_status() does for erl/erlc; vm_env() is a VM's environment.
 """
 from __future__ import annotations
 
@@ -89,3 +90,51 @@ def compile_modules(toolchain: Toolchain, sources: Iterable[Path], out_dir: Path
                            f"{done.stdout}{done.stderr}")
     return out_dir
 
+
+def vm_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for an Erlang VM (erl, rebar3): ours without any WASI_NN_* variable (the
+    eunit modules read those), plus ``extra``."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("WASI_NN_")}
+    return {**clean, **extra}
+
+
+# -- rebar3 (Debian: rebar3; it brings the Erlang packages it needs) ---------------------------
+REBAR3_PACKAGES = ("rebar3",)
+
+
+@dataclass(frozen=True)
+class Rebar3:
+    path: str
+    version: str  # `rebar3 version`: "rebar 3.19.0 on Erlang/OTP 25 Erts 13.1.5"
+
+
+def _probe_rebar3() -> tuple[Rebar3 | None, str]:
+    """(rebar3, "") when `rebar3 version` runs; else (None, why)."""
+    rebar3 = shutil.which("rebar3")
+    if not rebar3:
+        return None, "no rebar3 on PATH"
+    try:
+        done = subprocess.run([rebar3, "version"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, str(error)
+    if done.returncode != 0:
+        return None, f"`rebar3 version` failed ({done.returncode}): {done.stdout}{done.stderr}"
+    return Rebar3(rebar3, done.stdout.strip().splitlines()[-1]), ""
+
+
+def _apt_install_rebar3() -> str | None:
+    """Install REBAR3_PACKAGES quietly; None on success, else the reason it failed."""
+    return apt_packages.install(REBAR3_PACKAGES, "rebar3")
+
+
+def find_or_install_rebar3() -> tuple[Rebar3 | None, str]:
+    """(rebar3 or None, what was found or done): probed, and installed if missing (as root)."""
+    return apt_packages.find_or_install(
+        _probe_rebar3, _apt_install_rebar3, REBAR3_PACKAGES, missing="no usable rebar3",
+        describe=lambda found: f"using {found.path} ({found.version})")
+
+
+@functools.lru_cache(maxsize=1)
+def rebar3_status() -> tuple[Rebar3 | None, str]:
+    """find_or_install_rebar3(), once per process."""
+    return find_or_install_rebar3()
