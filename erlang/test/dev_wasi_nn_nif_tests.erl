@@ -258,7 +258,7 @@ scenario(concurrent, _) ->
                    {Pid, MRef, K}
                end || I <- lists:seq(1, 50)],
     Results = [receive
-                   {Pid, Replies} -> {K, Replies};
+                   {Pid, Replies} -> demonitor(MRef, [flush]), {K, Replies};
                    {'DOWN', MRef, process, Pid, Why} -> error({worker_died, Why})
                after ?WAIT * 2 -> error(workers_timed_out)
                end || {Pid, MRef, K} <- Workers],

@@ -10,6 +10,7 @@ rebar3 package) what toolchain_status() does for erl/erlc; vm_env() is a VM's en
 from __future__ import annotations
 
 import functools
+import re
 import logging
 import os  # noqa: F401 (tests patch os.geteuid through this module)
 import shutil
@@ -138,3 +139,24 @@ def find_or_install_rebar3() -> tuple[Rebar3 | None, str]:
 def rebar3_status() -> tuple[Rebar3 | None, str]:
     """find_or_install_rebar3(), once per process."""
     return find_or_install_rebar3()
+
+
+def erl(toolchain: Toolchain, code_dir: Path, expr: str, env: dict[str, str],
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``erl -noshell -pa code_dir -eval expr`` in vm_env(env); output in the result."""
+    return subprocess.run([toolchain.erl, "-noshell", "-pa", str(code_dir), "-eval", expr],
+                          capture_output=True, text=True, errors="replace",
+                          env=vm_env(env), timeout=timeout)
+
+
+def eunit_passed(done: subprocess.CompletedProcess[str], what: str = "eunit") -> int:
+    """The number of eunit tests passed; fails with the output unless all passed (each
+    failure's test name and error first: the output's end alone may not reach them)."""
+    output = done.stdout + done.stderr
+    match = re.search(r"All (\d+) tests passed", output)
+    failures = [output[max(0, m.start() - 300):m.start() + 1500]
+                for m in re.finditer(r"\*failed\*", output)][:5]
+    assert done.returncode == 0 and match, (f"{what} failed ({done.returncode}):\n"
+                                            + "\n...\n".join(failures)
+                                            + f"\n... output's end:\n{output[-6000:]}")
+    return int(match.group(1))

@@ -10,7 +10,6 @@ sequences of both generations and its answers are compared with the Python API's
 from __future__ import annotations
 
 import base64
-import os
 import re
 import subprocess
 import sys
@@ -54,17 +53,10 @@ def code_dir(erlang: erlang_toolchain.Toolchain, tmp_path_factory: pytest.TempPa
 
 def erl(erlang: erlang_toolchain.Toolchain, code_dir: Path, expr: str, env: dict[str, str]
         ) -> subprocess.CompletedProcess[str]:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("WASI_NN_")}
-    return subprocess.run([erlang.erl, "-noshell", "-pa", str(code_dir), "-eval", expr],
-                          capture_output=True, text=True, errors="replace",
-                          env={**clean, **env}, timeout=ERL_TIMEOUT)
+    return erlang_toolchain.erl(erlang, code_dir, expr, env, ERL_TIMEOUT)
 
 
-def passed(done: subprocess.CompletedProcess[str]) -> int:
-    output = done.stdout + done.stderr
-    match = re.search(r"All (\d+) tests passed", output)
-    assert done.returncode == 0 and match, f"eunit failed ({done.returncode}):\n{output[-8000:]}"
-    return int(match.group(1))
+passed = erlang_toolchain.eunit_passed
 
 
 def test_eunit_with_real_port(erlang, code_dir, tiny_model_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import subprocess
 import sys
@@ -87,16 +86,9 @@ def port_env(tiny_model_path: str, python_replies: dict[str, str]) -> dict[str, 
     return env
 
 
-def _clean_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith("WASI_NN_")}
-
-
 def erl(erlang: erlang_toolchain.Toolchain, code_dir: Path, expr: str, env: dict[str, str]
         ) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([erlang.erl, "-noshell", "-pa", str(code_dir), "-eval", expr],
-                          capture_output=True, text=True, errors="replace",
-                          env={**_clean_env(), **env}, timeout=ERL_TIMEOUT)
-    return done
+    return erlang_toolchain.erl(erlang, code_dir, expr, env, ERL_TIMEOUT)
 
 
 def run_scenario(erlang: erlang_toolchain.Toolchain, code_dir: Path, env: dict[str, str],
@@ -133,11 +125,7 @@ def assert_reaped(os_pid: int) -> None:
 EUNIT = ("case eunit:test(wasi_nn_tests, [verbose]) of ok -> halt(0); _ -> halt(1) end.")
 
 
-def _passed(done: subprocess.CompletedProcess[str]) -> int:
-    output = done.stdout + done.stderr
-    match = re.search(r"All (\d+) tests passed", output)
-    assert done.returncode == 0 and match, f"eunit failed ({done.returncode}):\n{output[-8000:]}"
-    return int(match.group(1))
+_passed = erlang_toolchain.eunit_passed
 
 
 def test_eunit_with_real_port(erlang, code_dir, port_env):

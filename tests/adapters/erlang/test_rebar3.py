@@ -66,17 +66,7 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comple
                           env=env, timeout=TIMEOUT)
 
 
-def passed(done: subprocess.CompletedProcess[str], what: str) -> int:
-    """The number of eunit tests passed; fails with the output unless all passed."""
-    output = done.stdout + done.stderr
-    match = re.search(r"All (\d+) tests passed", output)
-    # each failure's test name and error first (the tail alone may not reach them)
-    failures = [output[max(0, m.start() - 300):m.start() + 1500]
-                for m in re.finditer(r"\*failed\*", output)][:5]
-    assert done.returncode == 0 and match, (f"{what} failed ({done.returncode}):\n"
-                                            + "\n...\n".join(failures)
-                                            + f"\n... output's end:\n{output[-6000:]}")
-    return int(match.group(1))
+passed = erlang_toolchain.eunit_passed
 
 
 def assert_app_tests_ran(output: str, real: bool) -> None:
