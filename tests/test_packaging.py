@@ -42,9 +42,11 @@ def test_the_wheel_carries_the_demo_model_and_the_erlang_client(wheel):
     names = set(archive.namelist())
     model = archive.getinfo(DATA + "zen-demo.gguf")
     assert model.file_size == (ROOT / "models" / "zen-demo.gguf").stat().st_size > 3_000_000
-    for name in ("wasi_nn.erl", "README.md", "erlang-protocol.md"):
-        assert DATA + "erlang/" + name in names
-    assert archive.read(DATA + "erlang/wasi_nn.erl") == (ROOT / "erlang/src/wasi_nn.erl").read_bytes()
+    from wasi_nn_backend.adapters.bundled import ERLANG_FILES
+    for name in ERLANG_FILES:   # the rebar3 project, its README and the protocol
+        assert DATA + "erlang/" + name in names, name
+    for name in ("src/wasi_nn.erl", "src/dev_wasi_nn_nif.erl", "rebar.config"):
+        assert archive.read(DATA + "erlang/" + name) == (ROOT / "erlang" / name).read_bytes()
     assert "wasi_nn_backend/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from wasi_nn_backend.adapters import cli
+from wasi_nn_backend.adapters import bundled, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,12 +115,14 @@ def test_a_demo_line_that_fails_says_why(tiny_model_path, capsys):
 def test_erlang_client_prints_its_folder_and_writes_the_files(tmp_path, capsys):
     assert cli.main(["erlang-client"]) == 0
     folder = Path(capsys.readouterr().out.strip())
-    assert (folder / "wasi_nn.erl").is_file() and (folder / "erlang-protocol.md").is_file()
+    assert (folder / "src" / "wasi_nn.erl").is_file() and (folder / "erlang-protocol.md").is_file()
     dest = tmp_path / "client"
     assert cli.main(["erlang-client", "--dest", str(dest)]) == 0
-    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "erlang-protocol.md",
-                                                      "wasi_nn.erl"]
-    assert (dest / "wasi_nn.erl").read_bytes() == (ROOT / "erlang" / "src" / "wasi_nn.erl").read_bytes()
+    written = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert written == sorted(bundled.ERLANG_FILES)
+    for name in bundled.ERLANG_FILES:   # the repository's files, the README and protocol aside
+        if name not in ("README.md", "erlang-protocol.md"):
+            assert (dest / name).read_bytes() == (ROOT / "erlang" / name).read_bytes(), name
     (tmp_path / "file").write_text("")
     assert cli.main(["erlang-client", "--dest", str(tmp_path / "file")]) == 2
     assert "invalid_argument" in capsys.readouterr().err

@@ -13,7 +13,11 @@ from pathlib import Path
 from ..errors import InvalidArgument
 
 DEMO_MODEL = "zen-demo.gguf"
-ERLANG_FILES = ("wasi_nn.erl", "README.md", "erlang-protocol.md")
+# The Erlang client as a rebar3 project (erlang/ in the repository): usable as a rebar3
+# dependency or built with plain erlc.
+ERLANG_FILES = ("README.md", "erlang-protocol.md", "rebar.config", "config/sys.config.example",
+                "src/wasi_nn.erl", "src/dev_wasi_nn_nif.erl", "src/wasi_nn_app.erl",
+                "src/wasi_nn_sup.erl", "src/wasi_nn.app.src")
 
 
 def _data() -> Path:
@@ -27,7 +31,8 @@ def demo_model() -> Path:
 
 
 def erlang_client_dir() -> Path:
-    """The folder holding the Erlang client (wasi_nn.erl), its README and the protocol."""
+    """The folder holding the Erlang client (a rebar3 project: src/wasi_nn.erl,
+    src/dev_wasi_nn_nif.erl, the OTP application), its README and the protocol."""
     return _data() / "erlang"
 
 
@@ -36,6 +41,8 @@ def write_erlang_client(dest: str | Path) -> list[Path]:
     target = Path(dest)
     if target.exists() and not target.is_dir():
         raise InvalidArgument(f"--dest {str(target)!r} exists and is not a folder")
-    target.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copyfile(erlang_client_dir() / name, target / name))
-            for name in ERLANG_FILES]
+    written = []
+    for name in ERLANG_FILES:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        written.append(Path(shutil.copyfile(erlang_client_dir() / name, target / name)))
+    return written

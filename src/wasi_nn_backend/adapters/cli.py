@@ -139,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     port.set_defaults(run=_erlang_port)
 
     client = add(
-        "erlang-client", help="print the folder holding the Erlang client (wasi_nn.erl), its "
-        "README and the port protocol, or copy them into --dest")
+        "erlang-client", help="print the folder holding the Erlang client (a rebar3 project: "
+        "src/wasi_nn.erl, src/dev_wasi_nn_nif.erl, the OTP application), its README and the "
+        "port protocol, or copy them into --dest")
     client.add_argument("--dest", metavar="DIR", help="copy the files into DIR (created)")
     client.set_defaults(run=_erlang_client)
     return parser

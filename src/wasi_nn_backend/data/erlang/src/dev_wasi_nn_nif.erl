@@ -1,0 +1,1 @@
+../../../../../erlang/src/dev_wasi_nn_nif.erl

@@ -1,0 +1,1 @@
+../../../../../erlang/src/wasi_nn_app.erl

@@ -1,1 +1,0 @@
-../../../../erlang/src/wasi_nn.erl
