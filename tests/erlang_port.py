@@ -3,6 +3,7 @@ VM runs it, fds 3/4 on pipes (as open_port(..., [nouse_stdio, {packet, 4}]) does
 playing the VM in External Term Format through erlang_py, the library the port itself uses."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import select
@@ -156,3 +157,21 @@ class PortProcess:
                 os.close(fd)
             except OSError:
                 pass
+
+
+@contextlib.contextmanager
+def loaded_port(workdir: Path, model: str, backend_config: str = ""):
+    """A port with a backend (``.ctx``) that has ``model`` loaded on one llama.cpp thread (on a
+    busy 2-CPU machine two spin against each other; greedy output is the same either way);
+    at the end, EOF on fd 3 and a clean exit."""
+    process = PortProcess(workdir)
+    try:
+        process.ctx = process.ok("init_backend", B(backend_config))
+        assert isinstance(process.ctx, int)
+        process.ok("load_by_name_with_config", process.ctx, B(model),
+                   B('{"model":{"threads":1}}'))
+        yield process
+        process.close_input()
+        assert process.wait() == 0
+    finally:
+        process.cleanup()

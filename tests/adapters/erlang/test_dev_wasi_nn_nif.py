@@ -38,14 +38,6 @@ LOAD_CONFIG = ('{"model":{"threads":1},"sampling":{"temperature":0,"ignore_eos":
 
 
 @pytest.fixture(scope="module")
-def erlang() -> erlang_toolchain.Toolchain:
-    toolchain, status = erlang_toolchain.toolchain_status()
-    if toolchain is None:
-        pytest.fail(f"the Erlang toolchain is unavailable: {status}", pytrace=False)
-    return toolchain
-
-
-@pytest.fixture(scope="module")
 def code_dir(erlang: erlang_toolchain.Toolchain, tmp_path_factory: pytest.TempPathFactory
              ) -> Path:
     return erlang_toolchain.compile_modules(erlang, SOURCES, tmp_path_factory.mktemp("ebin"))

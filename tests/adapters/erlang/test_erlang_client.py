@@ -43,14 +43,6 @@ ERL_TIMEOUT = 300
 
 # -- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def erlang() -> erlang_toolchain.Toolchain:
-    toolchain, status = erlang_toolchain.toolchain_status()
-    if toolchain is None:
-        pytest.fail(f"the Erlang toolchain is unavailable: {status}", pytrace=False)
-    return toolchain
-
-
-@pytest.fixture(scope="session")
 def code_dir(erlang: erlang_toolchain.Toolchain, tmp_path_factory: pytest.TempPathFactory
              ) -> Path:
     """wasi_nn.beam and wasi_nn_tests.beam, built with erlc once per test session."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from erlang_port import PORT_MODULE, A, B, PortProcess, error_of
+from erlang_port import PORT_MODULE, A, B, PortProcess, error_of, loaded_port
 
 from wasi_nn_backend.adapters.erlang.log_frames import level_name
 
@@ -18,14 +18,9 @@ RUNTIME = '{"temperature":0,"max_tokens":200,"ignore_eos":true}'
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory, tiny_model_path):
-    process = PortProcess(tmp_path_factory.mktemp("options"))
-    process.ctx = process.ok("init_backend", B(QUICK_DEADLINE))
-    process.ok("load_by_name_with_config", process.ctx, B(tiny_model_path),
-               B('{"model":{"threads":1}}'))
-    yield process
-    process.close_input()
-    assert process.wait() == 0
-    process.cleanup()
+    with loaded_port(tmp_path_factory.mktemp("options"), tiny_model_path,
+                     QUICK_DEADLINE) as process:
+        yield process
 
 
 def turn(port, name, runtime, *options):

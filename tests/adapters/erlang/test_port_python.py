@@ -13,7 +13,7 @@ from typing import Any
 
 import erlang
 import pytest
-from erlang_port import CLI, PORT_MODULE, A, B, PortProcess, error_of, plain
+from erlang_port import CLI, PORT_MODULE, A, B, PortProcess, error_of, loaded_port, plain
 
 from wasi_nn_backend.adapters.erlang import Port
 from wasi_nn_backend.adapters.erlang.frames import FrameReader, FrameTooLarge
@@ -41,17 +41,8 @@ def start_port(tmp_path):
 @pytest.fixture(scope="module")
 def port(tmp_path_factory, tiny_model_path):
     """One port with a backend (``port.ctx``) that has the tiny model loaded."""
-    process = PortProcess(tmp_path_factory.mktemp("port"))
-    process.ctx = process.ok("init_backend", B(""))
-    assert isinstance(process.ctx, int)
-    # one llama.cpp thread: on a busy 2-CPU machine two spin against each other (a 1500-token
-    # stream took 0.3 s or 20 s); greedy output is the same either way
-    process.ok("load_by_name_with_config", process.ctx, B(tiny_model_path),
-               B('{"model":{"threads":1}}'))
-    yield process
-    process.close_input()
-    assert process.wait() == 0
-    process.cleanup()
+    with loaded_port(tmp_path_factory.mktemp("port"), tiny_model_path) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -35,22 +35,6 @@ APP_TESTS = ("env_defaults", "server_options_from_env", "port_up_at_start",
              "bad_python_fails_start")
 
 
-@pytest.fixture(scope="session")
-def rebar3() -> erlang_toolchain.Rebar3:
-    found, status = erlang_toolchain.rebar3_status()
-    if found is None:
-        pytest.fail(f"rebar3 is unavailable: {status}", pytrace=False)
-    return found
-
-
-@pytest.fixture(scope="session")
-def erlang() -> erlang_toolchain.Toolchain:
-    toolchain, status = erlang_toolchain.toolchain_status()
-    if toolchain is None:
-        pytest.fail(f"the Erlang toolchain is unavailable: {status}", pytrace=False)
-    return toolchain
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of erlang/ without build outputs; rebar3's cache inside the tmp dir too."""
