@@ -49,7 +49,7 @@ class ModelSettings(_Frozen):
     cache_type_k: Literal["f32", "f16", "q8_0", "q4_0"] = "f16"
     cache_type_v: Literal["f32", "f16", "q8_0", "q4_0"] = "f16"
     chat_template: str | None = None                      # overrides the GGUF's template
-    deterministic: bool = False
+    deterministic: bool = False   # logits never depend on what else runs (core/scheduler.py)
     # A step's text emitted while the next decode computes (auto: with GPU layers).
     async_output: Literal["auto", "on", "off"] = "auto"
     # Sampler chains run inside llama_decode's graph where they can (auto: with GPU layers).

@@ -84,6 +84,9 @@ class StepPlan:
     failed: list[tuple[Request, WasiNnError]] = field(default_factory=list)
     context_full: list[Request] = field(default_factory=list)        # shifting off, no room
     steady: bool = False  # the last step's decode again, nothing else (core/steady.py)
+    # Deterministic mode: the decode has this many rows, one per KV slot at its seq id, the
+    # slots not decoding given a dummy token (removed after): every decode the same shape.
+    fixed_rows: int = 0
 
     @property
     def empty(self) -> bool:

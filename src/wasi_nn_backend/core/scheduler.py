@@ -66,10 +66,11 @@ class Scheduler:
         self.n_batch = n_batch
         # One KV stream per sequence: keep the busy sequences' ids consecutive (pool.compact).
         self.compact = compact and not deterministic
-        # One sequence per decode: what a request computes never depends on what it would have
-        # been batched with (quantized matmuls change with the batch's shape).
+        # Steps of a canonical shape (_plan_fixed): what a request computes never depends on
+        # what else runs (llama.cpp picks kernels by batch size). A sequence keeps one cell
+        # free for the dummy token its slot gets while it does not decode.
         self.deterministic = deterministic
-        self.n_ctx = n_ctx
+        self.n_ctx = n_ctx - 1 if deterministic else n_ctx
         self.pool = pool
         self.settings = settings
         self.memory = memory
@@ -164,7 +165,7 @@ class Scheduler:
         plan.kv_actions.extend(plan_pressure_relief(
             self.pool, n_ctx=self.n_ctx, memory=self.memory, can_shift=self.can_shift))
         if self.deterministic:
-            self._plan_one(plan)
+            self._plan_fixed(plan)
         else:
             self._plan_decode(plan)
             self._plan_prefill(plan)
@@ -207,23 +208,30 @@ class Scheduler:
             self.running.append(request)
             self._admitted_total += 1
 
-    def _plan_one(self, plan: StepPlan) -> None:
-        """Deterministic mode: the next running request in turn decodes alone, one token or
-        one prompt chunk, exactly as it would with nothing else running."""
-        if not self.running:
-            return
-        start = self._rotation % len(self.running)
+    def _plan_fixed(self, plan: StepPlan) -> None:
+        """Deterministic mode: a step is either ONE prompt chunk of one request, alone, cut at
+        n_batch from where its prefill starts (so the same prompt is cut the same way whatever
+        waits beside it), or a decode of every generating request with one row per KV slot
+        (StepPlan.fixed_rows: the same shape whoever runs). When both are due, prompts go
+        first while fewer than half the slots would decode, then they take turns.
+        A request's numbers then depend on its own inputs only (tests/engine/
+        test_deterministic.py)."""
+        prefilling = [r for r in self.running if r.state is RequestState.PREFILL
+                      and len(r.prompt_tokens) > r.n_past]
+        generating = [r for r in self.running if r.state is RequestState.GENERATING]
         self._rotation += 1
-        for request in self.running[start:] + self.running[:start]:
-            if request.state is RequestState.GENERATING:
-                if self._room_for_token(request, plan):
-                    plan.decode.append(request)
-                    return
-            elif request.state is RequestState.PREFILL:
-                remaining = len(request.prompt_tokens) - request.n_past
-                if remaining > 0:
-                    plan.prefill.append((request, min(self.n_batch, remaining)))
-                    return
+        # A decode costs every slot's row, dummies too: while fewer than half the slots would
+        # decode, prompts go first; then the two take turns.
+        if prefilling and (2 * len(generating) < self.pool.n_slots or self._rotation % 2):
+            request = prefilling[0]   # the longest waiting: running is in admission order
+            plan.prefill.append((request, min(self.n_batch, len(request.prompt_tokens)
+                                               - request.n_past)))
+            return
+        for request in generating:
+            if self._room_for_token(request, plan):
+                plan.decode.append(request)
+        if plan.decode:
+            plan.fixed_rows = self.pool.n_slots
 
     def _room_for_token(self, request: Request, plan: StepPlan) -> bool:
         """Plan a context shift if one is needed; False (and context_full) if impossible."""

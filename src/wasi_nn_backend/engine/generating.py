@@ -192,6 +192,8 @@ class GeneratingEngine(EngineBase):
             self._attach_samplers()
         result = self.context.decode(batch)
         self.counters.decode_seconds = self.context.decode_seconds
+        for seq_id, position in self.packer.dummies:   # deterministic mode's fixed shape
+            self.context.seq_rm(seq_id, position, -1)
         if result != 0:
             self._emit_deferred()
             self._decode_failed(result, plan)
@@ -231,7 +233,9 @@ class GeneratingEngine(EngineBase):
             self._restart_prefill(session)
         plan.decode = [r for r in plan.decode if r in self._live]
         self._start_samplers(plan)
-        return self.packer.pack(plan)
+        slot_ends = ({s.seq_id: len(s.kv_tokens) for s in self.pool.resident
+                      if s.seq_id is not None} if plan.fixed_rows else None)
+        return self.packer.pack(plan, slot_ends)
 
     def _restart_prefill(self, session: SequenceState) -> None:
         """Its sequence could not be restored (restore, prefix copy or move failed): an
