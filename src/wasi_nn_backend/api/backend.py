@@ -220,6 +220,13 @@ class Backend:
             return context
 
     @property
+    def sessions(self) -> list[Session]:
+        """The open sessions, oldest first: a reading for inspection (the HTTP server's
+        /slots), taken under the lock; they may close right after."""
+        with self._lock:
+            return self._sessions.values()
+
+    @property
     def context_handles(self) -> list[int]:
         """The sessions whose execution context holds WASI-NN state now (inspection)."""
         with self._lock:
