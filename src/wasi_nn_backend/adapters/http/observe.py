@@ -141,8 +141,9 @@ class BackendCollector(Collector):
                       stats.prefill_tokens)
         yield counter("prompt_tokens_cached", "Prompt tokens reused from a session's KV "
                       "cache instead of prefilled", stats.cache_hit_tokens)
-        yield counter("tokens_generated", "Tokens generated (decoded); rate() of it is "
-                      "tokens/s", stats.decode_tokens)
+        yield counter("tokens_generated", "Tokens generated and decoded (a request's last "
+                      "sampled token is not decoded); rate() of it is tokens/s",
+                      stats.decode_tokens)
         yield counter("decode_seconds", "Seconds spent inside llama_decode",
                       engine_sum("decode_seconds"))
         yield gauge("decode_tokens_per_second", "Generated tokens per second spent decoding, "

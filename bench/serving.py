@@ -1,0 +1,287 @@
+"""The HTTP server (issue 18) against llama-server from the same llama.cpp: OpenAI-compatible
+streamed chat completions on the bench model (bench/make_model.py, Q8_0, 250M), the same
+client, prompts and settings for both.
+
+* Concurrency: 1 / 8 / 16 clients at once, each sending REQUESTS streamed requests one after
+  the other (greedy, max_tokens 64, a prompt of its own): aggregate tokens/s (completion
+  tokens of every request / wall seconds from the release to the last one's end, prefill
+  included) and time to first token (TTFT, p50 / p95 over every request).
+* Multi-turn: CONVERSATIONS stateless clients at once, each holding a 10-turn chat and sending
+  the whole conversation every turn (replies of 32 tokens): TTFT of turn 1 and turn 10. A server
+  that keeps a conversation's KV cache prefills only the new turn.
+
+Both servers get max(clients) parallel sequences of N_CTX cells each and THREADS threads; each
+runs in its own process, started afresh for each round; the two alternate (round 2 starts
+with the one round 1 ended with), and each figure is the best of the rounds. The client is the
+standard library's http.client (one connection per request, server-sent events read line by
+line), run on threads in this process.
+
+Not bench/http.py: a file named http.py in bench/ would shadow the standard library's http
+package for every script run from here (gpu.py's http.client, urllib.request).
+
+Run: .venv/bin/python bench/serving.py [--rounds 2] [--only llama-server|ours] [--no-write]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import common
+from common import THREADS, percentile, publish, verdict
+
+HERE = Path(__file__).resolve().parent
+LLAMA_BIN = HERE / ".llama-bench" / "build" / "bin"
+CLIENTS = (1, 8, 16)
+REQUESTS = 2           # per client and concurrency level
+TOKENS = 64
+TURNS = 10
+CONVERSATIONS = 4
+REPLY = 32
+N_CTX = 1024           # per sequence: ten turns of ~60 tokens fit
+SYSTEM = "You are a helpful assistant."
+WORDS = "tell me what the little cat and the dog did when the sun was up and the water was long"
+
+
+# -- the servers -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until GET /health answers 200 (llama-server's and ours); RuntimeError if the process
+    ends first or it takes longer than ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was up")
+        if time.time() > deadline:
+            raise RuntimeError(f"the server was not up after {timeout:.0f} s")
+        time.sleep(0.5)   # waiting for another process's port: nothing to wait on
+
+
+@contextlib.contextmanager
+def launched(command: list[str], port: int, log: Path | None = None
+             ) -> Iterator[subprocess.Popen]:
+    """Run a server until the block ends; its output to ``log`` (or nowhere)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log:
+            out.close()
+
+
+def llama_server_command(bin_dir: Path, path: str, port: int, sequences: int, n_ctx: int,
+                         threads: int, *extra: str) -> list[str]:
+    """llama-server with ``sequences`` slots of ``n_ctx`` cells each (gpu.py's too)."""
+    return [str(bin_dir / "llama-server"), "-m", path, "-np", str(sequences),
+            "-c", str(n_ctx * sequences), "-t", str(threads), "--port", str(port),
+            "--host", "127.0.0.1", *extra]
+
+
+def ours_command(path: str, port: int, sequences: int, n_ctx: int, threads: int) -> list[str]:
+    exe = shutil.which("wasi-nn-backend", path=str(Path(sys.executable).parent)) \
+        or "wasi-nn-backend"
+    config = {"model": {"n_ctx": n_ctx, "n_seq_max": sequences, "threads": threads},
+              "backend": {"max_sessions": sequences}}
+    return [exe, "serve", f"bench:GGML:AUTO:{path}", "--host", "127.0.0.1", "--port",
+            str(port), "--pool-size", str(sequences), "--config", json.dumps(config)]
+
+
+# -- the client --------------------------------------------------------------------------------
+@dataclass
+class Reply:
+    ttft: float
+    tokens: int
+    text: str
+
+
+def stream_chat(port: int, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+    """One streamed /v1/chat/completions, greedy. Tokens: the usage's completion_tokens when
+    the server sends it, else the pieces with text."""
+    body = {"model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    sent = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
+    first, pieces, usage, text = None, 0, None, []
+    for raw in response:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        event = json.loads(data)
+        choices = event.get("choices") or []
+        content = (choices[0].get("delta") or {}).get("content") if choices else None
+        if content:
+            if first is None:
+                first = time.perf_counter()
+            pieces += 1
+            text.append(content)
+        if event.get("usage"):
+            usage = event["usage"].get("completion_tokens")
+    conn.close()
+    if first is None:
+        raise RuntimeError("the stream had no text")
+    return Reply(first - sent, usage if usage is not None else pieces, "".join(text))
+
+
+def concurrency(port: int, clients: int, tag: str) -> dict[str, float]:
+    replies: list[Reply] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        for r in range(REQUESTS):
+            messages = [{"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": f"{tag}.{clients}.{i}.{r}: {WORDS}"}]
+            reply = stream_chat(port, messages, TOKENS)
+            with lock:
+                replies.append(reply)
+    wall = common.run_threads(list(range(clients)), client)
+    ttfts = [r.ttft for r in replies]
+    return {"tokens_per_s": sum(r.tokens for r in replies) / wall,
+            "ttft_p50": percentile(ttfts, 50), "ttft_p95": percentile(ttfts, 95),
+            "tokens": sum(r.tokens for r in replies) / len(replies)}
+
+
+def multiturn(port: int, conversations: int, tag: str) -> dict[str, float]:
+    """Turn k's TTFT, the median over the conversations (all at once, turn by turn each)."""
+    ttfts: list[list[float]] = [[] for _ in range(TURNS)]
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        messages = [{"role": "system", "content": f"{tag} conversation {c}. {SYSTEM}"}]
+        for turn in range(TURNS):
+            messages.append({"role": "user", "content": f"Question {turn}: {WORDS}"})
+            reply = stream_chat(port, messages, REPLY)
+            messages.append({"role": "assistant", "content": reply.text})
+            with lock:
+                ttfts[turn].append(reply.ttft)
+    common.run_threads(list(range(conversations)), client)
+    return {"turn1": percentile(ttfts[0], 50), "turn10": percentile(ttfts[-1], 50)}
+
+
+def measure(name: str, path: str, tag: str, logs: Path) -> dict[str, dict[str, float]]:
+    """One round of one contender: a fresh server, every concurrency level, the chats."""
+    port, sequences = free_port(), max(CLIENTS)
+    if name == "llama-server":
+        command = llama_server_command(LLAMA_BIN, path, port, sequences, N_CTX, THREADS)
+    else:
+        command = ours_command(path, port, sequences, N_CTX, THREADS)
+    with launched(command, port, logs / f"{name}-{tag}.log"):
+        stream_chat(port, [{"role": "user", "content": f"warm-up {tag}"}], 8)
+        figures = {f"c{n}": concurrency(port, n, tag) for n in CLIENTS}
+        figures["multiturn"] = multiturn(port, CONVERSATIONS, tag)
+    print(f"{name} round {tag}: " + json.dumps(figures), file=sys.stderr, flush=True)
+    return figures
+
+
+def best(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each figure's best over the rounds (most tokens/s, least seconds)."""
+    out: dict[str, dict[str, float]] = {}
+    for key in rounds[0]:
+        out[key] = {}
+        for figure in rounds[0][key]:
+            values = [r[key][figure] for r in rounds]
+            out[key][figure] = max(values) if figure in ("tokens_per_s", "tokens") \
+                else min(values)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", choices=("llama-server", "ours"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    from make_model import model_path
+    path = model_path()
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / "wnb-serving-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    names = [args.only] if args.only else ["llama-server", "ours"]
+    rounds: dict[str, list] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            rounds[name].append(measure(name, path, f"r{r}", logs))
+    results = {name: best(rs) for name, rs in rounds.items()}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "serving.json").write_text(json.dumps(
+        {"best": results, "rounds": rounds}, indent=1))
+    publish("http", report(results), write=not args.no_write and args.only is None)
+
+
+def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    ours, theirs = results.get("ours"), results.get("llama-server")
+    lines = ["## HTTP server vs llama-server (`bench/serving.py`)\n",
+             f"{common.machine()}; model `bench/make_model.py` (Q8_0, 250M). OpenAI streamed "
+             f"chat completions, greedy, {TOKENS} tokens, {REQUESTS} requests per client one "
+             f"after the other; both servers with {max(CLIENTS)} sequences of {N_CTX} cells "
+             "and their default flash attention, each in its own process, alternating, best "
+             "of the rounds. Tokens/s: every request's completion tokens / wall seconds "
+             "(prefill included). TTFT over every request.\n",
+             "| clients | contender | tokens/s | TTFT p50 | TTFT p95 |", "|---|---|---|---|---|"]
+    for n in CLIENTS:
+        for name, figures in (("llama-server", theirs), ("ours", ours)):
+            if figures is None:
+                continue
+            f = figures[f"c{n}"]
+            ratio = f" ({f['tokens_per_s'] / theirs[f'c{n}']['tokens_per_s']:.2f}x)" \
+                if name == "ours" and theirs else ""
+            lines.append(f"| {n} | {name} | {f['tokens_per_s']:.1f}{ratio} | "
+                         f"{f['ttft_p50'] * 1000:.0f} ms | {f['ttft_p95'] * 1000:.0f} ms |")
+    lines += ["", f"Multi-turn, stateless: {CONVERSATIONS} chats at once, the whole conversation "
+              f"sent each turn, {REPLY}-token replies; TTFT median over the chats.\n",
+              "| contender | turn 1 | turn 10 | turn 10 / turn 1 |", "|---|---|---|---|"]
+    for name, figures in (("llama-server", theirs), ("ours", ours)):
+        if figures is None:
+            continue
+        m = figures["multiturn"]
+        lines.append(f"| {name} | {m['turn1'] * 1000:.0f} ms | {m['turn10'] * 1000:.0f} ms | "
+                     f"{m['turn10'] / m['turn1']:.2f} |")
+    if ours and theirs:
+        ratios = {n: ours[f"c{n}"]["tokens_per_s"] / theirs[f"c{n}"]["tokens_per_s"]
+                  for n in CLIENTS}
+        lines += ["", f"Targets: >= 1.0x llama-server's tokens/s at every concurrency: "
+                  f"{verdict(min(ratios.values()) >= 1.0)} "
+                  f"({', '.join(f'{r:.2f}x' for r in ratios.values())}); >= 1.2x at "
+                  f"{max(CLIENTS)}: {verdict(ratios[max(CLIENTS)] >= 1.2)}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
