@@ -135,7 +135,7 @@ def test_imports_point_one_way():
 
 
 # Edges never call another edge: each translates errors to its own wire format at its border.
-SEPARATE_EDGES = ["wasi_nn", "adapters.wasm", "adapters.erlang"]
+SEPARATE_EDGES = ["wasi_nn", "adapters.wasm", "adapters.erlang", "adapters.http"]
 
 
 def test_no_edge_imports_another():

@@ -4,6 +4,7 @@
     wasi-nn-backend generate MODEL -p TEXT    one completion (or --chat), optionally streamed
     wasi-nn-backend chat MODEL                talk with a model, the conversation kept
     wasi-nn-backend info MODEL                what a GGUF model is, and what loading it takes
+    wasi-nn-backend serve MODEL...            an OpenAI-compatible HTTP server (the [server] extra)
     wasi-nn-backend run-wasm GUEST.wasm ...   a WebAssembly guest calling wasi_ephemeral_nn
     wasi-nn-backend erlang-port               the Erlang port program (frames on fds 3 and 4)
     wasi-nn-backend erlang-client [--dest D]  where the Erlang client is (or copy it to D)
@@ -117,6 +118,24 @@ def _parser() -> argparse.ArgumentParser:
                       "sequence)")
     info.set_defaults(run=_info)
 
+    serve = add("serve", help="an OpenAI-compatible HTTP server (/v1/chat/completions, "
+                "/v1/completions, /v1/embeddings, /v1/models) for the models given")
+    serve.add_argument("models", nargs="*", metavar="MODEL",
+                       help="GGUF file (alias: its stem) or ALIAS:GGML:AUTO:PATH")
+    serve.add_argument("--embedding-model", action="append", default=[], metavar="MODEL",
+                       help="a model loaded with embedding: true, for /v1/embeddings "
+                       "(repeatable)")
+    serve.add_argument("--config", help="JSON settings for the backend and every model, or "
+                       "@FILE")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--api-key", help="require Authorization: Bearer KEY (default: the "
+                       "WASI_NN_API_KEY environment variable, else none)")
+    serve.add_argument("--pool-size", type=int, metavar="N",
+                       help="sessions kept per model (default: max_sessions / models)")
+    serve.set_defaults(run=_serve)
+
     wasm = add("run-wasm", help="run a WebAssembly (WASI) guest that calls the "
                                "wasi_ephemeral_nn imports")
     wasm.add_argument("--nn-preload", action="append", default=[], metavar="NAME:GGML:AUTO:PATH",
@@ -204,6 +223,30 @@ def _info(args: argparse.Namespace) -> int:
               f"KV cache {memory['kv_cache_mb']}, compute {memory['compute_mb']})")
         text = str(template)
         print(f"{'chat_template':14} {text if len(text) < 200 else text[:200] + '...'}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .http import load_models, serve  # starlette and uvicorn load only for this command
+    if not args.models and not args.embedding_model:
+        raise InvalidArgument("serve needs at least one MODEL (or --embedding-model)")
+    text = _read_config(args.config)
+    try:
+        config = json.loads(text) if text else {}
+    except ValueError as error:
+        raise InvalidArgument(f"--config is not JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise InvalidArgument("--config must be a JSON object")
+    backend_config = {**config, "logging": {**config.get("logging", {}),
+                                            **_backend_config(args)["logging"]}}
+    with Backend(backend_config) as backend:
+        models = load_models(backend, args.models, config, args.embedding_model)
+        print(f"serving {', '.join(models)} on http://{args.host}:{args.port}/v1",
+              file=sys.stderr, flush=True)
+        serve(backend, models, host=args.host, port=args.port,
+              api_key=args.api_key or os.environ.get("WASI_NN_API_KEY") or None,
+              pool_size=args.pool_size,
+              log_level="info" if args.log_level in ("info", "debug") else "warning")
     return 0
 
 

@@ -1,0 +1,137 @@
+"""The OpenAI endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+
+Chat requests are rendered with the model's own chat template into one prompt and run as a
+completion of it on the pooled session sharing the longest prefix (pool.py): the server keeps
+no history, the client sends the whole conversation every turn.
+"""
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ...api import Completion
+from ...errors import WasiNnError
+from . import generation
+from .errors import ApiError, from_wasi_nn
+from .generation import Counters, ServedModel, Shape
+from .requests import chat_request, completion_request, embedding_request, parse_json
+from .usage import chat_logprobs, completion_logprobs, finish_reason
+
+
+class Handlers:
+    def __init__(self, models: dict[str, ServedModel], counters: Counters) -> None:
+        self.models = models
+        self.counters = counters
+
+    def _model(self, alias: str) -> ServedModel:
+        served = self.models.get(alias)
+        if served is None:
+            raise ApiError(404, f"the model {alias!r} does not exist; this server has "
+                           f"{', '.join(sorted(self.models))}", "model", "model_not_found")
+        return served
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        return parse_json(await request.body())
+
+    async def chat(self, request: Request) -> Response:
+        body = await self._body(request)
+        served = self._model(body.get("model") if isinstance(body.get("model"), str) else "")
+        gen = chat_request(body, served.graph.defaults)
+        text = await run_in_threadpool(_render, served, gen.messages)
+
+        def choice(text: str | None, done: Completion | None, stream: bool) -> dict[str, Any]:
+            result: dict[str, Any] = {"index": 0, "finish_reason": None}
+            content = {"role": "assistant", "content": text} if text is not None else {}
+            result["delta" if stream else "message"] = content
+            if done is not None:
+                result["finish_reason"] = finish_reason(done)
+                result["logprobs"] = chat_logprobs(done, served.piece) \
+                    if gen.top_logprobs else None
+            return result
+        shape = Shape("chat.completion", "chat.completion.chunk", choice)
+        return await generation.run(served, request, gen, text, shape, self.counters)
+
+    async def completions(self, request: Request) -> Response:
+        body = await self._body(request)
+        served = self._model(body.get("model") if isinstance(body.get("model"), str) else "")
+        gen = completion_request(body, served.graph.defaults)
+
+        def choice(text: str | None, done: Completion | None, stream: bool) -> dict[str, Any]:
+            result: dict[str, Any] = {"index": 0, "text": text or "", "finish_reason": None,
+                                      "logprobs": None}
+            if done is not None:
+                result["finish_reason"] = finish_reason(done)
+                if gen.top_logprobs:
+                    result["logprobs"] = completion_logprobs(done, served.piece)
+            return result
+        shape = Shape("text_completion", "text_completion", choice)
+        return await generation.run(served, request, gen, gen.prompt, shape, self.counters)
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await self._body(request)
+        alias, texts, encoding = embedding_request(body)
+        served = self._model(alias)
+        vectors, tokens = await run_in_threadpool(_embed, served, texts)
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _encode(vector, encoding)} for i, vector in enumerate(vectors)]
+        return JSONResponse({"object": "list", "data": data, "model": alias,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def list_models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            _model_card(served) for served in self.models.values()]})
+
+    async def get_model(self, request: Request) -> Response:
+        return JSONResponse(_model_card(self._model(request.path_params["model"])))
+
+
+def _model_card(served: ServedModel) -> dict[str, Any]:
+    info = served.graph.info()
+    meta = {k: info.get(k) for k in ("architecture", "n_params", "n_ctx", "n_ctx_train",
+                                      "n_vocab", "quantization", "embedding")}
+    return {"id": served.alias, "object": "model", "created": served.created,
+            "owned_by": "wasi-nn-backend", "meta": meta}
+
+
+def _render(served: ServedModel, messages: list[dict[str, str]]) -> str:
+    """The conversation in the model's chat template, ready for the reply. A BOS the template
+    writes is left out: tokenizing the prompt adds it (as llama-server does)."""
+    graph = served.graph
+    try:
+        text = graph.model.render_chat(messages, add_generation_prompt=True,
+                                       template=graph.config.model.chat_template)
+    except WasiNnError as error:
+        raise from_wasi_nn(error, "messages") from None
+    except Exception as error:   # jinja2 errors: the template refused these messages
+        raise ApiError(400, f"the chat template failed on these messages: {error}",
+                       "messages", "invalid_value") from None
+    model = graph.model
+    if model.bos_token >= 0:
+        bos = model.token_to_piece(model.bos_token, special=True).decode("utf-8", "replace")
+        if bos and text.startswith(bos):
+            text = text[len(bos):]
+    return text
+
+
+def _embed(served: ServedModel, texts: list[str]) -> tuple[list[list[float]], int]:
+    """Vectors of ``texts`` on an idle pooled session; the tokens they took."""
+    entry = served.pool.acquire([])
+    try:
+        session = entry.session
+        tokens = sum(len(session.tokenize_prompt(t, limit=None)) for t in texts)
+        return session.embed(texts), tokens
+    except WasiNnError as error:
+        raise from_wasi_nn(error, "input") from None
+    finally:
+        served.pool.release(entry)
+
+
+def _encode(vector: list[float], encoding: str) -> Any:
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")

@@ -1,0 +1,83 @@
+"""Reading a Stream from the event loop without a thread per client.
+
+Stream.on_change fires on the engine's thread at every piece and at the end; it only sets an
+asyncio.Event through loop.call_soon_threadsafe, and the coroutine reading the stream drains
+it with the non-blocking try_get. At 64 streaming clients that is 64 events, not 64 threads.
+
+A request stops within one engine step when its client goes away: a streaming response is
+cancelled by Starlette on disconnect (the generator's ``finally`` cancels the stream), and a
+plain one races the end of its stream against the client's http.disconnect.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from starlette.requests import Request
+
+from ...api import Completion, EndOfStream, Stream
+
+
+class Watch:
+    """One stream, read on the event loop; ``on_end`` runs once on the engine's thread when
+    the stream ends (the pool frees the session: quick, never blocking)."""
+
+    def __init__(self, stream: Stream, on_end: Callable[[], None]) -> None:
+        self.stream = stream
+        self.end: EndOfStream | None = None
+        self._event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._on_end: Callable[[], None] | None = on_end
+        stream.on_change(self._changed)
+
+    def _changed(self) -> None:
+        if self.stream.done and self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end()
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The pieces as they come; ``self.end`` says how the stream ended."""
+        while True:
+            self._event.clear()
+            while True:
+                try:
+                    piece = self.stream.try_get()
+                except EndOfStream as end:
+                    self.end = end
+                    return
+                if piece is None:
+                    break
+                yield piece
+            await self._event.wait()
+
+    async def result(self, request: Request) -> Completion | None:
+        """The completion (or its error raised); None when the client went away first (the
+        stream is cancelled then)."""
+        async def drain() -> None:
+            async for _ in self.pieces():
+                pass
+        reading = asyncio.ensure_future(drain())
+        leaving = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({reading, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+            if not reading.done():
+                reading.cancel()
+                self.stream.cancel()
+        if self.end is None:
+            return None
+        return self.end.result()
+
+    def cancel(self) -> None:
+        """Stop the request if it still runs (the client left)."""
+        self.stream.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body was read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,110 @@
+"""The server's parts without a server: the status table, request checking, and the session
+pool's choice (longest shared prefix, affinity keys, LRU beyond its size, 503 when full)."""
+from __future__ import annotations
+
+import pytest
+
+from wasi_nn_backend.adapters.http.errors import ApiError, error_response
+from wasi_nn_backend.adapters.http.pool import SessionPool, shared_prefix
+from wasi_nn_backend.adapters.http.requests import chat_request, completion_request
+from wasi_nn_backend.adapters.http.serve import parse_model_spec
+from wasi_nn_backend.api import Backend
+from wasi_nn_backend.config import RequestParams
+from wasi_nn_backend.errors import (Busy, InvalidArgument, ModelNotFound, PromptTooLong,
+                                    Timeout, Unknown)
+
+
+@pytest.mark.parametrize("error, status", [(Busy("full"), 429), (InvalidArgument("x"), 400),
+                                           (PromptTooLong("x"), 400), (ModelNotFound("x"), 404),
+                                           (Timeout("x"), 504), (Unknown("x"), 500)])
+def test_status_table(error, status):
+    response = error_response(error)
+    assert response.status_code == status
+    assert ("retry-after" in response.headers) == (status == 429)
+
+
+def test_requests_map_openai_names():
+    gen = chat_request({"model": "m", "messages": [{"role": "developer", "content": [
+        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        "max_completion_tokens": 5, "logprobs": True, "stop": "x"}, RequestParams())
+    assert gen.messages == [{"role": "system", "content": "ab"}]
+    assert gen.overrides == {"max_tokens": 5, "stop": "x", "n_probs": 1}
+    gen = completion_request({"model": "m", "prompt": ["p"], "logprobs": 3}, RequestParams())
+    assert gen.prompt == "p" and gen.overrides["n_probs"] == 3
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": []}, "model"), ({"model": "m"}, "messages"),
+    ({"model": "m", "messages": [], "n": 2}, "n"),
+    ({"model": "m", "messages": ["hi"]}, "messages[0]"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "messages[0].content[0]"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": -7}, "seed"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True,
+      "top_logprobs": 99}, "top_logprobs")])
+def test_bad_requests_name_the_field(body, param):
+    with pytest.raises(ApiError) as caught:
+        chat_request(body, RequestParams())
+    assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_model_specs():
+    assert parse_model_spec("a:GGML:AUTO:/m/x.gguf") == ("a", "/m/x.gguf")
+    assert parse_model_spec("/m/tiny-q8.gguf") == ("tiny-q8", "/m/tiny-q8.gguf")
+    assert parse_model_spec("a:ggml:cpu:C:/x.gguf") == ("a", "C:/x.gguf")
+
+
+def test_shared_prefix():
+    assert shared_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert shared_prefix([], [1]) == 0
+
+
+@pytest.fixture
+def graph(tiny_model_path):
+    with Backend({"logging": {"level": "warn"}}) as backend:
+        yield backend.load(tiny_model_path, {"model": {"n_ctx": 256, "n_seq_max": 2}})
+
+
+def _run(entry, pool, prompt: str) -> None:
+    entry.session.complete(prompt, temperature=0, max_tokens=2)
+    pool.release(entry)
+
+
+def test_pool_picks_the_longest_shared_prefix(graph):
+    pool = SessionPool(graph, size=3)
+    model = graph.model
+    tokens = {p: model.tokenize(p, add_special=True, parse_special=True)
+              for p in ("alpha beta gamma", "delta epsilon")}
+    first = pool.acquire(tokens["alpha beta gamma"])
+    _run(first, pool, "alpha beta gamma")
+    second = pool.acquire(tokens["delta epsilon"])
+    assert second is not first   # nothing shared: a new session while there is room
+    _run(second, pool, "delta epsilon")
+    again = pool.acquire(model.tokenize("alpha beta gamma delta", add_special=True,
+                                        parse_special=True))
+    assert again is first
+    pool.release(again)
+
+
+def test_pool_keys_lru_and_full(graph):
+    pool = SessionPool(graph, size=2)
+    a = pool.acquire([], key="a")
+    with pytest.raises(ApiError) as caught:
+        pool.acquire([], key="a")
+    assert caught.value.status == 429
+    b = pool.acquire([])
+    with pytest.raises(ApiError) as caught:
+        pool.acquire([])
+    assert caught.value.status == 503
+    pool.release(a)
+    pool.release(b)
+    assert pool.acquire([], key="a") is a   # pinned: the same session
+    c = pool.acquire([], key="c")   # full: b, the least recently used idle one, is closed
+    assert b.session.closed and c.key == "c"
+    assert pool.sessions() == [a.session, c.session]
+
+
+def test_serve_needs_a_model(capsys):
+    from wasi_nn_backend.adapters import cli
+    assert cli.main(["serve"]) == 2
+    assert "at least one MODEL" in capsys.readouterr().err
