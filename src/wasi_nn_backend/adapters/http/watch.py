@@ -34,7 +34,10 @@ class Watch:
         if self.stream.done and self._on_end is not None:
             on_end, self._on_end = self._on_end, None
             on_end()
-        self._loop.call_soon_threadsafe(self._event.set)
+        try:
+            self._loop.call_soon_threadsafe(self._event.set)
+        except RuntimeError:   # the loop is closed (server shutdown): nobody reads it now
+            pass
 
     async def pieces(self) -> AsyncIterator[str]:
         """The pieces as they come; ``self.end`` says how the stream ended."""
