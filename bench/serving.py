@@ -10,7 +10,8 @@ client, prompts and settings for both.
   the whole conversation every turn (replies of 32 tokens): TTFT of turn 1 and turn 10. A server
   that keeps a conversation's KV cache prefills only the new turn.
 
-Both servers get max(clients) parallel sequences of N_CTX cells each and THREADS threads; each
+Both servers get max(clients) parallel sequences of N_CTX cells each (ours: that many sessions
+in its pool, and as many requests generating at once, max_concurrent) and THREADS threads; each
 runs in its own process, started afresh for each round; the two alternate (round 2 starts
 with the one round 1 ended with), and each figure is the best of the rounds. The client is the
 standard library's http.client (one connection per request, server-sent events read line by
@@ -112,7 +113,7 @@ def ours_command(path: str, port: int, sequences: int, n_ctx: int, threads: int)
     exe = shutil.which("wasi-nn-backend", path=str(Path(sys.executable).parent)) \
         or "wasi-nn-backend"
     config = {"model": {"n_ctx": n_ctx, "n_seq_max": sequences, "threads": threads},
-              "backend": {"max_sessions": sequences}}
+              "backend": {"max_sessions": sequences, "max_concurrent": sequences}}
     return [exe, "serve", f"bench:GGML:AUTO:{path}", "--host", "127.0.0.1", "--port",
             str(port), "--pool-size", str(sequences), "--config", json.dumps(config)]
 
@@ -235,10 +236,12 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     names = [args.only] if args.only else ["llama-server", "ours"]
     rounds: dict[str, list] = {name: [] for name in names}
+    load = os.getloadavg()[0]   # other work on the machine distorts every figure
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             rounds[name].append(measure(name, path, f"r{r}", logs))
     results = {name: best(rs) for name, rs in rounds.items()}
+    results["load"] = {"before": load}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "serving.json").write_text(json.dumps(
         {"best": results, "rounds": rounds}, indent=1))
@@ -253,7 +256,8 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
              f"after the other; both servers with {max(CLIENTS)} sequences of {N_CTX} cells "
              "and their default flash attention, each in its own process, alternating, best "
              "of the rounds. Tokens/s: every request's completion tokens / wall seconds "
-             "(prefill included). TTFT over every request.\n",
+             f"(prefill included). TTFT over every request. Load average (1 min) before the "
+             f"run: {results['load']['before']:.2f}.\n",
              "| clients | contender | tokens/s | TTFT p50 | TTFT p95 |", "|---|---|---|---|---|"]
     for n in CLIENTS:
         for name, figures in (("llama-server", theirs), ("ours", ours)):
