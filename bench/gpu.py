@@ -22,13 +22,13 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 from scale import N_CTX, PROMPT_TOKENS, SAMPLED, run_worker
+from serving import free_port, launched, llama_server_command
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {"h200": {"n_embd": 2048, "n_layer": 16, "n_head": 16, "n_head_kv": 4, "n_ff": 5632,
@@ -70,12 +70,6 @@ def batched_bench(bin_dir: Path, path: str, counts: list[int], tokens: int) -> d
     return {row["pl"]: row["speed_tg"] for row in rows}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stream_one(port: int, body: dict, stamps: list[float]) -> int:
     """One streamed /completion; the arrival time of each piece into ``stamps``."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -97,24 +91,10 @@ def _stream_one(port: int, body: dict, stamps: list[float]) -> int:
 
 def server(bin_dir: Path, path: str, sessions: int, tokens: int, mode: str) -> float:
     """llama-server -np ``sessions``: decode tokens/s over ``sessions`` concurrent streams."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(bin_dir / "llama-server"), "-m", path, "-np", str(sessions),
-         "-c", str(N_CTX * sessions), "-ngl", "99", "-fa", "on", "--port", str(port),
-         "--host", "127.0.0.1", "-t", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("llama-server did not come up")
-            time.sleep(0.5)   # waiting for another process's port: nothing to wait on
+    port = free_port()
+    command = llama_server_command(bin_dir, path, port, sessions, N_CTX, 2, "-ngl", "99",
+                                   "-fa", "on")
+    with launched(command, port):
         ask = {"n_predict": tokens, "ignore_eos": True, "stream": True, "cache_prompt": False,
                **({"temperature": 0} if mode == "greedy" else SAMPLED)}
         stamps: list[list[float]] = [[] for _ in range(sessions)]
@@ -131,9 +111,6 @@ def server(bin_dir: Path, path: str, sessions: int, tokens: int, mode: str) -> f
         first = min(s[0] for s in stamps if s)
         last = max(s[-1] for s in stamps if s)
         return (sum(counts) - sessions) / (last - first)
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def main() -> None:
