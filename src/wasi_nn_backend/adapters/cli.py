@@ -228,6 +228,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .http import load_models, serve  # starlette and uvicorn load only for this command
+    from .http.serve import server_config
     if not args.models and not args.embedding_model:
         raise InvalidArgument("serve needs at least one MODEL (or --embedding-model)")
     text = _read_config(args.config)
@@ -237,6 +238,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--config is not JSON: {error}") from None
     if not isinstance(config, dict):
         raise InvalidArgument("--config must be a JSON object")
+    config = server_config(config)
     backend_config = {**config, "logging": {**config.get("logging", {}),
                                             **_backend_config(args)["logging"]}}
     with Backend(backend_config) as backend:

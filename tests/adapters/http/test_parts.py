@@ -108,3 +108,13 @@ def test_serve_needs_a_model(capsys):
     from wasi_nn_backend.adapters import cli
     assert cli.main(["serve"]) == 2
     assert "at least one MODEL" in capsys.readouterr().err
+
+
+def test_serve_lets_every_sequence_generate_unless_told_otherwise():
+    from wasi_nn_backend.adapters.http.serve import server_config
+    assert server_config({})["backend"]["max_concurrent"] == 8          # n_seq_max's default
+    assert server_config({"model": {"n_seq_max": 16}})["backend"]["max_concurrent"] == 16
+    given = {"backend": {"max_concurrent": 3}, "model": {"n_seq_max": 16}}
+    assert server_config(given) is given
+    flat = {"max_concurrent": 2, "n_seq_max": 16}
+    assert server_config(flat) is flat

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...api import Backend, Graph
+from ...config import parse_config
 from ...errors import InvalidArgument
 
 ENCODINGS = ("GGML",)
@@ -24,6 +25,20 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
             raise InvalidArgument(f"model {spec!r} is not ALIAS:GGML:AUTO:PATH")
         return parts[0], parts[3]
     return Path(spec).stem, spec
+
+
+def server_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with backend.max_concurrent = model.n_seq_max unless it sets max_concurrent
+    itself: a server's clients should be able to fill every KV sequence (the library's default,
+    10, left 6 of 16 benchmark clients queued behind 16 sequences)."""
+    def sets(value: Any) -> bool:
+        if isinstance(value, dict):
+            return any(key == "max_concurrent" or sets(item) for key, item in value.items())
+        return False
+    if sets(config):
+        return config
+    sequences = parse_config(config)[0].model.n_seq_max
+    return {**config, "backend": {**config.get("backend", {}), "max_concurrent": sequences}}
 
 
 def load_models(backend: Backend, specs: list[str], config: dict[str, Any] | None = None,
