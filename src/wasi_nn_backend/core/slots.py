@@ -76,10 +76,13 @@ class SlotPool:
         return actions
 
     def compact(self, max_moves: int = 2) -> list[KvAction]:
-        """Moves that put the busy sequences in one run of consecutive ids, if at most
-        ``max_moves`` whole-sequence copies do it: idle sessions inside the chosen window go to
-        free slots outside it, busy sessions outside it into its free slots. The bookkeeping
-        changes now; the engine copies the sequences in this order."""
+        """Up to ``max_moves`` KV actions toward one run of consecutive ids for the busy
+        sequences (the window of that size that needs the fewest): idle sessions inside it go
+        to free slots outside, or, with none free (every slot held: sessions picked by their
+        cached prefix land anywhere), give their slot up (offloaded, else evicted); then busy
+        sessions outside move into its free slots. A step does at most ``max_moves``; the next
+        steps go on until the run is whole. The bookkeeping changes now; the engine performs
+        the actions in this order."""
         busy = sorted(s.seq_id for s in self._owner.values() if s.busy)
         k = len(busy)
         if k < 2 or busy[-1] - busy[0] == k - 1:
@@ -87,21 +90,26 @@ class SlotPool:
         best: tuple[int, int] | None = None
         for start in range(self.n_slots - k + 1):
             inside = range(start, start + k)
-            busy_out = sum(1 for i in busy if i not in inside)
-            idle_in = sum(1 for i in inside if i in self._owner and not self._owner[i].busy)
-            free_out = sum(1 for i in self._free if i not in inside)
-            if idle_in <= free_out and (best is None or busy_out + idle_in < best[0]):
-                best = (busy_out + idle_in, start)
-        if best is None or best[0] > max_moves:
-            return []
+            cost = (sum(1 for i in busy if i not in inside)
+                    + sum(1 for i in inside if i in self._owner and not self._owner[i].busy))
+            if best is None or cost < best[0]:
+                best = (cost, start)
+        assert best is not None
         inside = range(best[1], best[1] + k)
         actions: list[KvAction] = []
-        idle_in = [i for i in inside if i in self._owner and not self._owner[i].busy]
-        for src, dst in zip(idle_in, sorted(i for i in self._free if i not in inside)):
-            actions.append(self._move(src, dst))
-        busy_out = [i for i in busy if i not in inside]
-        for src, dst in zip(busy_out, sorted(i for i in inside if i not in self._owner)):
-            actions.append(self._move(src, dst))
+        for src in [i for i in inside if i in self._owner and not self._owner[i].busy]:
+            if len(actions) >= max_moves:
+                return actions
+            free_out = sorted(i for i in self._free if i not in inside)
+            if free_out:
+                actions.append(self._move(src, free_out[0]))
+            else:
+                actions.extend(self.give_back(self._owner[src]))
+        for src in [i for i in busy if i not in inside]:
+            free_in = sorted(i for i in inside if i not in self._owner)
+            if len(actions) >= max_moves or not free_in:
+                break
+            actions.append(self._move(src, free_in[0]))
         return actions
 
     def _move(self, src: int, dst: int) -> Move:
