@@ -22,8 +22,11 @@ def generation_context(model: Model, settings: ModelSettings, threads: int) -> C
         outputs_per_seq=1 if samples_in_graph(settings) else 0)
 
 
-def _on_gpu(settings: ModelSettings) -> bool:
-    return settings.n_gpu_layers != 0 and supports_gpu_offload()
+def _switch(value: str, settings: ModelSettings) -> bool:
+    """An "auto" / "on" / "off" setting: "auto" is on with layers offloaded to a GPU."""
+    if value == "auto":
+        return settings.n_gpu_layers != 0 and supports_gpu_offload()
+    return value == "on"
 
 
 def defers_output(settings: ModelSettings) -> bool:
@@ -31,18 +34,14 @@ def defers_output(settings: ModelSettings) -> bool:
     before the computation ends, i.e. with layers offloaded to a GPU; on a CPU decode
     computes before it returns, and emitting a step's text right after sampling shows it a
     step sooner for the same throughput."""
-    if settings.async_output == "auto":
-        return _on_gpu(settings)
-    return settings.async_output == "on"
+    return _switch(settings.async_output, settings)
 
 
 def samples_in_graph(settings: ModelSettings) -> bool:
     """Backend sampling (model.backend_sampling): "auto" turns it on with layers on a GPU,
     where the logits then stay there; on a CPU the graph's sampling ops cost more than the
     host's (bench/backend_sampling.py)."""
-    if settings.backend_sampling == "auto":
-        return _on_gpu(settings)
-    return settings.backend_sampling == "on"
+    return _switch(settings.backend_sampling, settings)
 
 
 def embedding_context(model: Model, settings: ModelSettings, threads: int) -> Context:

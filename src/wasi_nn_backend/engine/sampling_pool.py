@@ -104,8 +104,9 @@ class SamplingPool:
 def pick_tokens(pool: SamplingPool | None, context: Context,
                 picks: list[tuple[int, Sampler]]) -> list[Outcome]:
     """For each (batch index, sampler), the next token from the logits at that index (or the
-    WasiNnError the sampler raised: GrammarRejected, or a failure of that sampler), in order. The samplers that are one C call go to
-    ``pool`` when there are two or more; the others run here."""
+    WasiNnError the sampler raised: GrammarRejected, or a failure of that sampler), in order.
+    Fast-greedy samplers share one argmax; the samplers that are one C call go to ``pool``
+    when there are two or more; the others run here."""
     outcomes: list[Outcome | None] = [None] * len(picks)
     _greedy_together(context, picks, outcomes)
     pooled = ([i for i, (_, sampler) in enumerate(picks)

@@ -23,7 +23,7 @@ from .grammar import TOKEN_DATA, GrammarRejected, make_guard
 from .model import Model
 from .sampler_chain import (add_bias, add_history, add_selection, backend_chain, bias_entries,
                             top_k_first)
-from .top_k import TopK, selected_token
+from .top_k import TopK, add_biases, biased, selected_token
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Sampler:
         # maximum, so the argmax stands unless it is banned itself.
         self._bans_only = all(v == -np.inf for values in self._bias.values() for v in values)
         self._ids = np.arange(self._n_vocab, dtype=np.int32)
-        self._candidates = np.zeros(self._n_vocab, dtype=TOKEN_DATA) if self._grammar else None
+        self._candidates: np.ndarray | None = None   # the whole vocabulary (_full_candidates)
         # A chain that starts with top_k runs on the few candidates it can pick (top_k.py).
         self._top_k = TopK(top_k, self._bias, self._n_vocab) if top_k else None
 
@@ -175,20 +175,24 @@ class Sampler:
     def _sample_row(self, chain: ctypes.c_void_p, logits: np.ndarray) -> int:
         """The chain on every token, in id order, its logits biased (as llama_sampler_sample
         does with a logit_bias sampler first in the chain)."""
+        cands, array = self._full_candidates(logits)
+        add_biases(cands["logit"], self._bias)
+        C.llama_sampler_apply(chain, ctypes.byref(array))
+        return selected_token(array)
+
+    def _full_candidates(self, logits: np.ndarray
+                         ) -> tuple[np.ndarray, C.llama_token_data_array]:
+        """Every token with its logit, in id order (the buffer is kept from call to call),
+        and the llama_token_data_array over it."""
         cands = self._candidates
         if cands is None:
             cands = self._candidates = np.zeros(self._n_vocab, dtype=TOKEN_DATA)
         cands["id"] = self._ids
         cands["logit"] = logits
         cands["p"] = 0.0
-        biased = cands["logit"]
-        for token, values in self._bias.items():
-            for value in values:
-                biased[token] += value
-        array = C.llama_token_data_array(data=cands.ctypes.data_as(C.llama_token_data_p),
-                                         size=self._n_vocab, selected=-1, sorted=False)
-        C.llama_sampler_apply(chain, ctypes.byref(array))
-        return selected_token(array)
+        return cands, C.llama_token_data_array(
+            data=cands.ctypes.data_as(C.llama_token_data_p), size=self._n_vocab, selected=-1,
+            sorted=False)
 
     def _greedy(self, logits: np.ndarray) -> int:
         # the method: np.argmax adds a Python-level dispatch
@@ -205,27 +209,19 @@ class Sampler:
         if self._bans_only and best not in self._bias and logits[best] > -np.inf:
             return best
         if best in self._bias:  # its own bias decides: do it the long way
-            biased = logits.copy()
-            for token, values in self._bias.items():
-                for value in values:
-                    biased[token] += value
-            return int(np.argmax(biased))
+            row = logits.copy()
+            add_biases(row, self._bias)
+            return int(np.argmax(row))
         best_value = logits[best]
         for token, values in self._bias.items():
-            value = logits[token]
-            for bias in values:  # float32 adds in order, as C does
-                value = np.float32(value + bias)
+            value = biased(logits[token], values)
             if value > best_value or (value == best_value and token < best):
                 best, best_value = token, value
         return best
 
     def _sample_guarded(self, context: Context, batch_index: int) -> int:
-        chain, cands = self._live(), self._candidates
-        cands["id"] = self._ids
-        cands["logit"] = context.logits_view(batch_index)
-        cands["p"] = 0.0
-        array = C.llama_token_data_array(data=cands.ctypes.data_as(C.llama_token_data_p),
-                                         size=self._n_vocab, selected=-1, sorted=False)
+        chain = self._live()
+        cands, array = self._full_candidates(context.logits_view(batch_index))
         C.llama_sampler_apply(self._pre, ctypes.byref(array))
         self._grammar.apply(array)
         allowed = cands["logit"].copy()  # still in id order: bias and grammar do not reorder

@@ -105,18 +105,27 @@ class TopK:
         if self._bans_only:
             return (ids[~hit], values[~hit]) if hit.any() else (ids, values)
         keep = ~hit
-        extra = []
-        for token in self._biased.tolist():
-            value = row[token]
-            for bias in self._bias[token]:
-                value = np.float32(value + bias)
-            extra.append(value)
+        extra = [biased(row[token], self._bias[token]) for token in self._biased.tolist()]
         return (np.concatenate((ids[keep], self._biased)),
                 np.concatenate((values[keep], np.array(extra, dtype=np.float32))))
 
     def picked(self) -> int:
         """The token the chain selected, -1 if none."""
         return selected_token(self._array)
+
+
+def biased(value: np.float32, biases: list[np.float32]) -> np.float32:
+    """``value`` with ``biases`` added in order, in float32, as llama.cpp's logit_bias
+    sampler adds them."""
+    for bias in biases:
+        value = np.float32(value + bias)
+    return value
+
+
+def add_biases(logits: np.ndarray, bias: dict[int, list[np.float32]]) -> None:
+    """Add every token's biases to ``logits`` (float32, indexed by token id) in place."""
+    for token, values in bias.items():
+        logits[token] = biased(logits[token], values)
 
 
 def selected_token(array: C.llama_token_data_array) -> int:
