@@ -5,11 +5,11 @@ import only from this package (and errors, config, logs): everything an edge nam
 from ..core.clock import Clock, MonotonicClock
 from ..core.request import Completion, FinishReason
 from ..engine.clock import FakeClock
-from ..engine.streams import EndOfStream, ReadySet, Stream
+from ..engine.streams import EndOfStream, Piece, ReadySet, Stream
 from .backend import Backend, BackendStats, Graph
 from .exec_context import ExecutionContext, embedding_json
 from .session import Session
 
 __all__ = ["Backend", "BackendStats", "Clock", "Completion", "EndOfStream", "ExecutionContext",
-           "FakeClock", "FinishReason", "Graph", "MonotonicClock", "ReadySet", "Session", "Stream",
-           "embedding_json"]
+           "FakeClock", "FinishReason", "Graph", "MonotonicClock", "Piece", "ReadySet", "Session",
+           "Stream", "embedding_json"]

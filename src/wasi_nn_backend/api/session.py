@@ -5,7 +5,8 @@ Two ways to drive it, both real:
   message; the session keeps the history, applies the model's chat template, and only the new
   tokens are prefilled;
 * completion (``complete``, ``complete_stream``; WASI-NN set_input/compute/get_output): the
-  input is the whole prompt; the longest prefix it shares with the sequence is reused.
+  input is the whole prompt (text, or token ids a caller tokenized already); the longest
+  prefix it shares with the sequence is reused.
 """
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ from ..config import MAX_TIMEOUT_MS, RequestParams, parse_overrides
 from ..core.clock import Clock
 from ..core.request import Completion, SequenceState
 from ..engine.streams import Stream
-from ..errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
+from ..errors import BackendRuntimeError, InvalidArgument, NotFound, PromptTooLong, WasiNnError
 from .chat import Turn, continuation_tokens
 
 if TYPE_CHECKING:
     from .models import LoadedModel
 
 Overrides = dict[str, Any] | str | bytes | None
+Prompt = str | bytes | Sequence[int]     # text, or token ids (list or tuple)
 
 
 class SessionOwner(Protocol):
@@ -134,12 +136,13 @@ class Session:
         self._turn = Turn(text, completion)
 
     # -- completion --------------------------------------------------------------------------
-    def complete(self, prompt: str | bytes, overrides: Overrides = None, **kwargs: Any
+    def complete(self, prompt: Prompt, overrides: Overrides = None, **kwargs: Any
                  ) -> Completion:
-        """Continue a raw prompt (no chat template)."""
+        """Continue a raw prompt (no chat template): text, or token ids as they go into
+        the context (a caller that tokenized the text already: no BOS is added)."""
         return self.complete_stream(prompt, overrides, **kwargs).result()
 
-    def complete_stream(self, prompt: str | bytes, overrides: Overrides = None, **kwargs: Any
+    def complete_stream(self, prompt: Prompt, overrides: Overrides = None, **kwargs: Any
                         ) -> Stream:
         started = self.owner.clock.now()   # tokenizing counts against the deadline
         params = self._params(overrides, kwargs)
@@ -174,23 +177,38 @@ class Session:
         result = [vector.tolist() for vector in vectors]
         return result[0] if single else result
 
-    def tokenize_prompt(self, prompt: str | bytes, *, limit: int | None = None) -> list[int]:
+    def tokenize_prompt(self, prompt: Prompt, *, limit: int | None = None) -> list[int]:
         """The prompt's tokens; PromptTooLong without tokenizing when it cannot make fewer
-        than ``limit`` tokens (default: what a session's context holds for a prompt)."""
+        than ``limit`` tokens (default: what a session's context holds for a prompt). Token
+        ids are checked (each in the vocabulary, at most ``limit``) and kept as they are."""
         self._check_open()   # NotFound, not the freed model's runtime_error, once unloaded
+        if limit is None:
+            limit = self.loaded.config.model.n_ctx - 1   # one token is left to generate
+        if isinstance(prompt, (list, tuple)):
+            return self._checked_tokens(prompt, limit)
         if isinstance(prompt, bytes):
             try:
                 prompt = prompt.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise InvalidArgument(f"the prompt is not valid UTF-8: {error}") from None
         if not isinstance(prompt, str):
-            raise InvalidArgument(f"a prompt must be text, not {type(prompt).__name__}")
-        if limit is None:
-            limit = self.loaded.config.model.n_ctx - 1   # one token is left to generate
+            raise InvalidArgument(f"a prompt must be text or a list of token ids, "
+                                  f"not {type(prompt).__name__}")
         with self._while_open():
             model = self.loaded.model
             model.check_fits(prompt, limit)
             return model.tokenize(prompt, add_special=True, parse_special=True)
+
+    def _checked_tokens(self, tokens: Sequence[Any], limit: int) -> list[int]:
+        if len(tokens) > limit:
+            raise PromptTooLong(f"the prompt is {len(tokens):,} tokens; the context holds "
+                                f"{limit:,}")
+        model = self.loaded.model
+        for index, token in enumerate(tokens):
+            if isinstance(token, bool) or not model.valid_token(token):
+                raise InvalidArgument(f"prompt token {index} ({token!r}) is not a token id "
+                                      f"of this model: ids are integers in [0, {model.n_vocab})")
+        return [int(token) for token in tokens]
 
     @contextlib.contextmanager
     def _embeds(self) -> Iterator[None]:

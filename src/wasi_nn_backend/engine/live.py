@@ -21,6 +21,7 @@ class LiveRequest:
     sampler: Sampler | None = None
 
     unsent: int | None = None   # a sampled token whose text is not emitted yet (defer=True)
+    covered: int = 0            # generated tokens whose text a piece carried (n_probs only)
 
     def on_token(self, model: Model, token: int, now: float, unwoken: list[Stream], *,
                  defer: bool = False) -> FinishReason | None:
@@ -55,15 +56,26 @@ class LiveRequest:
         token, self.unsent = self.unsent, None
         if token is None:
             return None
-        if self.stream.put(self.text.feed(model.token_to_piece(token)), wake=False):
+        text = self.text.feed(model.token_to_piece(token))
+        if self.stream.put(text, wake=False, tokens=self._covers(text)):
             unwoken.append(self.stream)
         return FinishReason.STOP if self.text.stopped_by is not None else None
+
+    def _covers(self, text: str) -> tuple:
+        """The tokens a piece of ``text`` completes, with their probabilities: those since
+        the last piece (their text was held back until now). Only when n_probs is asked."""
+        request = self.request
+        if not text or not request.probs:
+            return ()
+        start, self.covered = self.covered, len(request.generated)
+        return tuple(zip(request.generated[start:], request.probs[start:]))
 
     def complete(self, reason: FinishReason, code: ErrorCode, clock: Clock) -> Completion:
         """Release held text and build the Completion (the stream gets it too). The engine
         emits the unsent token's text first (a stop string in it changes the reason)."""
         request = self.request
-        self.stream.put(self.text.finish())
+        held = self.text.finish()
+        self.stream.put(held, tokens=self._covers(held))
         final = list(request.session.kv_tokens)
         if request.pending_token is not None:
             final.append(request.pending_token)

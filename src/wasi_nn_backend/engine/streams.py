@@ -8,19 +8,32 @@ the error of a failed stream. A reader of many streams at once (the Erlang
 port's forwarder, a server's event loop) hears of each change through on_change instead of a
 thread per stream, and waits on a ReadySet: one wake-up a step for all its streams instead of
 one a stream (at 64 streams a thread each cost ~15 us of CPU a token; bench/scale.py).
+A request that asked for n_probs also says which tokens each piece covers (try_get_piece):
+a piece's text may hold tokens held back earlier (a possible stop string, a split UTF-8
+character), so a server can stream each token's probabilities with the text they made.
 """
 from __future__ import annotations
 
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from ..core.request import Completion
 from ..errors import WasiNnError
 
 
 T = TypeVar("T")
+
+TokenProbs = tuple[int, tuple[tuple[int, float], ...]]   # (token, its top-n (token, p))
+
+
+class Piece(NamedTuple):
+    """A piece of text and the generated tokens it completes, each with its top-n
+    probabilities (only for requests that asked for n_probs; else no tokens)."""
+
+    text: str
+    tokens: tuple[TokenProbs, ...] = ()
 
 
 class ReadySet(Generic[T]):
@@ -86,7 +99,7 @@ class Stream:
         self._cond = threading.Condition(lock)       # readers of pieces wait here
         self._ended = threading.Condition(lock)      # result() waits here: woken by the end only
         self._piece_readers = 0                      # get() calls waiting now (under the lock)
-        self._pieces: deque[str] = deque()
+        self._pieces: deque[str | Piece] = deque()   # a Piece only when it has tokens
         self._completion: Completion | None = None
         self._error: WasiNnError | None = None
         self._failed_at: float | None = None
@@ -94,18 +107,21 @@ class Stream:
         self._on_change: Callable[[], None] | None = None
 
     # -- engine side -------------------------------------------------------------------------
-    def put(self, text: str, *, wake: bool = True) -> bool:
-        """Add a piece (none for ''); returns whether one was added. ``wake=False`` leaves
-        the readers asleep until ``wake()``: the engine wakes them just before llama_decode
-        releases the GIL, so that a reader wakes once, not once for its piece and again when
-        the GIL comes free."""
+    def put(self, text: str, *, wake: bool = True,
+            tokens: tuple[TokenProbs, ...] = ()) -> bool:
+        """Add a piece (none for ''); returns whether one was added. ``tokens``: the
+        generated tokens it completes, with their probabilities (try_get_piece). ``wake=False``
+        leaves the readers asleep until ``wake()``: the engine wakes them just before
+        llama_decode releases the GIL, so that a reader wakes once, not once for its piece
+        and again when the GIL comes free."""
         if not text:
             return False
+        item: str | Piece = Piece(text, tokens) if tokens else text
         if not wake:  # deque.append is atomic; the wake() that must follow takes the lock
-            self._pieces.append(text)
+            self._pieces.append(item)
             return True
         with self._cond:
-            self._pieces.append(text)
+            self._pieces.append(item)
             self._cond.notify_all()
         self._changed()
         return True
@@ -167,7 +183,14 @@ class Stream:
         """The next piece, or None if none is there yet; EndOfStream once every piece was
         read and the stream has ended (finished or failed)."""
         with self._cond:
-            return self._next_locked(block=False)
+            item = self._next_locked(block=False)
+        return item if item is None or type(item) is str else item.text
+
+    def try_get_piece(self) -> Piece | None:
+        """As try_get, with the tokens the piece completes (requests with n_probs)."""
+        with self._cond:
+            item = self._next_locked(block=False)
+        return item if item is None or type(item) is Piece else Piece(item)
 
     def get(self, timeout: float | None = None) -> str:
         """The next piece, waiting up to ``timeout`` seconds (TimeoutError past it);
@@ -179,7 +202,9 @@ class Stream:
                     raise TimeoutError("no output within the time given")
             finally:
                 self._piece_readers -= 1
-            return self._next_locked(block=True)
+            item = self._next_locked(block=True)
+        assert item is not None
+        return item if type(item) is str else item.text
 
     def result(self, timeout: float | None = None) -> Completion:
         """Wait for the end; the Completion (its text holds every piece) or the error."""
@@ -206,7 +231,7 @@ class Stream:
                 return
             yield piece
 
-    def _next_locked(self, block: bool) -> str | None:
+    def _next_locked(self, block: bool) -> str | Piece | None:
         if self._pieces:
             return self._pieces.popleft()
         if self.done:

@@ -81,6 +81,60 @@ def test_logprobs(client):
     assert len(text.choices[0].logprobs.tokens) == text.usage.completion_tokens
 
 
+def test_a_completion_prompt_of_token_ids(client, server):
+    """/tokenize (llama-server's) gives the ids; a prompt of them answers as the text does."""
+    root = server.base_url
+    ids = httpx.post(root + "/tokenize", json={"model": "tiny", "content": "token ids",
+                                         "add_special": True},
+                     headers=server.auth).json()["tokens"]
+    back = httpx.post(root + "/detokenize", json={"model": "tiny", "tokens": ids[1:]}, headers=server.auth)
+    assert back.json()["content"].strip() == "token ids"
+    by_text = client.completions.create(model="tiny", prompt="token ids", **GREEDY)
+    by_ids = client.completions.create(model="tiny", prompt=ids, **GREEDY)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    assert by_ids.usage.prompt_tokens == by_text.usage.prompt_tokens == len(ids)
+    for bad in ([10 ** 9], [-1]):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model="tiny", prompt=bad, **GREEDY)
+        assert caught.value.body["param"] == "prompt", caught.value.body
+    bad = httpx.post(root + "/detokenize", json={"model": "tiny", "tokens": [1, "x"]}, headers=server.auth)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens[1]"
+
+
+def test_streamed_logprobs_come_with_their_chunks(client):
+    """Each chunk carries the logprobs of the tokens its text completes (OpenAI's streaming
+    shape); together they are the whole reply's, also with a stop string holding text back."""
+    for extra in ({}, {"stop": ["e"]}):
+        args = dict(model="tiny", messages=[{"role": "user", "content": "stream me"}],
+                    logprobs=True, top_logprobs=2, temperature=0, max_tokens=12, **extra)
+        whole = client.chat.completions.create(**args)
+        rows, text = [], ""
+        for chunk in client.chat.completions.create(stream=True, **args):
+            choice = chunk.choices[0]
+            if choice.delta.content:
+                text += choice.delta.content
+                assert choice.logprobs is not None and choice.logprobs.content, chunk
+            if choice.logprobs is not None:
+                rows += choice.logprobs.content
+        assert text == whole.choices[0].message.content
+        expected = whole.choices[0].logprobs.content
+        # the same tokens; the numbers to float rounding (the second request reuses the
+        # first one's prompt cache, so its prefill is computed in other chunks)
+        assert [(r.token, [t.token for t in r.top_logprobs]) for r in rows] == \
+            [(r.token, [t.token for t in r.top_logprobs]) for r in expected]
+        assert [r.logprob for r in rows] == pytest.approx([r.logprob for r in expected],
+                                                          rel=1e-4)
+    whole = client.completions.create(model="tiny", prompt="Hi", logprobs=2, **GREEDY)
+    tokens, offsets = [], []
+    for chunk in client.completions.create(model="tiny", prompt="Hi", logprobs=2, stream=True,
+                                           **GREEDY):
+        if chunk.choices[0].logprobs is not None:
+            tokens += chunk.choices[0].logprobs.tokens
+            offsets += chunk.choices[0].logprobs.text_offset
+    assert tokens == whole.choices[0].logprobs.tokens
+    assert offsets == whole.choices[0].logprobs.text_offset
+
+
 def test_json_schema_output_parses(client):
     # bounded, so that the tiny random model cannot wander past max_tokens inside a string
     schema = {"type": "object", "properties": {"name": {"enum": ["ada", "alan", "grace"]},

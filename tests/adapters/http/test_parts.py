@@ -118,3 +118,36 @@ def test_serve_lets_every_sequence_generate_unless_told_otherwise():
     assert server_config(given) is given
     flat = {"max_concurrent": 2, "n_seq_max": 16}
     assert server_config(flat) is flat
+
+
+def test_a_session_takes_token_ids(graph):
+    model = graph.model
+    text = "alpha beta gamma"
+    tokens = model.tokenize(text, add_special=True, parse_special=True)
+    with graph.session() as by_text, graph.session() as by_ids:
+        want = by_text.complete(text, temperature=0, max_tokens=4)
+        got = by_ids.complete(tokens, temperature=0, max_tokens=4)
+        assert got.generated_tokens == want.generated_tokens
+        assert got.prompt_tokens == len(tokens)
+        for bad in ([model.n_vocab], [-1], [True], ["1"], [1.5]):
+            with pytest.raises(InvalidArgument, match="token id"):
+                by_ids.complete(bad)
+        with pytest.raises(PromptTooLong):
+            by_ids.complete([1] * 256)
+        with pytest.raises(InvalidArgument, match="empty"):
+            by_ids.complete([])
+
+
+def test_a_request_is_tokenized_once(graph, monkeypatch):
+    """The server tokenizes a prompt to pick its session, and hands the session the tokens."""
+    from wasi_nn_backend.adapters.http.generation import ServedModel, _start
+    served = ServedModel("tiny", graph, SessionPool(graph, size=2), 0)
+    calls = []
+    tokenize = graph.model.tokenize
+    monkeypatch.setattr(graph.model, "tokenize",
+                        lambda *a, **k: calls.append(a) or tokenize(*a, **k))
+    entry, stream = _start(served, "alpha beta", {"temperature": 0, "max_tokens": 2}, None)
+    assert stream.result().prompt_tokens == len(tokenize("alpha beta", add_special=True,
+                                                         parse_special=True))
+    served.pool.release(entry)
+    assert len(calls) == 1

@@ -4,7 +4,7 @@
     uvicorn.run(app, host="127.0.0.1", port=8080)
 
 Routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{model}],
-/server/stats (this server's request and disconnect counts with backend.stats()), and
+llama-server's /tokenize and /detokenize, /server/stats (this server's request and disconnect counts with backend.stats()), and
 observe.py's /health, /metrics, /slots. Errors are OpenAI's error object (errors.py).
 """
 from __future__ import annotations
@@ -51,6 +51,8 @@ def create_app(backend: Backend, models: dict[str, Graph], *, api_key: str | Non
         Route("/v1/embeddings", handlers.embeddings, methods=["POST"]),
         Route("/v1/models", handlers.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", handlers.get_model, methods=["GET"]),
+        Route("/tokenize", handlers.tokenize, methods=["POST"]),
+        Route("/detokenize", handlers.detokenize, methods=["POST"]),
         Route("/server/stats", stats, methods=["GET"]),
         *observe.routes(backend, models),
     ]

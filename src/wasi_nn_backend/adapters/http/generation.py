@@ -18,12 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ...api import Completion, Graph, Stream
+from ...api import Completion, Graph, Piece, Stream
 from ...errors import ErrorCode, WasiNnError
 from .errors import ApiError, error_json, from_wasi_nn
 from .pool import Entry, SessionPool
 from .requests import GenerationRequest
-from .usage import usage
+from .usage import Rows, token_rows, usage
 from .watch import Watch
 
 
@@ -44,8 +44,9 @@ class Shape:
 
     object: str                    # "chat.completion" / "text_completion"
     chunk_object: str
-    choice: Callable[[str | None, Completion | None, bool], dict[str, Any]]
-    # choice(text or piece, the completion at the end or None, streaming?)
+    choice: Callable[[str | None, Completion | None, bool, Rows, int], dict[str, Any]]
+    # choice(text or piece, the completion at the end or None, streaming?, the tokens with
+    # their probabilities that this text completes, where this text starts in the whole)
 
 
 @dataclass
@@ -56,29 +57,32 @@ class Counters:
     cancelled: int = 0     # generations stopped because their client went away
 
 
-def _start(served: ServedModel, text: str, overrides: dict[str, Any], key: str | None
-           ) -> tuple[Entry, Stream]:
+def _start(served: ServedModel, prompt: str | list[int], overrides: dict[str, Any],
+           key: str | None) -> tuple[Entry, Stream]:
+    """Tokenize the prompt once (its tokens pick the session, then go to it as they are),
+    pick a session and submit. An over-long text is refused before it is tokenized."""
     graph = served.graph
-    # the tokens only pick a session (the session tokenizes again); an over-long prompt is
-    # refused before it is tokenized, as the session would
-    graph.model.check_fits(text, graph.config.model.n_ctx - 1)
-    tokens = graph.model.tokenize(text, add_special=True, parse_special=True)
+    if isinstance(prompt, str):
+        graph.model.check_fits(prompt, graph.config.model.n_ctx - 1)
+        tokens = graph.model.tokenize(prompt, add_special=True, parse_special=True)
+    else:
+        tokens = prompt
     entry = served.pool.acquire(tokens, key)
     try:
-        return entry, entry.session.complete_stream(text, overrides)
+        return entry, entry.session.complete_stream(tokens, overrides)
     except BaseException:
         served.pool.release(entry)
         raise
 
 
-async def run(served: ServedModel, request: Request, gen: GenerationRequest, text: str,
-              shape: Shape, counters: Counters) -> Response:
+async def run(served: ServedModel, request: Request, gen: GenerationRequest,
+              prompt: str | list[int], shape: Shape, counters: Counters) -> Response:
     key = request.headers.get("x-session-affinity") or gen.user
     counters.requests += 1
     try:
-        entry, stream = await run_in_threadpool(_start, served, text, gen.overrides, key)
+        entry, stream = await run_in_threadpool(_start, served, prompt, gen.overrides, key)
     except WasiNnError as error:
-        raise from_wasi_nn(error) from None
+        raise from_wasi_nn(error, "prompt" if isinstance(prompt, list) else None) from None
     watch = Watch(stream, lambda: served.pool.release(entry))
     ident = f"{'chatcmpl' if shape.object == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}"
     head = {"id": ident, "created": int(time.time()), "model": served.alias}
@@ -94,7 +98,8 @@ async def run(served: ServedModel, request: Request, gen: GenerationRequest, tex
         return Response(status_code=499)   # nobody reads it: the client is gone
     _check(completion)
     return JSONResponse({**head, "object": shape.object,
-                         "choices": [shape.choice(completion.text, completion, False)],
+                         "choices": [shape.choice(completion.text, completion, False,
+                                                  token_rows(completion), 0)],
                          "usage": usage(completion)})
 
 
@@ -106,7 +111,7 @@ def _check(completion: Completion) -> None:
         raise from_wasi_nn(error)
 
 
-async def _first(watch: Watch, pieces: AsyncIterator[str]) -> str | None:
+async def _first(watch: Watch, pieces: AsyncIterator[Piece]) -> Piece | None:
     """The first piece, before the response starts: a request that fails before it (its
     deadline, the engine stopping) answers with its own status, not a 200 and an error
     event. None when the stream ended without one."""
@@ -122,16 +127,27 @@ async def _first(watch: Watch, pieces: AsyncIterator[str]) -> str | None:
         raise
 
 
-async def _events(watch: Watch, pieces: AsyncIterator[str], first: str | None,
+async def _events(watch: Watch, pieces: AsyncIterator[Piece], first: Piece | None,
                   head: dict[str, Any], shape: Shape, gen: GenerationRequest,
                   counters: Counters) -> AsyncIterator[str]:
+    """The chunks: one a piece (with the logprobs of the tokens it completes), then the end
+    (finish_reason, the logprobs of tokens no piece carried, usage)."""
     chunk = {**head, "object": shape.chunk_object}
     finished = False
+    covered, offset = 0, 0     # tokens the chunks carried so far; the text's length so far
+
+    def event(piece: Piece) -> str:
+        nonlocal covered, offset
+        rows = list(piece.tokens)
+        data = _sse({**chunk, "choices": [shape.choice(piece.text, None, True, rows, offset)]})
+        covered += len(rows)
+        offset += len(piece.text)
+        return data
     try:
         if first is not None:
-            yield _sse({**chunk, "choices": [shape.choice(first, None, True)]})
+            yield event(first)
         async for piece in pieces:
-            yield _sse({**chunk, "choices": [shape.choice(piece, None, True)]})
+            yield event(piece)
         assert watch.end is not None
         try:
             completion = watch.end.result()
@@ -144,7 +160,8 @@ async def _events(watch: Watch, pieces: AsyncIterator[str], first: str | None,
             finished = True
             yield f"data: {error_json(error)}\n\n"
             return
-        final = {**chunk, "choices": [shape.choice(None, completion, True)],
+        rest = token_rows(completion)[covered:]
+        final = {**chunk, "choices": [shape.choice(None, completion, True, rest, offset)],
                  "usage": usage(completion)}
         yield _sse(final)
         if gen.include_usage:

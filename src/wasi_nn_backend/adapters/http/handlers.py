@@ -19,8 +19,9 @@ from ...errors import WasiNnError
 from . import generation
 from .errors import ApiError, from_wasi_nn
 from .generation import Counters, ServedModel, Shape
-from .requests import chat_request, completion_request, embedding_request, parse_json
-from .usage import chat_logprobs, completion_logprobs, finish_reason
+from .requests import (MAX_TOKENIZE, chat_request, completion_request, detokenize_request,
+                       embedding_request, parse_json, tokenize_request)
+from .usage import Rows, chat_logprobs, completion_logprobs, finish_reason
 
 
 class Handlers:
@@ -44,14 +45,15 @@ class Handlers:
         gen = chat_request(body, served.graph.defaults)
         text = await run_in_threadpool(_render, served, gen.messages)
 
-        def choice(text: str | None, done: Completion | None, stream: bool) -> dict[str, Any]:
+        def choice(text: str | None, done: Completion | None, stream: bool, rows: Rows,
+                   offset: int) -> dict[str, Any]:
             result: dict[str, Any] = {"index": 0, "finish_reason": None}
             content = {"role": "assistant", "content": text} if text is not None else {}
             result["delta" if stream else "message"] = content
             if done is not None:
                 result["finish_reason"] = finish_reason(done)
-                result["logprobs"] = chat_logprobs(done, served.piece) \
-                    if gen.top_logprobs else None
+            result["logprobs"] = chat_logprobs(rows, served.piece) \
+                if gen.top_logprobs and (rows or done is not None) else None
             return result
         shape = Shape("chat.completion", "chat.completion.chunk", choice)
         return await generation.run(served, request, gen, text, shape, self.counters)
@@ -61,13 +63,14 @@ class Handlers:
         served = self._model(body.get("model") if isinstance(body.get("model"), str) else "")
         gen = completion_request(body, served.graph.defaults)
 
-        def choice(text: str | None, done: Completion | None, stream: bool) -> dict[str, Any]:
+        def choice(text: str | None, done: Completion | None, stream: bool, rows: Rows,
+                   offset: int) -> dict[str, Any]:
             result: dict[str, Any] = {"index": 0, "text": text or "", "finish_reason": None,
                                       "logprobs": None}
             if done is not None:
                 result["finish_reason"] = finish_reason(done)
-                if gen.top_logprobs:
-                    result["logprobs"] = completion_logprobs(done, served.piece)
+            if gen.top_logprobs and (rows or done is not None):
+                result["logprobs"] = completion_logprobs(rows, served.piece, offset)
             return result
         shape = Shape("text_completion", "text_completion", choice)
         return await generation.run(served, request, gen, gen.prompt, shape, self.counters)
@@ -81,6 +84,39 @@ class Handlers:
                  "embedding": _encode(vector, encoding)} for i, vector in enumerate(vectors)]
         return JSONResponse({"object": "list", "data": data, "model": alias,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    def _named_or_only(self, body: dict[str, Any]) -> ServedModel:
+        """The model the body names; without a name, the only one served (llama-server's
+        /tokenize has no model field)."""
+        alias = body.get("model")
+        if alias is None and len(self.models) == 1:
+            return next(iter(self.models.values()))
+        return self._model(alias if isinstance(alias, str) else "")
+
+    async def tokenize(self, request: Request) -> Response:
+        """llama-server's POST /tokenize: {"content", "add_special" (false),
+        "parse_special" (true), "with_pieces" (false)} -> {"tokens"}; the ids a
+        /v1/completions prompt may be given as."""
+        body = await self._body(request)
+        served = self._named_or_only(body)
+        content, options = tokenize_request(body)
+        model = served.graph.model
+        try:
+            model.check_fits(content, MAX_TOKENIZE, "the content")
+            tokens = await run_in_threadpool(model.tokenize, content, **options["flags"])
+        except WasiNnError as error:
+            raise from_wasi_nn(error, "content") from None
+        if options["with_pieces"]:
+            return JSONResponse({"tokens": [{"id": t, "piece": served.piece(t)}
+                                            for t in tokens]})
+        return JSONResponse({"tokens": tokens})
+
+    async def detokenize(self, request: Request) -> Response:
+        """llama-server's POST /detokenize: {"tokens"} -> {"content"}."""
+        body = await self._body(request)
+        served = self._named_or_only(body)
+        tokens = detokenize_request(body, served.graph.model.n_vocab)
+        return JSONResponse({"content": "".join(served.piece(t) for t in tokens)})
 
     async def list_models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [

@@ -29,6 +29,7 @@ SAMPLING_FIELDS = {
 IGNORED_FIELDS = {"n", "user", "stream_options", "logprobs", "top_logprobs", "echo", "suffix",
                   "best_of", "parallel_tool_calls", "store", "metadata", "service_tier"}
 MAX_TOP_LOGPROBS = 20
+MAX_TOKENIZE = 1 << 20     # tokens /tokenize makes at most (bounded work for any body)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class GenerationRequest:
     include_usage: bool = False
     top_logprobs: int = 0                 # 0 = no logprobs asked
     messages: list[dict[str, str]] = field(default_factory=list)   # chat
-    prompt: str = ""                                                # completions
+    prompt: str | list[int] = ""                 # completions: text or token ids
     user: str | None = None
 
 
@@ -148,17 +149,27 @@ def _content(content: Any, where: str) -> str:
 
 def completion_request(body: dict[str, Any], base: Any) -> GenerationRequest:
     request = _common(body, base)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise ApiError(400, "'prompt' must be a string (one prompt per request)", "prompt",
-                       "invalid_type" if prompt is not None else "missing_required_parameter")
-    request.prompt = prompt
+    request.prompt = _prompt(body.get("prompt"))
     request.top_logprobs = _top(body, "logprobs", body.get("logprobs"))
     if request.top_logprobs:
         request.overrides["n_probs"] = request.top_logprobs
     return request
+
+
+def _prompt(prompt: Any) -> str | list[int]:
+    """One prompt: a string or an array of token ids, alone or as the only item of a list
+    (OpenAI's shapes; several prompts in one request are refused: n=1)."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt \
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return prompt
+    if prompt is None:
+        raise ApiError(400, "'prompt' is required", "prompt", "missing_required_parameter")
+    raise ApiError(400, "'prompt' must be a string or a non-empty array of token ids (one "
+                   "prompt per request)", "prompt", "invalid_type")
 
 
 def embedding_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
@@ -176,3 +187,24 @@ def embedding_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
         raise ApiError(400, "encoding_format must be 'float' or 'base64'", "encoding_format",
                        "invalid_value")
     return model, items, encoding
+
+
+def tokenize_request(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(content, {"flags": tokenize's keywords, "with_pieces": bool}); llama-server's
+    defaults: no BOS added, special tokens parsed."""
+    content = _expect(body, "content", str, "a string", required=True)
+    add = _expect(body, "add_special", bool, "true or false")
+    parse = _expect(body, "parse_special", bool, "true or false")
+    pieces = _expect(body, "with_pieces", bool, "true or false")
+    return content, {"flags": {"add_special": bool(add),
+                               "parse_special": True if parse is None else parse},
+                     "with_pieces": bool(pieces)}
+
+
+def detokenize_request(body: dict[str, Any], n_vocab: int) -> list[int]:
+    tokens = _expect(body, "tokens", list, "a list of token ids", required=True)
+    for index, token in enumerate(tokens):
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < n_vocab:
+            raise ApiError(400, f"'tokens[{index}]' must be a token id in [0, {n_vocab})",
+                           f"tokens[{index}]", "invalid_value")
+    return tokens

@@ -32,29 +32,39 @@ def _logprob(p: float) -> float:
     return math.log(p) if p > 0 else -9999.0   # OpenAI's floor for a zero probability
 
 
-def _rows(completion: Completion, piece: Any) -> list[tuple[str, float | None, list]]:
+Rows = list[tuple[int, tuple[tuple[int, float], ...]]]   # (token, its top-n (token, p))
+
+
+def token_rows(completion: Completion) -> Rows:
+    """Every generated token with its top-n probabilities (requests that asked n_probs)."""
+    return list(zip(completion.generated_tokens, completion.probs))
+
+
+def _rows(rows: Rows, piece: Any) -> list[tuple[str, float | None, list]]:
     """(token text, its logprob or None, [(text, logprob)] top-n) per generated token."""
-    rows = []
-    for token, probs in zip(completion.generated_tokens, completion.probs):
+    out = []
+    for token, probs in rows:
         top = [(piece(t), _logprob(p)) for t, p in probs]
         own = next((_logprob(p) for t, p in probs if t == token), None)
-        rows.append((piece(token), own, top))
-    return rows
+        out.append((piece(token), own, top))
+    return out
 
 
-def chat_logprobs(completion: Completion, piece: Any) -> dict[str, Any]:
+def chat_logprobs(rows: Rows, piece: Any) -> dict[str, Any]:
     def entry(text: str, logprob: float | None) -> dict[str, Any]:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
     return {"content": [{**entry(text, own), "top_logprobs": [entry(t, lp) for t, lp in top]}
-                        for text, own, top in _rows(completion, piece)]}
+                        for text, own, top in _rows(rows, piece)]}
 
 
-def completion_logprobs(completion: Completion, piece: Any) -> dict[str, Any]:
-    rows = _rows(completion, piece)
-    offsets, offset = [], 0
-    for text, _, _ in rows:
+def completion_logprobs(rows: Rows, piece: Any, offset: int = 0) -> dict[str, Any]:
+    """OpenAI's legacy shape; ``offset``: where these tokens' text starts in the whole
+    completion (a streamed chunk's tokens follow the earlier chunks')."""
+    described = _rows(rows, piece)
+    offsets = []
+    for text, _, _ in described:
         offsets.append(offset)
         offset += len(text)
-    return {"tokens": [text for text, _, _ in rows],
-            "token_logprobs": [own for _, own, _ in rows],
-            "top_logprobs": [dict(top) for _, _, top in rows], "text_offset": offsets}
+    return {"tokens": [text for text, _, _ in described],
+            "token_logprobs": [own for _, own, _ in described],
+            "top_logprobs": [dict(top) for _, _, top in described], "text_offset": offsets}

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 
-from ...api import Completion, EndOfStream, Stream
+from ...api import Completion, EndOfStream, Piece, Stream
 
 
 class Watch:
@@ -39,13 +39,14 @@ class Watch:
         except RuntimeError:   # the loop is closed (server shutdown): nobody reads it now
             pass
 
-    async def pieces(self) -> AsyncIterator[str]:
-        """The pieces as they come; ``self.end`` says how the stream ended."""
+    async def pieces(self) -> AsyncIterator[Piece]:
+        """The pieces as they come (with the tokens each completes, when the request asked
+        for their probabilities); ``self.end`` says how the stream ended."""
         while True:
             self._event.clear()
             while True:
                 try:
-                    piece = self.stream.try_get()
+                    piece = self.stream.try_get_piece()
                 except EndOfStream as end:
                     self.end = end
                     return
