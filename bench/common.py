@@ -74,6 +74,38 @@ def worker(script: str, *args: str) -> object:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def llama_tools(*targets: str) -> Path:
+    """The bin/ folder of llama.cpp's CPU build from the sources the bindings were built from
+    (build_llama_bench.sh), with ``targets`` (llama-batched-bench, llama-server) built too."""
+    binary = Path(subprocess.run(["bash", str(HERE / "build_llama_bench.sh")], check=True,
+                                 capture_output=True, text=True).stdout.strip())
+    for target in targets:
+        if not (binary.parent / target).exists():
+            subprocess.run(["cmake", "--build", str(binary.parent.parent), "--target", target,
+                            "-j", "2"], check=True, capture_output=True)
+    return binary.parent
+
+
+def batched_bench(bin_dir: Path, path: str, counts: list[int], prompt: int, tokens: int,
+                  n_ctx: int, *extra: str) -> dict[int, dict]:
+    """llama-batched-bench's row for each count of sequences (jsonl: t_pp, speed_pp, t_tg,
+    speed_tg, t, speed), in one process: a context of max(counts) sequences of ``n_ctx``
+    cells each, each with its own KV stream, flash attention on, ``prompt`` tokens prefilled
+    per sequence then ``tokens`` decoded."""
+    out = subprocess.run(
+        [str(bin_dir / "llama-batched-bench"), "-m", path, "-c", str(n_ctx * max(counts)),
+         "-b", "2048", "-ub", "512", "-npp", str(prompt), "-ntg", str(tokens),
+         "-npl", ",".join(map(str, counts)), "-fa", "on", "--output-format", "jsonl", *extra],
+        check=True, capture_output=True, text=True)
+    rows = [json.loads(line[line.index("{"):]) for line in (out.stdout + out.stderr).splitlines()
+            if '"speed_tg"' in line]
+    found = {row["pl"]: row for row in rows}
+    if set(found) != set(counts):
+        raise RuntimeError(f"llama-batched-bench printed {sorted(found)}, not {counts}: "
+                           f"{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return found
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:

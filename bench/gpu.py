@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+import common
 from scale import N_CTX, PROMPT_TOKENS, SAMPLED, run_worker
 from serving import free_port, launched, llama_server_command
 
@@ -60,14 +61,9 @@ def binaries() -> Path:
 
 
 def batched_bench(bin_dir: Path, path: str, counts: list[int], tokens: int) -> dict[int, float]:
-    out = subprocess.run(
-        [str(bin_dir / "llama-batched-bench"), "-m", path, "-c", str(N_CTX * max(counts)),
-         "-b", "2048", "-ub", "512", "-npp", str(PROMPT_TOKENS), "-ntg", str(tokens),
-         "-npl", ",".join(map(str, counts)), "-ngl", "99", "-fa", "on",
-         "--output-format", "jsonl"], check=True, capture_output=True, text=True)
-    rows = [json.loads(line[line.index("{"):]) for line in (out.stdout + out.stderr).splitlines()
-            if '"speed_tg"' in line]
-    return {row["pl"]: row["speed_tg"] for row in rows}
+    rows = common.batched_bench(bin_dir, path, counts, PROMPT_TOKENS, tokens, N_CTX,
+                                "-ngl", "99")
+    return {n: row["speed_tg"] for n, row in rows.items()}
 
 
 def _stream_one(port: int, body: dict, stamps: list[float]) -> int:

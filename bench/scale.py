@@ -48,24 +48,9 @@ def model_path() -> str:
 def batched_bench(path: str, counts: list[int], tokens: int) -> dict[int, float]:
     """llama-batched-bench's decode tokens/s (S_TG) for each count of sequences, in one
     process (a context of max(counts) sequences of N_CTX cells each)."""
-    binary = Path(subprocess.run(["bash", str(HERE / "build_llama_bench.sh")], check=True,
-                                 capture_output=True, text=True).stdout.strip())
-    batched = binary.parent / "llama-batched-bench"
-    if not batched.exists():
-        subprocess.run(["cmake", "--build", str(binary.parent.parent), "--target",
-                        "llama-batched-bench", "-j", "2"], check=True, capture_output=True)
-    out = subprocess.run(
-        [str(batched), "-m", path, "-c", str(N_CTX * max(counts)), "-b", "2048", "-ub", "512",
-         "-npp", str(PROMPT_TOKENS), "-ntg", str(tokens), "-npl", ",".join(map(str, counts)),
-         "-t", str(THREADS), "-fa", "on", "--output-format", "jsonl"],
-        check=True, capture_output=True, text=True)
-    rows = [json.loads(line[line.index("{"):]) for line in (out.stdout + out.stderr).splitlines()
-            if '"speed_tg"' in line]
-    speeds = {row["pl"]: row["speed_tg"] for row in rows}
-    if set(speeds) != set(counts):
-        raise RuntimeError(f"llama-batched-bench printed {sorted(speeds)}, not {counts}: "
-                           f"{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    return speeds
+    rows = common.batched_bench(common.llama_tools("llama-batched-bench"), path, counts,
+                                PROMPT_TOKENS, tokens, N_CTX, "-t", str(THREADS))
+    return {n: row["speed_tg"] for n, row in rows.items()}
 
 
 def ours(path: str, sessions: int, tokens: int, mode: str, n_gpu_layers: int = 0,

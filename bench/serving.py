@@ -124,6 +124,7 @@ class Reply:
     ttft: float
     tokens: int
     text: str
+    prefilled: int | None = None   # prompt tokens less the cached ones (the server's usage)
 
 
 def stream_chat(port: int, messages: list[dict[str, str]], max_tokens: int) -> Reply:
@@ -138,7 +139,7 @@ def stream_chat(port: int, messages: list[dict[str, str]], max_tokens: int) -> R
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
-    first, pieces, usage, text = None, 0, None, []
+    first, pieces, usage, text, prefilled = None, 0, None, [], None
     for raw in response:
         line = raw.decode("utf-8", "replace").strip()
         if not line.startswith("data:"):
@@ -156,14 +157,32 @@ def stream_chat(port: int, messages: list[dict[str, str]], max_tokens: int) -> R
             text.append(content)
         if event.get("usage"):
             usage = event["usage"].get("completion_tokens")
+            cached = (event["usage"].get("prompt_tokens_details") or {}).get("cached_tokens")
+            if cached is not None:
+                prefilled = event["usage"]["prompt_tokens"] - cached
     conn.close()
     if first is None:
         raise RuntimeError("the stream had no text")
-    return Reply(first - sent, usage if usage is not None else pieces, "".join(text))
+    return Reply(first - sent, usage if usage is not None else pieces, "".join(text), prefilled)
+
+
+def decode_seconds(port: int) -> float | None:
+    """Seconds our server's engines spent inside llama_decode so far (GET /server/stats);
+    None from a server without that route (llama-server)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/server/stats")
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    if response.status != 200:
+        return None
+    engines = json.loads(body)["backend"]["engines"].values()
+    return sum(engine["decode_seconds"] for engine in engines)
 
 
 def concurrency(port: int, clients: int, tag: str) -> dict[str, float]:
     replies: list[Reply] = []
+    waves: list[list[int]] = [[] for _ in range(REQUESTS)]   # prefilled tokens per round
     lock = threading.Lock()
 
     def client(i: int) -> None:
@@ -173,11 +192,41 @@ def concurrency(port: int, clients: int, tag: str) -> dict[str, float]:
             reply = stream_chat(port, messages, TOKENS)
             with lock:
                 replies.append(reply)
+                if reply.prefilled is not None:
+                    waves[r].append(reply.prefilled)
+    decoding = decode_seconds(port)
     wall = common.run_threads(list(range(clients)), client)
     ttfts = [r.ttft for r in replies]
-    return {"tokens_per_s": sum(r.tokens for r in replies) / wall,
-            "ttft_p50": percentile(ttfts, 50), "ttft_p95": percentile(ttfts, 95),
-            "tokens": sum(r.tokens for r in replies) / len(replies)}
+    figures = {"tokens_per_s": sum(r.tokens for r in replies) / wall,
+               "ttft_p50": percentile(ttfts, 50), "ttft_p95": percentile(ttfts, 95),
+               "tokens": sum(r.tokens for r in replies) / len(replies)}
+    for r, wave in enumerate(waves):
+        if wave:
+            figures[f"prefilled{r}"] = percentile(wave, 50)
+    if decoding is not None:   # the share of the wall time the engine spent in llama_decode
+        figures["in_decode"] = (decode_seconds(port) - decoding) / wall
+    return figures
+
+
+def reference(path: str, ours: dict[str, dict[str, float]]) -> dict[str, float]:
+    """What llama.cpp itself does with the same work, no server around it: for each
+    concurrency, llama-batched-bench on each round of requests (every client's r-th request
+    at once: its prefilled tokens, as our server's usage counted them, then TOKENS decoded,
+    all sequences batched), the rounds' times added. Completion tokens / that time is the
+    C++ reference a server's tokens/s is set against: a server gets past it only by
+    prefilling less (mixed prefill and decode batches can gain a little)."""
+    bin_dir = common.llama_tools("llama-batched-bench")
+    out = {}
+    for n in CLIENTS:
+        figures = ours[f"c{n}"]
+        seconds = 0.0
+        for r in range(REQUESTS):
+            prefilled = max(1, round(figures[f"prefilled{r}"]))
+            row = common.batched_bench(bin_dir, path, [n], prefilled, TOKENS, N_CTX,
+                                       "-t", str(THREADS))[n]
+            seconds += row["t"]
+        out[f"c{n}"] = n * REQUESTS * figures["tokens"] / seconds
+    return out
 
 
 def multiturn(port: int, conversations: int, tag: str) -> dict[str, float]:
@@ -217,10 +266,14 @@ def best(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = {}
     for key in rounds[0]:
         out[key] = {}
+        fastest = max(rounds, key=lambda r: r[key].get("tokens_per_s", 0.0))
         for figure in rounds[0][key]:
             values = [r[key][figure] for r in rounds]
-            out[key][figure] = max(values) if figure in ("tokens_per_s", "tokens") \
-                else min(values)
+            if figure == "in_decode":   # a description of the best round, not a score
+                out[key][figure] = fastest[key][figure]
+            else:
+                out[key][figure] = max(values) if figure in ("tokens_per_s", "tokens") \
+                    else min(values)
     return out
 
 
@@ -242,6 +295,8 @@ def main() -> None:
             rounds[name].append(measure(name, path, f"r{r}", logs))
     results = {name: best(rs) for name, rs in rounds.items()}
     results["load"] = {"before": load}
+    if "ours" in results:
+        results["reference"] = reference(path, results["ours"])
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "serving.json").write_text(json.dumps(
         {"best": results, "rounds": rounds}, indent=1))
@@ -258,7 +313,9 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
              "of the rounds. Tokens/s: every request's completion tokens / wall seconds "
              f"(prefill included). TTFT over every request. Load average (1 min) before the "
              f"run: {results['load']['before']:.2f}.\n",
-             "| clients | contender | tokens/s | TTFT p50 | TTFT p95 |", "|---|---|---|---|---|"]
+             "| clients | contender | tokens/s | share of the C++ reference | TTFT p50 | "
+             "TTFT p95 |", "|---|---|---|---|---|---|"]
+    ref = results.get("reference")
     for n in CLIENTS:
         for name, figures in (("llama-server", theirs), ("ours", ours)):
             if figures is None:
@@ -266,8 +323,23 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
             f = figures[f"c{n}"]
             ratio = f" ({f['tokens_per_s'] / theirs[f'c{n}']['tokens_per_s']:.2f}x)" \
                 if name == "ours" and theirs else ""
-            lines.append(f"| {n} | {name} | {f['tokens_per_s']:.1f}{ratio} | "
+            share = f"{f['tokens_per_s'] / ref[f'c{n}']:.0%}" if ref else "-"
+            lines.append(f"| {n} | {name} | {f['tokens_per_s']:.1f}{ratio} | {share} | "
                          f"{f['ttft_p50'] * 1000:.0f} ms | {f['ttft_p95'] * 1000:.0f} ms |")
+    if ref:
+        lines += ["", "The C++ reference: llama-batched-bench from the same build doing the "
+                  "same work with no server around it (each round of requests as one batch: "
+                  "the tokens each request prefilled, then its completion tokens), "
+                  + ", ".join(f"{ref[f'c{n}']:.1f}" for n in CLIENTS)
+                  + f" tokens/s at {' / '.join(map(str, CLIENTS))} clients."]
+    if ours and "in_decode" in ours[f"c{max(CLIENTS)}"]:
+        lines += ["", "Share of the wall time our server's engine spent inside llama_decode "
+                  "(its /server/stats): " + ", ".join(
+                      f"{ours[f'c{n}']['in_decode']:.0%}" for n in CLIENTS)
+                  + f" at {' / '.join(map(str, CLIENTS))} clients. The rest is the engine's "
+                  "Python (planning, sampling, text) and the waits between requests; "
+                  "everything else the process does (HTTP, JSON, the event loop) runs while "
+                  "llama_decode computes, on the same two cores as it and the client."]
     lines += ["", f"Multi-turn, stateless: {CONVERSATIONS} chats at once, the whole conversation "
               f"sent each turn, {REPLY}-token replies; TTFT median over the chats.\n",
               "| contender | turn 1 | turn 10 | turn 10 / turn 1 |", "|---|---|---|---|"]
@@ -280,10 +352,16 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
     if ours and theirs:
         ratios = {n: ours[f"c{n}"]["tokens_per_s"] / theirs[f"c{n}"]["tokens_per_s"]
                   for n in CLIENTS}
+        top = max(CLIENTS)
         lines += ["", f"Targets: >= 1.0x llama-server's tokens/s at every concurrency: "
                   f"{verdict(min(ratios.values()) >= 1.0)} "
                   f"({', '.join(f'{r:.2f}x' for r in ratios.values())}); >= 1.2x at "
-                  f"{max(CLIENTS)}: {verdict(ratios[max(CLIENTS)] >= 1.2)}."]
+                  f"{top}: {verdict(ratios[top] >= 1.2)}."]
+        if ref:
+            ceiling = ref[f"c{top}"] / theirs[f"c{top}"]["tokens_per_s"]
+            lines[-1] += (f" At {top} clients llama-server reaches "
+                          f"{1 / ceiling:.0%} of the C++ reference: a server doing the same "
+                          f"work can be at most about {ceiling:.2f}x llama-server here.")
     return "\n".join(lines) + "\n"
 
 

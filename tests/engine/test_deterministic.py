@@ -60,11 +60,13 @@ def logits_seen(monkeypatch):
     return rows
 
 
-def run(path, rows, *, others, slots, turns=2, offload=False, seed_others=1, n_ctx=256, **ask):
+def run(path, rows, *, others, slots, turns=2, offload=False, seed_others=1, n_ctx=256,
+        shared="", **ask):
     """Our session's turns (each waits for the last), while ``others`` other sessions start
     at seeded random moments with prompts and lengths of their own; (the logits rows we
     sampled from, our tokens, engine steps). ``offload``: fewer slots than sessions and RAM
-    for their state, so idle sessions (ours between turns) are offloaded and restored."""
+    for their state, so idle sessions (ours between turns) are offloaded and restored.
+    ``shared``: a text every prompt, ours and the others', starts with."""
     rows.clear()
     BESIDE.clear()
     config = {"model": {"n_ctx": n_ctx, "n_seq_max": slots, "n_batch": max(32, slots),
@@ -82,7 +84,7 @@ def run(path, rows, *, others, slots, turns=2, offload=False, seed_others=1, n_c
 
         def start_one():
             session = sessions.pop()
-            words = " ".join(f"w{rng.randrange(99)}"
+            words = shared + " ".join(f"w{rng.randrange(99)}"
                              for _ in range(rng.randrange(3, min(40, n_ctx // 4))))
             started.append(session.complete_stream(
                 words, temperature=rng.choice([0, 0.7]), seed=rng.randrange(1000),
@@ -91,7 +93,7 @@ def run(path, rows, *, others, slots, turns=2, offload=False, seed_others=1, n_c
             for _ in range(len(sessions) // (turns - turn) // 2):   # some already decoding
                 start_one()
                 started[-1].get(timeout=60)
-            stream = mine.complete_stream(f"{PROMPT} {turn}", seed=MINE, **ask)
+            stream = mine.complete_stream(f"{shared}{PROMPT} {turn}", seed=MINE, **ask)
             while True:   # and more, one at a time, between our pieces
                 if sessions and rng.random() < 0.5:
                     start_one()
@@ -105,6 +107,8 @@ def run(path, rows, *, others, slots, turns=2, offload=False, seed_others=1, n_c
         counters = graph.engine.counters.snapshot()
         steps, offloads = counters["steps"], counters["offloads"]
         assert counters["moves"] == 0   # the mode keeps every sequence at its id (no compaction)
+        # nor copies another session's prefix: a prompt prefills from its own cache or from 0
+        assert counters["prefix_copies"] == 0
         ENGINE.clear()
     return list(rows), tokens, steps, offloads
 
@@ -138,6 +142,17 @@ def test_seeded_sampling_and_offload_keep_it(tiny_model_path, logits_seen):
     crowded = run(tiny_model_path, logits_seen, others=9, slots=2, turns=3, offload=True,
                   **ask)
     assert crowded[3] > 0   # sessions were offloaded and restored (moves: none, run() checks)
+    assert_same(alone, crowded)
+
+
+def test_a_prefix_other_sessions_hold_is_not_copied(tiny_model_path, logits_seen):
+    """Every prompt starts with the same long text: elsewhere a new session copies it from a
+    session holding it (memory.enable_token_cache_reuse) and prefills only the rest, which
+    cuts its prompt into other chunks than alone; in this mode it prefills its own."""
+    ask = {"temperature": 0, "ignore_eos": True, "max_tokens": 8}
+    shared = " ".join(f"s{i}" for i in range(24)) + " "
+    alone = run(tiny_model_path, logits_seen, others=0, slots=8, shared=shared, **ask)
+    crowded = run(tiny_model_path, logits_seen, others=7, slots=8, shared=shared, **ask)
     assert_same(alone, crowded)
 
 

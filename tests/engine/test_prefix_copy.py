@@ -41,3 +41,22 @@ def test_short_common_prefix_is_not_copied(tiny_model_path):
         graph.session().complete("Hello there my friend", **ASK)
         graph.session().complete("Hello there you", **ASK)
         assert graph.engine.counters.prefix_copies == 0
+
+
+def test_a_copy_must_save_a_real_prefill():
+    """A donor sharing a couple of tokens more than the session holds itself is not copied
+    from: a copy moves a whole KV stream (here it saved 2 tokens of prefill, measured in the
+    HTTP bench's second wave); sharing MIN_PREFIX_COPY more is."""
+    from wasi_nn_backend.config import MemoryConfig
+    from wasi_nn_backend.core.kv_policy import MIN_PREFIX_COPY, plan_prompt
+    from wasi_nn_backend.core.plan import CopyPrefix
+    from wasi_nn_backend.core.request import SequenceState
+    prompt = list(range(100, 160))
+    own = SequenceState(session_id=1, seq_id=0, kv_tokens=prompt[:23] + [7, 7])
+    for extra, copies in ((2, False), (MIN_PREFIX_COPY, True)):
+        donor = SequenceState(session_id=2, seq_id=1, kv_tokens=prompt[:23 + extra] + [9])
+        _, reuse, actions = plan_prompt(SequenceState(**vars(own)), prompt, n_ctx=256,
+                                        memory=MemoryConfig(), can_shift=True,
+                                        truncate_ok=False, donors=[donor])
+        assert any(isinstance(a, CopyPrefix) for a in actions) is copies
+        assert reuse == 23 + (extra if copies else 0)

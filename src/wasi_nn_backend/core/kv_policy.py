@@ -11,7 +11,7 @@ from .plan import CopyPrefix, KvAction, Shift, Trim
 from .request import SequenceState
 from .slots import SlotPool
 
-# A prefix shorter than this is prefilled rather than copied: a copy moves a whole KV stream.
+# A prefix copy must save prefilling at least this many tokens: it moves a whole KV stream.
 MIN_PREFIX_COPY = 16
 
 
@@ -135,9 +135,10 @@ def plan_pressure_relief(pool: SlotPool, *, n_ctx: int, memory: MemoryConfig,
 
 def _prefix_copy(session: SequenceState, prompt: list[int], own: int,
                  donors: list[SequenceState]) -> CopyPrefix | None:
-    """The resident session whose cache shares the longest prefix with ``prompt``, if that is
-    clearly better than what ``session`` holds itself."""
-    best, best_len = None, max(own, MIN_PREFIX_COPY - 1)
+    """The resident session whose cache shares the longest prefix with ``prompt``, if that
+    saves prefilling at least MIN_PREFIX_COPY tokens more than what ``session`` holds itself
+    (a copy of a few tokens would move a whole KV stream to save less than it costs)."""
+    best, best_len = None, own + MIN_PREFIX_COPY - 1
     for donor in donors:
         if donor is session or donor.seq_id is None:
             continue

@@ -70,6 +70,9 @@ class Scheduler:
         # what else runs (llama.cpp picks kernels by batch size). A sequence keeps one cell
         # free for the dummy token its slot gets while it does not decode.
         self.deterministic = deterministic
+        # a prefix copied from another session would cut the prompt's prefill into other
+        # chunks than alone: deterministic mode prefills from the session's own cache only
+        self._copies_prefixes = memory.enable_token_cache_reuse and not deterministic
         self.n_ctx = n_ctx - 1 if deterministic else n_ctx
         self.pool = pool
         self.settings = settings
@@ -190,7 +193,7 @@ class Scheduler:
                 prompt, reuse, prompt_actions = plan_prompt(
                     request.session, request.prompt_tokens, n_ctx=self.n_ctx, memory=self.memory,
                     can_shift=self.can_shift, truncate_ok=request.truncate_ok,
-                    donors=self.pool.resident if self.memory.enable_token_cache_reuse else None)
+                    donors=self.pool.resident if self._copies_prefixes else None)
             except WasiNnError as error:
                 request.state = RequestState.DONE
                 plan.failed.append((request, error))

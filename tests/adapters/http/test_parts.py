@@ -151,3 +151,27 @@ def test_a_request_is_tokenized_once(graph, monkeypatch):
                                                          parse_special=True))
     served.pool.release(entry)
     assert len(calls) == 1
+
+
+def test_a_full_pool_gives_a_new_turn_its_own_session(graph):
+    """Stateless clients, every pooled session idle: a turn whose new part is most of its
+    prompt (it shares under half) still goes to the session holding its conversation, not to
+    the least recently used one (whose cache it would not share)."""
+    pool = SessionPool(graph, size=2)
+    model = graph.model
+
+    def tokens(text):
+        return model.tokenize(text, add_special=True, parse_special=True)
+    old = {name: f"conversation {name} " + " ".join(f"{name}{i}" for i in range(8))
+           for name in ("a", "b")}
+    entries = {}
+    for name in ("a", "b"):   # a is now the least recently used
+        entries[name] = pool.acquire(tokens(old[name]))
+        entries[name].session.complete(old[name], temperature=0, max_tokens=40,
+                                       ignore_eos=True)
+        pool.release(entries[name])
+    turn = tokens(old["b"] + " and then a new question that is longer than what it shares "
+                  "with the old one by quite a few words")
+    held = list(entries["b"].session.state.kv_tokens)
+    assert 2 * shared_prefix(turn, held) < min(len(turn), len(held))   # under half
+    assert pool.acquire(turn) is entries["b"]

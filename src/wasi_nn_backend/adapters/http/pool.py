@@ -58,7 +58,8 @@ class SessionPool:
         try:
             with self._lock:
                 self._drop_closed()
-                entry = self._keyed_entry(key) if key is not None else self._best(tokens)
+                entry = self._keyed_entry(key) if key is not None \
+                    else self._best(tokens, full=len(self._entries) >= self.size)
                 if entry is None:
                     entry = self._make_room(key, to_close)
                 entry.busy = True
@@ -83,18 +84,25 @@ class SessionPool:
                            "conversation_busy")
         return entry
 
-    def _best(self, tokens: list[int]) -> Entry | None:
+    def _best(self, tokens: list[int], full: bool) -> Entry | None:
         """The idle unpinned session sharing the longest prefix with the prompt, if that
-        prefix is more than half of the prompt or of the session's tokens (a BOS or a chat
-        template's opening alone is no reason to overwrite another conversation while the
-        pool has room; llama-server's slot_prompt_similarity is the same idea)."""
+        prefix is worth taking the session for. While the pool has room: more than half of
+        the prompt or of the session's tokens (a shared system prompt alone is no reason to
+        overwrite another conversation: a new session gets it by a prefix copy instead).
+        Full, some idle session is overwritten anyway: the one sharing the most, if that is
+        over a tenth of the prompt (llama-server's slot_prompt_similarity), else the least
+        recently used (_make_room); so a stateless conversation whose new turn is a good
+        part of its prompt still finds its own session."""
         best, best_len = None, 0
-        for entry in self._entries.values():
+        for entry in self._entries.values():   # least recently used first: ties go to it
             if entry.busy or entry.key is not None:
                 continue
             resident = _resident_tokens(entry.session)
             length = shared_prefix(tokens, resident)
-            if length > best_len and 2 * length > min(len(tokens), len(resident)):
+            if length <= best_len:
+                continue
+            if 2 * length > min(len(tokens), len(resident)) \
+                    or (full and 10 * length > len(tokens)):
                 best, best_len = entry, length
         return best
 
