@@ -101,6 +101,18 @@ def test_a_completion_prompt_of_token_ids(client, server):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens[1]"
 
 
+def test_echo_puts_the_prompt_first(client):
+    plain = client.completions.create(model="tiny", prompt="echo me", **GREEDY)
+    echoed = client.completions.create(model="tiny", prompt="echo me", echo=True, **GREEDY)
+    assert echoed.choices[0].text == "echo me" + plain.choices[0].text
+    streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model="tiny", prompt="echo me", echo=True, stream=True, **GREEDY) if chunk.choices)
+    assert streamed == echoed.choices[0].text
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="x", echo=True, logprobs=1, **GREEDY)
+    assert caught.value.body["param"] == "echo"
+
+
 def test_streamed_logprobs_come_with_their_chunks(client):
     """Each chunk carries the logprobs of the tokens its text completes (OpenAI's streaming
     shape); together they are the whole reply's, also with a stop string holding text back."""

@@ -62,11 +62,15 @@ class Handlers:
         body = await self._body(request)
         served = self._model(body.get("model") if isinstance(body.get("model"), str) else "")
         gen = completion_request(body, served.graph.defaults)
+        # echo: the prompt's text before the completion's, once (a stream's first chunk)
+        echo = [gen.prompt if isinstance(gen.prompt, str)
+                else "".join(served.piece(t) for t in gen.prompt)] if gen.echo else []
 
         def choice(text: str | None, done: Completion | None, stream: bool, rows: Rows,
                    offset: int) -> dict[str, Any]:
-            result: dict[str, Any] = {"index": 0, "text": text or "", "finish_reason": None,
-                                      "logprobs": None}
+            prompt = echo.pop() if echo and (text is not None or done is not None) else ""
+            result: dict[str, Any] = {"index": 0, "text": prompt + (text or ""),
+                                      "finish_reason": None, "logprobs": None}
             if done is not None:
                 result["finish_reason"] = finish_reason(done)
             if gen.top_logprobs and (rows or done is not None):

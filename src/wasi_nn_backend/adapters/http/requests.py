@@ -3,7 +3,9 @@ the field (``param``), the way OpenAI's own API answers.
 
 Sampling and stopping fields are the package's request overrides under the names llama.cpp
 uses (config.parse_overrides): each is parsed alone against the model's defaults, so that a
-bad value names its own field, and the whole set is parsed again by the session.
+bad value names its own field, and the whole set is parsed again by the session. Fields
+of OpenAI's API this server has no use for (one choice per request, no tools: n=1, suffix,
+best_of, tools, store, metadata, service_tier...) are accepted and have no effect.
 """
 from __future__ import annotations
 
@@ -25,9 +27,6 @@ SAMPLING_FIELDS = {
     "ignore_eos": "ignore_eos",
     "json_schema": "json_schema", "response_format": "response_format",
 }
-# accepted and without effect here (one choice per request; no tools)
-IGNORED_FIELDS = {"n", "user", "stream_options", "logprobs", "top_logprobs", "echo", "suffix",
-                  "best_of", "parallel_tool_calls", "store", "metadata", "service_tier"}
 MAX_TOP_LOGPROBS = 20
 MAX_TOKENIZE = 1 << 20     # tokens /tokenize makes at most (bounded work for any body)
 
@@ -44,6 +43,7 @@ class GenerationRequest:
     messages: list[dict[str, str]] = field(default_factory=list)   # chat
     prompt: str | list[int] = ""                 # completions: text or token ids
     user: str | None = None
+    echo: bool = False                    # completions: the prompt's text comes first
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -150,8 +150,12 @@ def _content(content: Any, where: str) -> str:
 def completion_request(body: dict[str, Any], base: Any) -> GenerationRequest:
     request = _common(body, base)
     request.prompt = _prompt(body.get("prompt"))
+    request.echo = bool(_expect(body, "echo", bool, "true or false"))
     request.top_logprobs = _top(body, "logprobs", body.get("logprobs"))
     if request.top_logprobs:
+        if request.echo:
+            raise ApiError(400, "echo with logprobs would need the prompt tokens' logprobs, "
+                           "which this server does not compute", "echo", "unsupported_value")
         request.overrides["n_probs"] = request.top_logprobs
     return request
 
