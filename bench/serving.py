@@ -52,6 +52,9 @@ CONVERSATIONS = 4
 REPLY = 32
 N_CTX = 1024           # per sequence: ten turns of ~60 tokens fit
 SYSTEM = "You are a helpful assistant."
+# the burst: a system prompt of ~400 tokens every client's conversation starts with
+LONG_SYSTEM = SYSTEM + " " + " ".join(f"Rule {i}: be kind to the little cat and the dog."
+                                      for i in range(32))
 WORDS = "tell me what the little cat and the dog did when the sun was up and the water was long"
 
 
@@ -125,6 +128,7 @@ class Reply:
     tokens: int
     text: str
     prefilled: int | None = None   # prompt tokens less the cached ones (the server's usage)
+    prompt: int | None = None      # prompt tokens (the server's usage)
 
 
 def stream_chat(port: int, messages: list[dict[str, str]], max_tokens: int) -> Reply:
@@ -139,7 +143,7 @@ def stream_chat(port: int, messages: list[dict[str, str]], max_tokens: int) -> R
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
-    first, pieces, usage, text, prefilled = None, 0, None, [], None
+    first, pieces, usage, text, prefilled, prompt = None, 0, None, [], None, None
     for raw in response:
         line = raw.decode("utf-8", "replace").strip()
         if not line.startswith("data:"):
@@ -157,13 +161,15 @@ def stream_chat(port: int, messages: list[dict[str, str]], max_tokens: int) -> R
             text.append(content)
         if event.get("usage"):
             usage = event["usage"].get("completion_tokens")
+            prompt = event["usage"].get("prompt_tokens")
             cached = (event["usage"].get("prompt_tokens_details") or {}).get("cached_tokens")
             if cached is not None:
                 prefilled = event["usage"]["prompt_tokens"] - cached
     conn.close()
     if first is None:
         raise RuntimeError("the stream had no text")
-    return Reply(first - sent, usage if usage is not None else pieces, "".join(text), prefilled)
+    return Reply(first - sent, usage if usage is not None else pieces, "".join(text), prefilled,
+                 prompt)
 
 
 def decode_seconds(port: int) -> float | None:
@@ -180,20 +186,25 @@ def decode_seconds(port: int) -> float | None:
     return sum(engine["decode_seconds"] for engine in engines)
 
 
-def concurrency(port: int, clients: int, tag: str) -> dict[str, float]:
+def concurrency(port: int, clients: int, tag: str, system: str = SYSTEM) -> dict[str, float]:
+    """``clients`` at once, each sending REQUESTS requests one after the other; ``system``
+    starts every conversation."""
     replies: list[Reply] = []
     waves: list[list[int]] = [[] for _ in range(REQUESTS)]   # prefilled tokens per round
+    prompts: list[int] = []                                   # prompt tokens, first requests
     lock = threading.Lock()
 
     def client(i: int) -> None:
         for r in range(REQUESTS):
-            messages = [{"role": "system", "content": SYSTEM},
+            messages = [{"role": "system", "content": system},
                         {"role": "user", "content": f"{tag}.{clients}.{i}.{r}: {WORDS}"}]
             reply = stream_chat(port, messages, TOKENS)
             with lock:
                 replies.append(reply)
                 if reply.prefilled is not None:
                     waves[r].append(reply.prefilled)
+                if r == 0 and reply.prompt is not None:
+                    prompts.append(reply.prompt)
     decoding = decode_seconds(port)
     wall = common.run_threads(list(range(clients)), client)
     ttfts = [r.ttft for r in replies]
@@ -203,6 +214,8 @@ def concurrency(port: int, clients: int, tag: str) -> dict[str, float]:
     for r, wave in enumerate(waves):
         if wave:
             figures[f"prefilled{r}"] = percentile(wave, 50)
+    if prompts:
+        figures["prompt0"] = percentile(prompts, 50)
     if decoding is not None:   # the share of the wall time the engine spent in llama_decode
         figures["in_decode"] = (decode_seconds(port) - decoding) / wall
     return figures
@@ -257,6 +270,9 @@ def measure(name: str, path: str, tag: str, logs: Path) -> dict[str, dict[str, f
         stream_chat(port, [{"role": "user", "content": f"warm-up {tag}"}], 8)
         figures = {f"c{n}": concurrency(port, n, tag) for n in CLIENTS}
         figures["multiturn"] = multiturn(port, CONVERSATIONS, tag)
+        # a system prompt no session has seen yet (the round's tag first), max(CLIENTS) new
+        # conversations at once
+        figures["burst"] = concurrency(port, max(CLIENTS), tag, f"{tag}. {LONG_SYSTEM}")
     print(f"{name} round {tag}: " + json.dumps(figures), file=sys.stderr, flush=True)
     return figures
 
@@ -340,6 +356,25 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
                   "Python (planning, sampling, text) and the waits between requests; "
                   "everything else the process does (HTTP, JSON, the event loop) runs while "
                   "llama_decode computes, on the same two cores as it and the client."]
+    if ours and "burst" in ours:
+        top = max(CLIENTS)
+        lines += ["", f"A burst: {top} clients start at once, every conversation with the same "
+                  f"system prompt that no session has seen (prompts of "
+                  f"{ours['burst']['prompt0']:.0f} tokens), then as above (2 requests each, 64 "
+                  "tokens). Ours prefills that prompt once and copies it to the other "
+                  "sessions (memory.enable_token_cache_reuse); llama-server prefills it in "
+                  "every slot.\n",
+                  "| contender | tokens/s | TTFT p50 | TTFT p95 | prompt tokens prefilled, "
+                  "median of the first requests |", "|---|---|---|---|---|"]
+        for name, figures in (("llama-server", theirs), ("ours", ours)):
+            if figures is None or "burst" not in figures:
+                continue
+            b = figures["burst"]
+            ratio = f" ({b['tokens_per_s'] / theirs['burst']['tokens_per_s']:.2f}x)" \
+                if name == "ours" and theirs else ""
+            lines.append(f"| {name} | {b['tokens_per_s']:.1f}{ratio} | "
+                         f"{b['ttft_p50'] * 1000:.0f} ms | {b['ttft_p95'] * 1000:.0f} ms | "
+                         f"{b.get('prefilled0', float('nan')):.0f} |")
     lines += ["", f"Multi-turn, stateless: {CONVERSATIONS} chats at once, the whole conversation "
               f"sent each turn, {REPLY}-token replies; TTFT median over the chats.\n",
               "| contender | turn 1 | turn 10 | turn 10 / turn 1 |", "|---|---|---|---|"]

@@ -60,3 +60,36 @@ def test_a_copy_must_save_a_real_prefill():
                                         truncate_ok=False, donors=[donor])
         assert any(isinstance(a, CopyPrefix) for a in actions) is copies
         assert reuse == 23 + (extra if copies else 0)
+
+
+@pytest.mark.parametrize("sessions", [2, 6])
+def test_sessions_opened_at_once_prefill_a_shared_prefix_once(tiny_model_path, sessions):
+    """New sessions whose prompts start with the same system prompt, all sent in one step
+    with no cache holding it: one prefills it, the others wait for that and copy it (before:
+    each prefilled it beside the others). Their outputs are those of sessions run alone."""
+    from holding import hold_engine
+    questions = [f"Question number {i} about the sea?" for i in range(sessions)]
+    config = {"model": {"n_ctx": 256, "n_seq_max": sessions}}
+    with Backend(config) as backend:
+        graph = backend.load(tiny_model_path)
+        alone = []
+        for question in questions:
+            with graph.session() as session:
+                alone.append(session.complete(SYSTEM + question, **ASK).generated_tokens)
+    with Backend(config) as backend:
+        graph = backend.load(tiny_model_path)
+        opened = [graph.session() for _ in questions]
+        release = hold_engine(graph.engine)
+        try:
+            streams = [s.complete_stream(SYSTEM + q, **ASK) for s, q in zip(opened, questions)]
+        finally:
+            release.set()
+        done = [stream.result(timeout=60) for stream in streams]
+        counters = graph.engine.counters.snapshot()
+    assert done[0].reused_tokens == 0   # the first prefilled all of it
+    assert counters["prefix_copies"] == sessions - 1
+    for completion in done[1:]:
+        assert completion.reused_tokens >= 30   # the system prompt, copied
+        assert completion.prefilled_tokens == completion.prompt_tokens - completion.reused_tokens
+    assert counters["prefill_tokens"] == sum(c.prefilled_tokens for c in done)
+    assert [c.generated_tokens for c in done] == alone

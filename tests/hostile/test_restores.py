@@ -10,8 +10,8 @@ prefill and of a needless swap-out of a third session.
 from __future__ import annotations
 
 import logging
-import threading
 
+from holding import hold_engine
 from wasi_nn_backend import Backend
 
 GREEDY = {"temperature": 0, "ignore_eos": True, "max_tokens": 6}
@@ -39,19 +39,6 @@ def alone(path):
                     reply = session.complete(prompt + reply.text + MORE, **GREEDY)
                 replies[name] = reply.generated_tokens
         return replies
-
-
-def hold_engine(engine):
-    """Keep the engine thread inside a command until the returned event is set: requests
-    submitted meanwhile all reach the same planning step."""
-    entered, release = threading.Event(), threading.Event()
-
-    def hold():
-        entered.set()
-        release.wait(30)
-    engine.call(hold)
-    assert entered.wait(30)
-    return release
 
 
 def run(path, waiting):

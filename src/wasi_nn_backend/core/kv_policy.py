@@ -16,11 +16,20 @@ MIN_PREFIX_COPY = 16
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from the start. Slices compare in C: equal
+    lists cost one compare, others a binary search (the scheduler compares every waiting
+    prompt with every prefilling one each step)."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n            # a[:lo] == b[:lo]; a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def keep_count(n_ctx: int, memory: MemoryConfig) -> int:
@@ -131,6 +140,17 @@ def plan_pressure_relief(pool: SlotPool, *, n_ctx: int, memory: MemoryConfig,
             actions.extend(pool.give_back(victim))
             used -= n_tokens
     return actions
+
+
+def held_prefix(session: SequenceState, prompt: list[int], donors: list[SequenceState]) -> int:
+    """The most of ``prompt`` the session's own cache (resident or offloaded) or a resident
+    donor holds now: what it would not prefill if admitted now."""
+    own = session.kv_tokens if session.seq_id is not None else session.offloaded_tokens or []
+    held = common_prefix(own, prompt)
+    for donor in donors:
+        if donor is not session and donor.seq_id is not None:
+            held = max(held, common_prefix(donor.kv_tokens, prompt))
+    return held
 
 
 def _prefix_copy(session: SequenceState, prompt: list[int], own: int,

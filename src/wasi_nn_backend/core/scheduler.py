@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ..config import BackendSettings, MemoryConfig
 from ..errors import WasiNnError
 from .clock import Clock
-from .kv_policy import plan_generation_room, plan_pressure_relief, plan_prompt
+from .kv_policy import (MIN_PREFIX_COPY, common_prefix, held_prefix, plan_generation_room,
+                        plan_pressure_relief, plan_prompt)
 from .slots import SlotPool
 from .plan import CopyPrefix, StepPlan, Restore
 from .queue import Gate, QueueLimit, WaitingQueue
@@ -184,6 +185,8 @@ class Scheduler:
         for request in self.queue.admission_order(lambda session: not session.busy):
             if len(self.running) >= self.settings.max_concurrent:
                 return
+            if self._copies_prefixes and self._prefix_on_its_way(request):
+                continue   # admitted once the prefix is in the KV cache: it copies it then
             actions = self.pool.acquire(request.session, wanted=self.queue.has_waiting)
             if actions is None:
                 return  # every slot is busy: wait for one
@@ -210,6 +213,25 @@ class Scheduler:
             request.session.busy = True
             self.running.append(request)
             self._admitted_total += 1
+
+    def _prefix_on_its_way(self, request: Request) -> bool:
+        """Whether a running request is prefilling a prefix of this one's prompt that no
+        cache holds yet, MIN_PREFIX_COPY tokens or more beyond what its session or another
+        would give it now: then it waits (a step or a few: until that prefill passes the
+        shared part) and copies the prefix instead of prefilling it beside. Sessions opened
+        at once with the same system prompt prefill it once, not once each."""
+        prompt = request.prompt_tokens
+        head = prompt[:MIN_PREFIX_COPY]
+        ahead = [r for r in self.running if r.state is RequestState.PREFILL
+                 and r.prompt_tokens[:MIN_PREFIX_COPY] == head]
+        if not ahead:
+            return False
+        held = held_prefix(request.session, prompt, self.pool.resident)
+        for other in ahead:
+            shared = common_prefix(other.prompt_tokens, prompt)
+            if shared >= held + MIN_PREFIX_COPY and other.n_past < shared:
+                return True
+        return False
 
     def _plan_fixed(self, plan: StepPlan) -> None:
         """Deterministic mode: a step is either ONE prompt chunk of one request, alone, cut at
