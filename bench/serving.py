@@ -243,8 +243,9 @@ def reference(path: str, ours: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def multiturn(port: int, conversations: int, tag: str) -> dict[str, float]:
-    """Turn k's TTFT, the median over the conversations (all at once, turn by turn each)."""
-    ttfts: list[list[float]] = [[] for _ in range(TURNS)]
+    """Turn k's TTFT, the median over the conversations (all at once, turn by turn each), and
+    how many prompt tokens turns 1 and 10 had and prefilled (the server's usage)."""
+    replies: list[list[Reply]] = [[] for _ in range(TURNS)]
     lock = threading.Lock()
 
     def client(c: int) -> None:
@@ -254,9 +255,15 @@ def multiturn(port: int, conversations: int, tag: str) -> dict[str, float]:
             reply = stream_chat(port, messages, REPLY)
             messages.append({"role": "assistant", "content": reply.text})
             with lock:
-                ttfts[turn].append(reply.ttft)
+                replies[turn].append(reply)
     common.run_threads(list(range(conversations)), client)
-    return {"turn1": percentile(ttfts[0], 50), "turn10": percentile(ttfts[-1], 50)}
+    figures = {}
+    for name, turn in (("turn1", replies[0]), ("turn10", replies[-1])):
+        figures[name] = percentile([r.ttft for r in turn], 50)
+        if all(r.prompt is not None and r.prefilled is not None for r in turn):
+            figures[f"{name}_prompt"] = percentile([r.prompt for r in turn], 50)
+            figures[f"{name}_prefilled"] = percentile([r.prefilled for r in turn], 50)
+    return figures
 
 
 def measure(name: str, path: str, tag: str, logs: Path) -> dict[str, dict[str, float]]:
@@ -376,14 +383,19 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
                          f"{b['ttft_p50'] * 1000:.0f} ms | {b['ttft_p95'] * 1000:.0f} ms | "
                          f"{b.get('prefilled0', float('nan')):.0f} |")
     lines += ["", f"Multi-turn, stateless: {CONVERSATIONS} chats at once, the whole conversation "
-              f"sent each turn, {REPLY}-token replies; TTFT median over the chats.\n",
-              "| contender | turn 1 | turn 10 | turn 10 / turn 1 |", "|---|---|---|---|"]
+              f"sent each turn, {REPLY}-token replies; TTFT median over the chats, each "
+              "figure the best of the rounds (one turn-10 request per chat a round: noisy; "
+              "the prefilled tokens say what was reused).\n",
+              "| contender | turn 1 | turn 10 | turn 10 / turn 1 | turn 10's prompt tokens: "
+              "all / prefilled |", "|---|---|---|---|---|"]
     for name, figures in (("llama-server", theirs), ("ours", ours)):
         if figures is None:
             continue
         m = figures["multiturn"]
+        tokens = f"{m['turn10_prompt']:.0f} / {m['turn10_prefilled']:.0f}" \
+            if "turn10_prefilled" in m else "-"
         lines.append(f"| {name} | {m['turn1'] * 1000:.0f} ms | {m['turn10'] * 1000:.0f} ms | "
-                     f"{m['turn10'] / m['turn1']:.2f} |")
+                     f"{m['turn10'] / m['turn1']:.2f} | {tokens} |")
     if ours and theirs:
         ratios = {n: ours[f"c{n}"]["tokens_per_s"] / theirs[f"c{n}"]["tokens_per_s"]
                   for n in CLIENTS}

@@ -158,7 +158,10 @@ class Stream:
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` now and after every change a reader can see (a piece, the end),
         on the thread that made it, often the engine's: it must be quick, never block and never
-        read the stream (have another thread read it). One callback per stream."""
+        read the stream (have another thread read it). Nor make a system call (a socket write,
+        asyncio's call_soon_threadsafe): that lets go of the GIL just before llama_decode, and
+        the engine waits for it; mark a ReadySet and let its reader make the call (HTTP's
+        watch.Waker). One callback per stream."""
         self._on_change = callback
         callback()
 
