@@ -179,3 +179,24 @@ def test_compaction_goes_on_step_by_step_even_with_every_slot_held(before):
     assert ids == list(range(ids[0], ids[0] + len(ids)))
     assert {s.session_id: s.kv_tokens for s in pool.resident if s.busy} == busy
     assert sorted(pool._free + list(pool._owner)) == list(range(pool.n_slots))
+
+
+def test_common_prefix_matches_a_plain_loop():
+    """common_prefix compares slices (doubling windows, then a binary search): the same
+    answer as walking both lists, for every length and every place they part."""
+    import random
+
+    from wasi_nn_backend.core.kv_policy import common_prefix
+
+    def plain(a, b):
+        i = 0
+        while i < min(len(a), len(b)) and a[i] == b[i]:
+            i += 1
+        return i
+    rng = random.Random(7)
+    for _ in range(3000):
+        base = [rng.randrange(3) for _ in range(rng.randrange(0, 300))]
+        a, b = base[:rng.randrange(len(base) + 1)], list(base[:rng.randrange(len(base) + 1)])
+        if b and rng.random() < 0.7:
+            b[rng.randrange(len(b))] += 1
+        assert common_prefix(a, b) == plain(a, b)

@@ -93,3 +93,28 @@ def test_sessions_opened_at_once_prefill_a_shared_prefix_once(tiny_model_path, s
         assert completion.prefilled_tokens == completion.prompt_tokens - completion.reused_tokens
     assert counters["prefill_tokens"] == sum(c.prefilled_tokens for c in done)
     assert [c.generated_tokens for c in done] == alone
+
+
+def test_a_request_waiting_for_a_prefix_keeps_its_place(tiny_model_path):
+    """Two places: A prefills the system prompt, B (same system prompt) waits for it, C
+    (unrelated) came after B. C must not take the place B waits for: B starts as soon as
+    A's prefill is done and copies it; C starts when a place frees."""
+    from holding import hold_engine
+    config = {"model": {"n_ctx": 256, "n_seq_max": 2}, "backend": {"max_concurrent": 2}}
+    with Backend(config) as backend:
+        graph = backend.load(tiny_model_path)
+        a, b, c = graph.session(), graph.session(), graph.session()
+        release = hold_engine(graph.engine)
+        try:
+            streams = [a.complete_stream(SYSTEM + "Question A?", **ASK),
+                       b.complete_stream(SYSTEM + "Question B?", **ASK),
+                       c.complete_stream("Something else entirely", **ASK)]
+        finally:
+            release.set()
+        done_a, done_b, done_c = (stream.result(timeout=60) for stream in streams)
+    assert done_b.reused_tokens >= 30   # copied from A
+
+    def first_token_at(done):   # on the engine's clock
+        return done.finished_at - done.seconds + done.first_token_seconds
+    # B generated beside A; C only once one of them had finished
+    assert first_token_at(done_b) < done_a.finished_at < first_token_at(done_c)

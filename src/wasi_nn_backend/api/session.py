@@ -19,7 +19,7 @@ from ..config import MAX_TIMEOUT_MS, RequestParams, parse_overrides
 from ..core.clock import Clock
 from ..core.request import Completion, SequenceState
 from ..engine.streams import Stream
-from ..errors import BackendRuntimeError, InvalidArgument, NotFound, PromptTooLong, WasiNnError
+from ..errors import BackendRuntimeError, InvalidArgument, NotFound, WasiNnError
 from .chat import Turn, continuation_tokens
 
 if TYPE_CHECKING:
@@ -185,7 +185,8 @@ class Session:
         if limit is None:
             limit = self.loaded.config.model.n_ctx - 1   # one token is left to generate
         if isinstance(prompt, (list, tuple)):
-            return self._checked_tokens(prompt, limit)
+            with self._while_open():
+                return self.loaded.model.check_tokens(prompt, limit)
         if isinstance(prompt, bytes):
             try:
                 prompt = prompt.decode("utf-8")
@@ -198,17 +199,6 @@ class Session:
             model = self.loaded.model
             model.check_fits(prompt, limit)
             return model.tokenize(prompt, add_special=True, parse_special=True)
-
-    def _checked_tokens(self, tokens: Sequence[Any], limit: int) -> list[int]:
-        if len(tokens) > limit:
-            raise PromptTooLong(f"the prompt is {len(tokens):,} tokens; the context holds "
-                                f"{limit:,}")
-        model = self.loaded.model
-        for index, token in enumerate(tokens):
-            if isinstance(token, bool) or not model.valid_token(token):
-                raise InvalidArgument(f"prompt token {index} ({token!r}) is not a token id "
-                                      f"of this model: ids are integers in [0, {model.n_vocab})")
-        return [int(token) for token in tokens]
 
     @contextlib.contextmanager
     def _embeds(self) -> Iterator[None]:

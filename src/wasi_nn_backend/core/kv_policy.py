@@ -16,14 +16,17 @@ MIN_PREFIX_COPY = 16
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    """How many tokens ``a`` and ``b`` share from the start. Slices compare in C: equal
-    lists cost one compare, others a binary search (the scheduler compares every waiting
-    prompt with every prefilling one each step)."""
+    """How many tokens ``a`` and ``b`` share from the start. Slices compare in C: windows
+    that double while they match, then a binary search in the last one, so the cost follows
+    the shared part, not the lists' length (the scheduler compares waiting prompts with
+    prefilling ones and resident caches every step)."""
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n            # a[:lo] == b[:lo]; a[:hi] != b[:hi]
-    while hi - lo > 1:
+    lo, hi = 0, min(16, n)   # a[:lo] == b[:lo]; hi: the window to try next
+    while hi > lo and a[lo:hi] == b[lo:hi]:
+        if hi == n:
+            return n
+        lo, hi = hi, min(2 * hi, n)
+    while hi - lo > 1:       # a[:hi] != b[:hi]
         mid = (lo + hi) // 2
         if a[lo:mid] == b[lo:mid]:
             lo = mid

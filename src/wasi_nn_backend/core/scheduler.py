@@ -182,11 +182,16 @@ class Scheduler:
             return  # the common case in a busy step: O(1)
         # One request per session at a time, each session's in order: only heads of idle
         # sessions are candidates.
+        held = 0   # requests waiting for a prefix: their places are kept for them
+        room = min(self.settings.max_concurrent, self.pool.n_slots)
         for request in self.queue.admission_order(lambda session: not session.busy):
             if len(self.running) >= self.settings.max_concurrent:
                 return
+            if held and len(self.running) + held >= room:
+                return   # a later request would take the place a waiting one will need
             if self._copies_prefixes and self._prefix_on_its_way(request):
-                continue   # admitted once the prefix is in the KV cache: it copies it then
+                held += 1   # admitted once the prefix is in the KV cache: it copies it then
+                continue
             actions = self.pool.acquire(request.session, wanted=self.queue.has_waiting)
             if actions is None:
                 return  # every slot is busy: wait for one

@@ -15,6 +15,7 @@ import operator
 import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import llama_cpp.llama_cpp as C
 
@@ -197,6 +198,20 @@ class Model:
             raise errors.InvalidArgument(f"token id {token!r} is outside the vocabulary "
                                          f"[0, {self._n_vocab})")
         return operator.index(token)
+
+    def check_tokens(self, tokens: Sequence[Any], limit: int, what: str = "the prompt"
+                     ) -> list[int]:
+        """Token ids given by a caller, checked: at most ``limit`` (PromptTooLong), each an
+        integer in the vocabulary (InvalidArgument). Returns them as a list of ints."""
+        if len(tokens) > limit:
+            raise errors.PromptTooLong(f"{what} is {len(tokens):,} tokens; the context holds "
+                                       f"{limit:,}")
+        for index, token in enumerate(tokens):
+            if isinstance(token, bool) or not self.valid_token(token):
+                raise errors.InvalidArgument(
+                    f"{what}'s token {index} ({token!r}) is not a token id of this model: ids "
+                    f"are integers in [0, {self._n_vocab})")
+        return [int(token) for token in tokens]
 
     def tokenize(self, text: str | bytes, *, add_special: bool,
                  parse_special: bool) -> list[int]:

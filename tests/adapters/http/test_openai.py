@@ -83,12 +83,16 @@ def test_logprobs(client):
 
 def test_a_completion_prompt_of_token_ids(client, server):
     """/tokenize (llama-server's) gives the ids; a prompt of them answers as the text does."""
-    root = server.base_url
-    ids = httpx.post(root + "/tokenize", json={"model": "tiny", "content": "token ids",
-                                         "add_special": True},
-                     headers=server.auth).json()["tokens"]
-    back = httpx.post(root + "/detokenize", json={"model": "tiny", "tokens": ids[1:]}, headers=server.auth)
-    assert back.json()["content"].strip() == "token ids"
+    def post(path, **body):
+        return httpx.post(server.base_url + path, json={"model": "tiny", **body},
+                          headers=server.auth)
+    ids = post("/tokenize", content="token ids", add_special=True).json()["tokens"]
+    assert post("/detokenize", tokens=ids[1:]).json()["content"].strip() == "token ids"
+    # characters the tiny vocabulary spells in bytes, one token each: joined whole
+    for text in ("é", "日本", "🙂"):
+        split = post("/tokenize", content=text, with_pieces=True).json()["tokens"]
+        assert len(split) > 1 and all(isinstance(t["piece"], list) for t in split)
+        assert post("/detokenize", tokens=[t["id"] for t in split]).json()["content"] == text
     by_text = client.completions.create(model="tiny", prompt="token ids", **GREEDY)
     by_ids = client.completions.create(model="tiny", prompt=ids, **GREEDY)
     assert by_ids.choices[0].text == by_text.choices[0].text
@@ -97,11 +101,11 @@ def test_a_completion_prompt_of_token_ids(client, server):
         with pytest.raises(openai.BadRequestError) as caught:
             client.completions.create(model="tiny", prompt=bad, **GREEDY)
         assert caught.value.body["param"] == "prompt", caught.value.body
-    bad = httpx.post(root + "/detokenize", json={"model": "tiny", "tokens": [1, "x"]}, headers=server.auth)
+    bad = post("/detokenize", tokens=[1, "x"])
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens[1]"
 
 
-def test_echo_puts_the_prompt_first(client):
+def test_echo_puts_the_prompt_first(client, server):
     plain = client.completions.create(model="tiny", prompt="echo me", **GREEDY)
     echoed = client.completions.create(model="tiny", prompt="echo me", echo=True, **GREEDY)
     assert echoed.choices[0].text == "echo me" + plain.choices[0].text
@@ -111,6 +115,10 @@ def test_echo_puts_the_prompt_first(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="tiny", prompt="x", echo=True, logprobs=1, **GREEDY)
     assert caught.value.body["param"] == "echo"
+    ids = httpx.post(server.base_url + "/tokenize", json={"model": "tiny", "content": "café"},
+                     headers=server.auth).json()["tokens"]
+    by_ids = client.completions.create(model="tiny", prompt=ids, echo=True, **GREEDY)
+    assert by_ids.choices[0].text.startswith("café")
 
 
 def test_streamed_logprobs_come_with_their_chunks(client):
@@ -136,15 +144,18 @@ def test_streamed_logprobs_come_with_their_chunks(client):
             [(r.token, [t.token for t in r.top_logprobs]) for r in expected]
         assert [r.logprob for r in rows] == pytest.approx([r.logprob for r in expected],
                                                           rel=1e-4)
-    whole = client.completions.create(model="tiny", prompt="Hi", logprobs=2, **GREEDY)
-    tokens, offsets = [], []
-    for chunk in client.completions.create(model="tiny", prompt="Hi", logprobs=2, stream=True,
-                                           **GREEDY):
-        if chunk.choices[0].logprobs is not None:
-            tokens += chunk.choices[0].logprobs.tokens
-            offsets += chunk.choices[0].logprobs.text_offset
-    assert tokens == whole.choices[0].logprobs.tokens
-    assert offsets == whole.choices[0].logprobs.text_offset
+    # a stop string that never completes holds back every "e" until the next token
+    for extra in ({}, {"stop": ["eXq"]}):
+        args = dict(model="tiny", prompt="Hi", logprobs=2, temperature=0, max_tokens=16,
+                    **extra)
+        whole = client.completions.create(**args)
+        tokens, offsets = [], []
+        for chunk in client.completions.create(stream=True, **args):
+            if chunk.choices[0].logprobs is not None:
+                tokens += chunk.choices[0].logprobs.tokens
+                offsets += chunk.choices[0].logprobs.text_offset
+        assert tokens == whole.choices[0].logprobs.tokens
+        assert offsets == whole.choices[0].logprobs.text_offset
 
 
 def test_json_schema_output_parses(client):

@@ -37,6 +37,11 @@ class ServedModel:
     def piece(self, token: int) -> str:
         return self.graph.model.token_to_piece(token).decode("utf-8", "replace")
 
+    def text(self, tokens: list[int], *, special: bool = False) -> str:
+        """The text of ``tokens``, their bytes joined first (a character split across tokens
+        stays whole); ``special``: special tokens written out (llama-server's /detokenize)."""
+        return self.graph.model.detokenize(tokens, special=special)
+
 
 @dataclass
 class Shape:
@@ -62,11 +67,12 @@ def _start(served: ServedModel, prompt: str | list[int], overrides: dict[str, An
     """Tokenize the prompt once (its tokens pick the session, then go to it as they are),
     pick a session and submit. An over-long text is refused before it is tokenized."""
     graph = served.graph
+    limit = graph.config.model.n_ctx - 1
     if isinstance(prompt, str):
-        graph.model.check_fits(prompt, graph.config.model.n_ctx - 1)
+        graph.model.check_fits(prompt, limit)
         tokens = graph.model.tokenize(prompt, add_special=True, parse_special=True)
-    else:
-        tokens = prompt
+    else:   # checked before a session is taken for them (a full pool gives one up)
+        tokens = graph.model.check_tokens(prompt, limit)
     entry = served.pool.acquire(tokens, key)
     try:
         return entry, entry.session.complete_stream(tokens, overrides)
@@ -89,7 +95,8 @@ async def run(served: ServedModel, request: Request, gen: GenerationRequest,
     if gen.stream:
         pieces = watch.pieces()
         first = await _first(watch, pieces)
-        return StreamingResponse(_events(watch, pieces, first, head, shape, gen, counters),
+        return StreamingResponse(_events(watch, pieces, first, head, shape, gen, counters,
+                                         served.piece),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     completion = await watch.result(request)
@@ -129,19 +136,22 @@ async def _first(watch: Watch, pieces: AsyncIterator[Piece]) -> Piece | None:
 
 async def _events(watch: Watch, pieces: AsyncIterator[Piece], first: Piece | None,
                   head: dict[str, Any], shape: Shape, gen: GenerationRequest,
-                  counters: Counters) -> AsyncIterator[str]:
+                  counters: Counters, served_piece: Callable[[int], str]
+                  ) -> AsyncIterator[str]:
     """The chunks: one a piece (with the logprobs of the tokens it completes), then the end
     (finish_reason, the logprobs of tokens no piece carried, usage)."""
     chunk = {**head, "object": shape.chunk_object}
     finished = False
-    covered, offset = 0, 0     # tokens the chunks carried so far; the text's length so far
+    covered, offset = 0, 0     # tokens the chunks carried so far; where the next one starts
 
     def event(piece: Piece) -> str:
         nonlocal covered, offset
         rows = list(piece.tokens)
         data = _sse({**chunk, "choices": [shape.choice(piece.text, None, True, rows, offset)]})
         covered += len(rows)
-        offset += len(piece.text)
+        # text_offset counts the tokens' own text, as the whole reply's logprobs do (a
+        # piece may show less: a possible stop string held back)
+        offset += sum(len(served_piece(token)) for token, _ in rows)
         return data
     try:
         if first is not None:

@@ -63,8 +63,8 @@ class Handlers:
         served = self._model(body.get("model") if isinstance(body.get("model"), str) else "")
         gen = completion_request(body, served.graph.defaults)
         # echo: the prompt's text before the completion's, once (a stream's first chunk)
-        echo = [gen.prompt if isinstance(gen.prompt, str)
-                else "".join(served.piece(t) for t in gen.prompt)] if gen.echo else []
+        echo = [gen.prompt if isinstance(gen.prompt, str) else served.text(gen.prompt)] \
+            if gen.echo else []
 
         def choice(text: str | None, done: Completion | None, stream: bool, rows: Rows,
                    offset: int) -> dict[str, Any]:
@@ -110,8 +110,8 @@ class Handlers:
             tokens = await run_in_threadpool(model.tokenize, content, **options["flags"])
         except WasiNnError as error:
             raise from_wasi_nn(error, "content") from None
-        if options["with_pieces"]:
-            return JSONResponse({"tokens": [{"id": t, "piece": served.piece(t)}
+        if options["with_pieces"]:   # a piece that is not whole UTF-8: its bytes, as a list
+            return JSONResponse({"tokens": [{"id": t, "piece": _piece(model, t)}
                                             for t in tokens]})
         return JSONResponse({"tokens": tokens})
 
@@ -120,7 +120,7 @@ class Handlers:
         body = await self._body(request)
         served = self._named_or_only(body)
         tokens = detokenize_request(body, served.graph.model.n_vocab)
-        return JSONResponse({"content": "".join(served.piece(t) for t in tokens)})
+        return JSONResponse({"content": served.text(tokens, special=True)})
 
     async def list_models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -128,6 +128,14 @@ class Handlers:
 
     async def get_model(self, request: Request) -> Response:
         return JSONResponse(_model_card(self._model(request.path_params["model"])))
+
+
+def _piece(model: Any, token: int) -> str | list[int]:
+    data = model.token_to_piece(token, special=True)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(data)
 
 
 def _model_card(served: ServedModel) -> dict[str, Any]:

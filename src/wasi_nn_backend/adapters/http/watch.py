@@ -29,16 +29,17 @@ from ...api import Completion, EndOfStream, Piece, ReadySet, Stream
 
 
 class Waker:
-    """One per event loop: a thread that wakes the loop's watches the engine marked."""
+    """One per event loop: a thread that wakes the loop's watches the engine marked. It holds
+    its loop weakly (the registry is keyed by it) and ends once the loop is closed or gone."""
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Waker] = \
         weakref.WeakKeyDictionary()
     _made = threading.Lock()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
         self.ready: ReadySet[Watch] = ReadySet()
-        threading.Thread(target=self._run, name="http-waker", daemon=True).start()
+        threading.Thread(target=self._run, args=(weakref.ref(loop), self.ready),
+                         name="http-waker", daemon=True).start()
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Waker:
@@ -48,17 +49,19 @@ class Waker:
                 waker = cls._by_loop[loop] = cls(loop)
             return waker
 
-    def _run(self) -> None:
+    @staticmethod
+    def _run(loop_ref: weakref.ref, ready: ReadySet[Watch]) -> None:
         while True:
-            watches = self.ready.take(timeout=1.0)
-            if watches is None or self._loop.is_closed():
+            watches = ready.take(timeout=1.0)
+            loop = loop_ref()
+            if watches is None or loop is None or loop.is_closed():
                 return
-            if not watches:
-                continue
-            try:
-                self._loop.call_soon_threadsafe(_set_all, watches)
-            except RuntimeError:   # the loop closed meanwhile (server shutdown)
-                return
+            if watches:
+                try:
+                    loop.call_soon_threadsafe(_set_all, watches)
+                except RuntimeError:   # the loop closed meanwhile (server shutdown)
+                    return
+            del loop
 
 
 def _set_all(watches: list[Watch]) -> None:
