@@ -22,7 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -51,13 +50,7 @@ def binaries() -> Path:
     """$LLAMA_CUDA_BIN on the GPU machine; here the CPU build bench/ makes."""
     if os.environ.get("LLAMA_CUDA_BIN"):
         return Path(os.environ["LLAMA_CUDA_BIN"])
-    build = HERE / ".llama-bench" / "build"
-    subprocess.run(["bash", str(HERE / "build_llama_bench.sh")], check=True, capture_output=True)
-    for target in ("llama-batched-bench", "llama-server"):
-        if not (build / "bin" / target).exists():
-            subprocess.run(["cmake", "--build", str(build), "--target", target, "-j", "2"],
-                           check=True, capture_output=True)
-    return build / "bin"
+    return common.llama_tools("llama-batched-bench", "llama-server")
 
 
 def batched_bench(bin_dir: Path, path: str, counts: list[int], tokens: int) -> dict[int, float]:
