@@ -1,14 +1,21 @@
 """The HTTP server (issue 18) against llama-server from the same llama.cpp: OpenAI-compatible
-streamed chat completions on the bench model (bench/make_model.py, Q8_0, 250M), the same
-client, prompts and settings for both.
+streamed chat completions, the same client, prompts and settings for both, on two models: the
+bench model (bench/make_model.py, Q8_0, 250M), whose decode takes nearly all of these two
+cores, and a cheap one (bench/scale.py's 32k-vocabulary tiny model), where the servers' own
+work per token weighs as it does next to a GPU's decode.
 
 * Concurrency: 1 / 8 / 16 clients at once, each sending REQUESTS streamed requests one after
   the other (greedy, max_tokens 64, a prompt of its own): aggregate tokens/s (completion
   tokens of every request / wall seconds from the release to the last one's end, prefill
-  included) and time to first token (TTFT, p50 / p95 over every request).
+  included) and time to first token (TTFT, p50 / p95 over every request). Beside them, the C++
+  reference: llama-batched-bench doing the same work with no server (reference()), and the
+  share of the wall time our engine spent inside llama_decode.
 * Multi-turn: CONVERSATIONS stateless clients at once, each holding a 10-turn chat and sending
-  the whole conversation every turn (replies of 32 tokens): TTFT of turn 1 and turn 10. A server
-  that keeps a conversation's KV cache prefills only the new turn.
+  the whole conversation every turn (replies of 32 tokens): TTFT of turn 1 and turn 10, and
+  the prompt tokens prefilled. A server that keeps a conversation's KV cache prefills only the
+  new turn.
+* A burst: 16 new conversations at once whose prompts start with the same ~600-token system
+  prompt no session has seen.
 
 Both servers get max(clients) parallel sequences of N_CTX cells each (ours: that many sessions
 in its pool, and as many requests generating at once, max_concurrent) and THREADS threads; each
@@ -20,7 +27,8 @@ line), run on threads in this process.
 Not bench/http.py: a file named http.py in bench/ would shadow the standard library's http
 package for every script run from here (gpu.py's http.client, urllib.request).
 
-Run: .venv/bin/python bench/serving.py [--rounds 2] [--only llama-server|ours] [--no-write]
+Run: .venv/bin/python bench/serving.py [--rounds 2] [--models bench,cheap]
+         [--only llama-server|ours] [--no-write]
 """
 from __future__ import annotations
 
@@ -300,36 +308,54 @@ def best(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float
     return out
 
 
+MODELS = {   # name -> (how the report names it, its path)
+    "bench": ("`bench/make_model.py` (Q8_0, 250M)", "make_model"),
+    "cheap": ("`bench/scale.py`'s 32k-vocabulary tiny model (F32): a decode that costs "
+              "little next to the servers' own work per token, as on a GPU", "scale"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", choices=("llama-server", "ours"))
+    parser.add_argument("--models", default="bench,cheap",
+                        help="which models, of: " + ", ".join(MODELS))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    from make_model import model_path
-    path = model_path()
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "wnb-serving-logs"
     logs.mkdir(parents=True, exist_ok=True)
     names = [args.only] if args.only else ["llama-server", "ours"]
-    rounds: dict[str, list] = {name: [] for name in names}
-    load = os.getloadavg()[0]   # other work on the machine distorts every figure
-    for r in range(args.rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            rounds[name].append(measure(name, path, f"r{r}", logs))
-    results = {name: best(rs) for name, rs in rounds.items()}
-    results["load"] = {"before": load}
-    if "ours" in results:
-        results["reference"] = reference(path, results["ours"])
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "serving.json").write_text(json.dumps(
-        {"best": results, "rounds": rounds}, indent=1))
-    publish("http", report(results), write=not args.no_write and args.only is None)
+    everything, sections = {}, []
+    for key in args.models.split(","):
+        described, module = MODELS[key]
+        path = __import__(module).model_path()
+        rounds: dict[str, list] = {name: [] for name in names}
+        load = os.getloadavg()[0]   # other work on the machine distorts every figure
+        for r in range(args.rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                rounds[name].append(measure(name, path, f"{key}{r}", logs))
+        results = {name: best(rs) for name, rs in rounds.items()}
+        results["load"] = {"before": load}
+        everything[key] = {"best": results, "rounds": rounds}
+        (HERE / "results").mkdir(exist_ok=True)
+        (HERE / "results" / "serving.json").write_text(json.dumps(everything, indent=1))
+        if "ours" in results:
+            try:
+                results["reference"] = reference(path, results["ours"])
+            except (RuntimeError, subprocess.CalledProcessError) as error:
+                print(f"no C++ reference for {key}: {error}", file=sys.stderr)
+        sections.append(report(results, described, first=not sections))
+    (HERE / "results" / "serving.json").write_text(json.dumps(everything, indent=1))
+    publish("http", "\n".join(sections), write=not args.no_write and args.only is None)
 
 
-def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
+def report(results: dict[str, dict[str, dict[str, float]]], model: str, first: bool) -> str:
     ours, theirs = results.get("ours"), results.get("llama-server")
-    lines = ["## HTTP server vs llama-server (`bench/serving.py`)\n",
-             f"{common.machine()}; model `bench/make_model.py` (Q8_0, 250M). OpenAI streamed "
+    title = "## HTTP server vs llama-server (`bench/serving.py`)" if first \
+        else "### The same with a cheap decode"
+    lines = [f"{title}\n",
+             f"{common.machine()}; model {model}. OpenAI streamed "
              f"chat completions, greedy, {TOKENS} tokens, {REQUESTS} requests per client one "
              f"after the other; both servers with {max(CLIENTS)} sequences of {N_CTX} cells "
              "and their default flash attention, each in its own process, alternating, best "

@@ -62,10 +62,15 @@ class Counters:
     cancelled: int = 0     # generations stopped because their client went away
 
 
-def _start(served: ServedModel, prompt: str | list[int], overrides: dict[str, Any],
+Prompt = str | list[int] | Callable[[], str]   # text, token ids, or what renders the text
+
+
+def _start(served: ServedModel, prompt: Prompt, overrides: dict[str, Any],
            key: str | None) -> tuple[Entry, Stream]:
     """Tokenize the prompt once (its tokens pick the session, then go to it as they are),
     pick a session and submit. An over-long text is refused before it is tokenized."""
+    if callable(prompt):
+        prompt = prompt()
     graph = served.graph
     limit = graph.config.model.n_ctx - 1
     if isinstance(prompt, str):
@@ -82,7 +87,7 @@ def _start(served: ServedModel, prompt: str | list[int], overrides: dict[str, An
 
 
 async def run(served: ServedModel, request: Request, gen: GenerationRequest,
-              prompt: str | list[int], shape: Shape, counters: Counters) -> Response:
+              prompt: Prompt, shape: Shape, counters: Counters) -> Response:
     key = request.headers.get("x-session-affinity") or gen.user
     counters.requests += 1
     try:

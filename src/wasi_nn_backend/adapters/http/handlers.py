@@ -7,6 +7,7 @@ no history, the client sends the whole conversation every turn.
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 from typing import Any
 
@@ -43,7 +44,6 @@ class Handlers:
         body = await self._body(request)
         served = self._model(body.get("model") if isinstance(body.get("model"), str) else "")
         gen = chat_request(body, served.graph.defaults)
-        text = await run_in_threadpool(_render, served, gen.messages)
 
         def choice(text: str | None, done: Completion | None, stream: bool, rows: Rows,
                    offset: int) -> dict[str, Any]:
@@ -56,7 +56,10 @@ class Handlers:
                 if gen.top_logprobs and (rows or done is not None) else None
             return result
         shape = Shape("chat.completion", "chat.completion.chunk", choice)
-        return await generation.run(served, request, gen, text, shape, self.counters)
+        # rendered on the worker thread that picks the session: one hop off the event loop
+        return await generation.run(served, request, gen,
+                                    functools.partial(_render, served, gen.messages), shape,
+                                    self.counters)
 
     async def completions(self, request: Request) -> Response:
         body = await self._body(request)
