@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every benchmark on the 250M model, one after the other (about 35 minutes on 2 cores); each
-# rewrites its section of bench/RESULTS.md. scale.py, backend_sampling.py and gpu.py use other
-# models and run alone. Run on an otherwise idle machine: llama.cpp's threads spin, and
-# anything else running distorts every number.
+# Every benchmark on the 250M model (serving.py also on a cheap-decode one), one after the other
+# (about 45 minutes on 2 cores); each rewrites its section of bench/RESULTS.md. scale.py,
+# backend_sampling.py and gpu.py use other models and run alone. Run on an otherwise idle machine:
+# llama.cpp's threads spin, and anything else running distorts every number.
 set -euo pipefail
 cd "$(dirname "$0")"
 py="${PYTHON:-../.venv/bin/python}"
