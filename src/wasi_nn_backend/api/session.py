@@ -184,21 +184,16 @@ class Session:
         self._check_open()   # NotFound, not the freed model's runtime_error, once unloaded
         if limit is None:
             limit = self.loaded.config.model.n_ctx - 1   # one token is left to generate
-        if isinstance(prompt, (list, tuple)):
-            with self._while_open():
-                return self.loaded.model.check_tokens(prompt, limit)
         if isinstance(prompt, bytes):
             try:
                 prompt = prompt.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise InvalidArgument(f"the prompt is not valid UTF-8: {error}") from None
-        if not isinstance(prompt, str):
+        if not isinstance(prompt, (str, list, tuple)):
             raise InvalidArgument(f"a prompt must be text or a list of token ids, "
                                   f"not {type(prompt).__name__}")
         with self._while_open():
-            model = self.loaded.model
-            model.check_fits(prompt, limit)
-            return model.tokenize(prompt, add_special=True, parse_special=True)
+            return self.loaded.model.prompt_tokens(prompt, limit)
 
     @contextlib.contextmanager
     def _embeds(self) -> Iterator[None]:

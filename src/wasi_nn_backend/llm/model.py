@@ -213,6 +213,15 @@ class Model:
                     f"are integers in [0, {self._n_vocab})")
         return [int(token) for token in tokens]
 
+    def prompt_tokens(self, prompt: str | Sequence[int], limit: int) -> list[int]:
+        """A prompt's tokens: text is bounded first (check_fits: PromptTooLong without
+        tokenizing) then tokenized with BOS and special tokens parsed; token ids are checked
+        (check_tokens) and kept as they are."""
+        if isinstance(prompt, str):
+            self.check_fits(prompt, limit)
+            return self.tokenize(prompt, add_special=True, parse_special=True)
+        return self.check_tokens(prompt, limit)
+
     def tokenize(self, text: str | bytes, *, add_special: bool,
                  parse_special: bool) -> list[int]:
         """Text -> token ids. Bytes must be UTF-8 (llama.cpp throws, i.e. aborts, otherwise)."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from wasi_nn_backend.adapters.http.errors import ApiError, error_response
-from wasi_nn_backend.adapters.http.pool import SessionPool, shared_prefix
+from wasi_nn_backend.adapters.http.pool import SessionPool
 from wasi_nn_backend.adapters.http.requests import chat_request, completion_request
 from wasi_nn_backend.adapters.http.serve import parse_model_spec
-from wasi_nn_backend.api import Backend
+from wasi_nn_backend.api import Backend, common_prefix
 from wasi_nn_backend.config import RequestParams
 from wasi_nn_backend.errors import (Busy, InvalidArgument, ModelNotFound, PromptTooLong,
                                     Timeout, Unknown)
@@ -55,8 +55,8 @@ def test_model_specs():
 
 
 def test_shared_prefix():
-    assert shared_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
-    assert shared_prefix([], [1]) == 0
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([], [1]) == 0
 
 
 @pytest.fixture
@@ -173,5 +173,5 @@ def test_a_full_pool_gives_a_new_turn_its_own_session(graph):
     turn = tokens(old["b"] + " and then a new question that is longer than what it shares "
                   "with the old one by quite a few words")
     held = list(entries["b"].session.state.kv_tokens)
-    assert 2 * shared_prefix(turn, held) < min(len(turn), len(held))   # under half
+    assert 2 * common_prefix(turn, held) < min(len(turn), len(held))   # under half
     assert pool.acquire(turn) is entries["b"]

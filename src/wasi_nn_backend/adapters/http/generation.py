@@ -72,12 +72,8 @@ def _start(served: ServedModel, prompt: Prompt, overrides: dict[str, Any],
     if callable(prompt):
         prompt = prompt()
     graph = served.graph
-    limit = graph.config.model.n_ctx - 1
-    if isinstance(prompt, str):
-        graph.model.check_fits(prompt, limit)
-        tokens = graph.model.tokenize(prompt, add_special=True, parse_special=True)
-    else:   # checked before a session is taken for them (a full pool gives one up)
-        tokens = graph.model.check_tokens(prompt, limit)
+    # token ids are checked before a session is taken for them (a full pool gives one up)
+    tokens = graph.model.prompt_tokens(prompt, graph.config.model.n_ctx - 1)
     entry = served.pool.acquire(tokens, key)
     try:
         return entry, entry.session.complete_stream(tokens, overrides)

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ...api import Graph, Session
+from ...api import Graph, Session, common_prefix
 from .errors import ApiError
 
 
@@ -26,14 +26,6 @@ class Entry:
     session: Session
     key: str | None = None
     busy: bool = False
-
-
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _resident_tokens(session: Session) -> list[int]:
@@ -98,7 +90,7 @@ class SessionPool:
             if entry.busy or entry.key is not None:
                 continue
             resident = _resident_tokens(entry.session)
-            length = shared_prefix(tokens, resident)
+            length = common_prefix(tokens, resident)
             if length <= best_len:
                 continue
             if 2 * length > min(len(tokens), len(resident)) \
