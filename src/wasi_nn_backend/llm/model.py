@@ -316,7 +316,7 @@ class Model:
         raw = C.llama_model_chat_template(self.handle, None)
         return raw.decode("utf-8", errors="replace") if raw else None
 
-    def render_chat(self, messages: Sequence[Mapping[str, str]], *,
+    def render_chat(self, messages: Sequence[Mapping[str, object]], *,
                     add_generation_prompt: bool = True, template: str | None = None,
                     tools: Sequence[Mapping[str, object]] | None = None) -> str:
         """Render messages (and ``tools``, given to the template as transformers does) with

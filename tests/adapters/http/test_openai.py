@@ -178,6 +178,38 @@ def test_json_schema_output_parses(client):
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
 
+def test_tool_calls_through_openais_client(client):
+    """OpenAI's client reads our tool calls whole and accumulates them from a stream; the
+    conversation goes on with the call and its result."""
+    tools = [{"type": "function", "function": {
+        "name": "get_time", "description": "The time in a zone",
+        "parameters": {"type": "object", "properties": {"tz": {"enum": ["utc", "cet"]}},
+                       "required": ["tz"]}}}]
+    ask = [{"role": "user", "content": "What time is it?"}]
+    reply = client.chat.completions.create(model="tiny", messages=ask, tools=tools,
+                                           tool_choice="required", parallel_tool_calls=False,
+                                           temperature=0, max_tokens=200)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_time"
+    assert json.loads(call.function.arguments)["tz"] in ("utc", "cet")
+    with client.chat.completions.stream(model="tiny", messages=ask, tools=tools,
+                                        tool_choice="required", parallel_tool_calls=False,
+                                        temperature=0, max_tokens=200) as stream:
+        for _ in stream:
+            pass
+        streamed = stream.get_final_completion().choices[0]
+    assert streamed.finish_reason == "tool_calls"
+    assert [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls] \
+        == [(call.function.name, call.function.arguments)]
+    history = ask + [choice.message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": "12:00"}]
+    after = client.chat.completions.create(model="tiny", messages=history, tools=tools,
+                                           temperature=0, max_tokens=8)
+    assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
 def test_embeddings(client):
     result = client.embeddings.create(model="enc", input=["hello", "world"])
     assert [item.index for item in result.data] == [0, 1]

@@ -2,7 +2,7 @@
 
 Chat requests are rendered with the model's own chat template into one prompt and run as a
 completion of it on the pooled session sharing the longest prefix (pool.py): the server keeps
-no history, the client sends the whole conversation every turn.
+no history, the client sends the whole conversation every turn. Tool calls: tools.py.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .errors import ApiError, from_wasi_nn
 from .generation import Counters, ServedModel, Shape
 from .requests import (MAX_TOKENIZE, chat_request, completion_request, detokenize_request,
                        embedding_request, parse_json, tokenize_request)
+from .tools import Reply, ToolStream, constrain, is_native, read_reply, template_messages
 from .usage import Rows, chat_logprobs, completion_logprobs, finish_reason
 
 
@@ -44,21 +45,35 @@ class Handlers:
         body = await self._body(request)
         served = self._model(body.get("model") if isinstance(body.get("model"), str) else "")
         gen = chat_request(body, served.graph.defaults)
+        graph = served.graph
+        native = is_native(graph.config.model.chat_template or graph.model.chat_template)
+        held = constrain(gen.overrides, gen.tools, native)
+        messages, tools = template_messages(gen.messages, gen.tools, native)
+        calls = ToolStream(gen.tools, held) if gen.tools is not None and gen.stream else None
 
         def choice(text: str | None, done: Completion | None, stream: bool, rows: Rows,
                    offset: int) -> dict[str, Any]:
             result: dict[str, Any] = {"index": 0, "finish_reason": None}
-            content = {"role": "assistant", "content": text} if text is not None else {}
+            reply = None
+            if gen.tools is not None and done is not None:   # the end: read for calls
+                reply = calls.finish() if calls is not None else read_reply(
+                    text or "", gen.tools, held)
+                text = reply.content
+            elif calls is not None and text is not None:
+                text = calls.feed(text)
+            content = _message(text, reply, stream) \
+                if text is not None or (reply and reply.calls) else {}
             result["delta" if stream else "message"] = content
             if done is not None:
-                result["finish_reason"] = finish_reason(done)
+                result["finish_reason"] = "tool_calls" if reply and reply.calls \
+                    else finish_reason(done)
             result["logprobs"] = chat_logprobs(rows, served.piece) \
                 if gen.top_logprobs and (rows or done is not None) else None
             return result
         shape = Shape("chat.completion", "chat.completion.chunk", choice)
         # rendered on the worker thread that picks the session: one hop off the event loop
         return await generation.run(served, request, gen,
-                                    functools.partial(_render, served, gen.messages), shape,
+                                    functools.partial(_render, served, messages, tools), shape,
                                     self.counters)
 
     async def completions(self, request: Request) -> Response:
@@ -149,13 +164,26 @@ def _model_card(served: ServedModel) -> dict[str, Any]:
             "owned_by": "wasi-nn-backend", "meta": meta}
 
 
-def _render(served: ServedModel, messages: list[dict[str, str]]) -> str:
+def _message(text: str | None, reply: Reply | None, stream: bool) -> dict[str, Any]:
+    """A chat reply's message (or a stream's delta): its text, and its calls at the end (a
+    delta's numbered)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if reply is not None and reply.calls:
+        message["tool_calls"] = [{"index": i, **call} for i, call in enumerate(reply.calls)] \
+            if stream else reply.calls
+        if stream and text is None:
+            del message["content"]
+    return message
+
+
+def _render(served: ServedModel, messages: list[dict[str, Any]],
+            tools: list[dict[str, Any]] | None) -> str:
     """The conversation in the model's chat template, ready for the reply. A BOS the template
     writes is left out: tokenizing the prompt adds it (as llama-server does)."""
     graph = served.graph
     try:
         text = graph.model.render_chat(messages, add_generation_prompt=True,
-                                       template=graph.config.model.chat_template)
+                                       template=graph.config.model.chat_template, tools=tools)
     except WasiNnError as error:
         raise from_wasi_nn(error, "messages") from None
     except Exception as error:   # jinja2 errors: the template refused these messages

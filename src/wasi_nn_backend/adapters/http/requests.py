@@ -4,8 +4,8 @@ the field (``param``), the way OpenAI's own API answers.
 Sampling and stopping fields are the package's request overrides under the names llama.cpp
 uses (config.parse_overrides): each is parsed alone against the model's defaults, so that a
 bad value names its own field, and the whole set is parsed again by the session. Fields
-of OpenAI's API this server has no use for (one choice per request, no tools: n=1, suffix,
-best_of, tools, store, metadata, service_tier...) are accepted and have no effect.
+of OpenAI's API this server has no use for (one choice per request: n=1, suffix, best_of,
+store, metadata, service_tier...) are accepted and have no effect. Tools: tools.py.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 from ...config import parse_overrides
 from ...errors import InvalidArgument
 from .errors import ApiError
+from .tools import Tools, parse_tool_calls, parse_tools
 
 # OpenAI field -> the override key it becomes (same name unless listed)
 SAMPLING_FIELDS = {
@@ -40,7 +41,8 @@ class GenerationRequest:
     stream: bool = False
     include_usage: bool = False
     top_logprobs: int = 0                 # 0 = no logprobs asked
-    messages: list[dict[str, str]] = field(default_factory=list)   # chat
+    messages: list[dict[str, Any]] = field(default_factory=list)   # chat
+    tools: Tools | None = None            # chat: the functions the reply may call
     prompt: str | list[int] = ""                 # completions: text or token ids
     user: str | None = None
     echo: bool = False                    # completions: the prompt's text comes first
@@ -110,6 +112,7 @@ def chat_request(body: dict[str, Any], base: Any) -> GenerationRequest:
     if not messages:
         raise ApiError(400, "'messages' must not be empty", "messages", "invalid_value")
     request.messages = [_message(item, index) for index, item in enumerate(messages)]
+    request.tools = parse_tools(body)
     if _expect(body, "logprobs", bool, "true or false"):
         request.top_logprobs = max(1, _top(body, "top_logprobs", body.get("top_logprobs")))
     if request.top_logprobs:
@@ -117,7 +120,9 @@ def chat_request(body: dict[str, Any], base: Any) -> GenerationRequest:
     return request
 
 
-def _message(item: Any, index: int) -> dict[str, str]:
+def _message(item: Any, index: int) -> dict[str, Any]:
+    """A message as the template gets it: role and content (text), with an assistant's
+    ``tool_calls`` and a tool result's ``tool_call_id`` and ``name``."""
     where = f"messages[{index}]"
     if not isinstance(item, dict):
         raise ApiError(400, f"'{where}' must be an object", where, "invalid_type")
@@ -125,8 +130,19 @@ def _message(item: Any, index: int) -> dict[str, str]:
     if role not in ("system", "developer", "user", "assistant", "tool"):
         raise ApiError(400, f"'{where}.role' must be system, user, assistant or tool",
                        f"{where}.role", "invalid_value")
-    return {"role": "system" if role == "developer" else role,
-            "content": _content(item.get("content"), f"{where}.content")}
+    message: dict[str, Any] = {"role": "system" if role == "developer" else role,
+                               "content": _content(item.get("content"), f"{where}.content")}
+    if role == "assistant" and item.get("tool_calls"):
+        message["tool_calls"] = parse_tool_calls(item["tool_calls"], f"{where}.tool_calls")
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            value = item.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ApiError(400, f"'{where}.{key}' must be a string", f"{where}.{key}",
+                               "invalid_type")
+            if value is not None:
+                message[key] = value
+    return message
 
 
 def _content(content: Any, where: str) -> str:

@@ -1,0 +1,405 @@
+"""OpenAI tool calls (function calling) on /v1/chat/completions, two ways, chosen by the
+model's chat template as llama-server chooses:
+
+- native: the template renders ``tools`` itself (Hermes, Qwen, Llama 3.x, Mistral... templates
+  name them). The model answers in its own format and the reply is searched for calls in the
+  formats such models write: ``<tool_call>{...}</tool_call>`` blocks, or a reply that is one
+  JSON call ``{"name", "arguments" | "parameters"}`` or a list of them (what Mistral's
+  ``[TOOL_CALLS]`` and Llama's ``<|python_tag|>`` lead; those markers are control tokens,
+  left out of the text, and dropped when they are there).
+- generic: the template knows no tools (ChatML...). The functions are described in a system
+  message and the reply is held to JSON by a grammar: ``{"tool_call": {...}}``,
+  ``{"tool_calls": [...]}`` or ``{"response": ...}`` (llama.cpp's generic format). Tool
+  results and earlier calls go to the template as JSON in user and assistant messages.
+
+``tool_choice`` "required" or a named function holds either kind of model to the generic call
+shape by the same grammar: a call is sure to come, naming a declared function, with arguments
+that match its ``parameters`` schema. A reply that holds no call is content, as it was.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...config.values import response_format
+from .errors import ApiError
+
+MAX_TOOLS = 128
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+_LEADS = ("[TOOL_CALLS]", "<|python_tag|>")          # markers a reply may start with
+_MARKERS = (_OPEN,) + _LEADS
+_BLOCK = re.compile(re.escape(_OPEN) + r"(.*?)(?:" + re.escape(_CLOSE) + r"|$)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Tools:
+    """A request's tools, checked: the functions as sent, and what may be called."""
+
+    functions: tuple[dict[str, Any], ...]     # {"name", "description"?, "parameters"?}
+    choice: str = "auto"                       # "auto" | "required" | one function's name
+    parallel: bool = True
+
+    @property
+    def names(self) -> set[str]:
+        return {f["name"] for f in self.functions}
+
+
+# ---- the request -------------------------------------------------------------------------
+
+def _bad(message: str, param: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param, code)
+
+
+def parse_tools(body: dict[str, Any]) -> Tools | None:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` of a chat request; None when
+    no call may be made (no tools, or tool_choice "none")."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise _bad("'parallel_tool_calls' must be true or false", "parallel_tool_calls",
+                   "invalid_type")
+    if tools is None or tools == []:
+        if choice not in (None, "none", "auto"):
+            raise _bad("'tool_choice' needs 'tools'", "tool_choice")
+        return None
+    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
+        raise _bad(f"'tools' must be a list of at most {MAX_TOOLS} tools", "tools",
+                   "invalid_type")
+    functions = tuple(_function(tool, f"tools[{i}]") for i, tool in enumerate(tools))
+    names = [f["name"] for f in functions]
+    if len(set(names)) != len(names):
+        raise _bad("two tools have the same name", "tools")
+    if choice is None or choice in ("auto", "required"):
+        picked = choice or "auto"
+    elif choice == "none":
+        return None
+    elif isinstance(choice, dict) and choice.get("type") == "function" \
+            and isinstance(choice.get("function"), dict) \
+            and isinstance(choice["function"].get("name"), str):
+        picked = choice["function"]["name"]
+        if picked not in names:
+            raise _bad(f"'tool_choice' names {picked!r}, which is not among the tools",
+                       "tool_choice")
+    else:
+        raise _bad("'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                   "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
+    return Tools(functions, picked, True if parallel is None else parallel)
+
+
+def _function(tool: Any, where: str) -> dict[str, Any]:
+    if not isinstance(tool, dict) or tool.get("type") != "function" \
+            or not isinstance(tool.get("function"), dict):
+        raise _bad(f"'{where}' must be {{\"type\": \"function\", \"function\": {{...}}}}",
+                   where, "invalid_type")
+    function = tool["function"]
+    name = function.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _bad(f"'{where}.function.name' must be 1 to 64 letters, digits, _ . or -",
+                   f"{where}.function.name")
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise _bad(f"'{where}.function.description' must be a string",
+                   f"{where}.function.description", "invalid_type")
+    parameters = function.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise _bad(f"'{where}.function.parameters' must be a JSON Schema object",
+                   f"{where}.function.parameters", "invalid_type")
+    out: dict[str, Any] = {"name": name}
+    if description is not None:
+        out["description"] = description
+    out["parameters"] = parameters if parameters is not None else {"type": "object"}
+    return out
+
+
+def parse_tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's ``tool_calls``, checked: [{"id", "type", "function": {"name",
+    "arguments" (a JSON text)}}]."""
+    if not isinstance(value, list):
+        raise _bad(f"'{where}' must be a list", where, "invalid_type")
+    calls = []
+    for i, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
+                or not isinstance(function.get("arguments", ""), str):
+            raise _bad(f"'{where}[{i}]' must be {{\"id\", \"type\": \"function\", "
+                       "\"function\": {\"name\", \"arguments\"}}", f"{where}[{i}]",
+                       "invalid_type")
+        calls.append({"id": str(call.get("id") or ""), "type": "function",
+                      "function": {"name": function["name"],
+                                   "arguments": function.get("arguments", "")}})
+    return calls
+
+
+# ---- the prompt --------------------------------------------------------------------------
+
+def is_native(template: str | None) -> bool:
+    """Whether a chat template renders tools itself (None: the ChatML default, which does
+    not)."""
+    return template is not None and "tools" in template
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as templates want them (an object, as transformers passes them),
+    the text itself when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def template_messages(messages: list[dict[str, Any]], tools: Tools | None,
+                      native: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """(the messages, the tools) to render: as they are for a native template (arguments as
+    objects); for another, calls and results written as JSON and the functions described in
+    the system message."""
+    if native:
+        out = []
+        for message in messages:
+            if message.get("tool_calls"):
+                message = {**message, "tool_calls": [
+                    {**c, "function": {**c["function"],
+                                       "arguments": _arguments(c["function"]["arguments"])}}
+                    for c in message["tool_calls"]]}
+            out.append(message)
+        return out, ([{"type": "function", "function": f} for f in tools.functions]
+                     if tools is not None else None)
+    out = [_generic_message(m) for m in messages]
+    if tools is not None:
+        text = _instructions(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + text}
+        else:
+            out.insert(0, {"role": "system", "content": text})
+    return out, None
+
+
+def _generic_message(message: dict[str, Any]) -> dict[str, Any]:
+    if message["role"] == "tool":
+        result = {"tool_call_id": message.get("tool_call_id", ""),
+                  "content": message["content"]}
+        if message.get("name"):
+            result = {"tool": message["name"], **result}
+        return {"role": "user", "content": json.dumps({"tool_response": result},
+                                                      ensure_ascii=False)}
+    if message.get("tool_calls"):
+        calls = [{"name": c["function"]["name"],
+                  "arguments": _arguments(c["function"]["arguments"]), "id": c["id"]}
+                 for c in message["tool_calls"]]
+        reply: dict[str, Any] = {"tool_calls": calls}
+        if message["content"]:
+            reply = {"response": message["content"], **reply}
+        return {"role": "assistant", "content": json.dumps(reply, ensure_ascii=False)}
+    return {"role": message["role"], "content": message["content"]}
+
+
+def _instructions(tools: Tools) -> str:
+    functions = [f for f in tools.functions if tools.choice in ("auto", "required")
+                 or f["name"] == tools.choice]
+    shape = ("`tool_calls` (a list of calls, each {\"name\", \"arguments\"})" if
+             _parallel(tools) else "`tool_call` ({\"name\", \"arguments\"}: a call of a tool)")
+    answer = (f"Respond in JSON format with {shape}" if tools.choice != "auto" else
+              f"Respond in JSON format, either with {shape} or with `response` (your reply "
+              "to the user's request)")
+    return ("You can call these tools (each with its arguments' JSON Schema):\n"
+            + json.dumps(functions, ensure_ascii=False) + "\n" + answer + ".")
+
+
+# ---- the grammar -------------------------------------------------------------------------
+
+def _parallel(tools: Tools) -> bool:
+    return tools.parallel and tools.choice in ("auto", "required")
+
+
+def _with_refs_under(schema: Any, pointer: str) -> Any:
+    """``schema`` with its local $refs made to point under ``pointer`` (where it is put)."""
+    if isinstance(schema, dict):
+        return {k: (pointer + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#")
+                    else _with_refs_under(v, pointer)) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_with_refs_under(v, pointer) for v in schema]
+    return schema
+
+
+def grammar_schema(tools: Tools, native: bool, response: Any = None) -> dict[str, Any] | None:
+    """The JSON Schema the reply is held to; None when the reply is free (a native template
+    and tool_choice "auto"). ``response``: the schema of a generic reply's ``response``
+    (response_format), a string by default."""
+    if native and tools.choice == "auto":
+        return None
+    # each function's parameters under $defs, named as the request names them (a schema
+    # the grammar cannot take is refused with that name in the message)
+    picked = [(i, f) for i, f in enumerate(tools.functions)
+              if tools.choice in ("auto", "required") or f["name"] == tools.choice]
+    defs = {f"tools[{i}]": _with_refs_under(f["parameters"], f"#/$defs/tools[{i}]")
+            for i, f in picked}
+    calls = [{"type": "object", "properties": {"name": {"const": f["name"]},
+                                               "arguments": {"$ref": f"#/$defs/tools[{i}]"}},
+              "required": ["name", "arguments"]} for i, f in picked]
+    one = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    call = ({"type": "object", "properties": {"tool_calls": {
+                "type": "array", "items": one, "minItems": 1}}, "required": ["tool_calls"]}
+            if _parallel(tools) else
+            {"type": "object", "properties": {"tool_call": one}, "required": ["tool_call"]})
+    if tools.choice != "auto":
+        return {**call, "$defs": defs}
+    answer = {"type": "object", "properties": {"response": response or {"type": "string"}},
+              "required": ["response"]}
+    return {"anyOf": [call, answer], "$defs": defs}
+
+
+def constrain(overrides: dict[str, Any], tools: Tools | None, native: bool) -> bool:
+    """Hold the reply to the call shape where it must be (grammar_schema), in ``overrides``;
+    whether it is held. A response_format or json_schema then shapes the generic reply's
+    ``response`` (a forced call has none); a raw grammar cannot be joined to it."""
+    if tools is None or (native and tools.choice == "auto"):
+        return False
+    if "grammar" in overrides:
+        raise _bad("'grammar' cannot be used with tools, which need a grammar of their own "
+                   "(use response_format or json_schema)", "grammar", "unsupported_value")
+    response: Any = None
+    if "response_format" in overrides:
+        response = response_format(overrides.pop("response_format")) or None
+    if "json_schema" in overrides:
+        value = overrides.pop("json_schema")
+        response = (json.loads(value) if value.strip() else None) \
+            if isinstance(value, str) else value
+    overrides["json_schema"] = grammar_schema(tools, native, response)
+    return True
+
+
+# ---- the reply ---------------------------------------------------------------------------
+
+@dataclass
+class Reply:
+    """A reply read for calls: its content (None when there is none) and OpenAI's
+    ``tool_calls`` items."""
+
+    content: str | None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _call(item: Any, names: set[str]) -> dict[str, Any] | None:
+    """A call in any of the shapes models write, as OpenAI's item; None if it is none."""
+    if not isinstance(item, dict):
+        return None
+    if isinstance(item.get("function"), dict):       # OpenAI's own shape
+        item = item["function"]
+    name = item.get("name")
+    arguments = item.get("arguments", item.get("parameters"))
+    if not isinstance(name, str) or name not in names or arguments is None:
+        return None
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def _calls(value: Any, names: set[str]) -> list[dict[str, Any]] | None:
+    """Every call of a parsed JSON value (one call, a list, or the generic shapes), or None
+    unless all of it is calls."""
+    if isinstance(value, dict) and "tool_calls" in value and isinstance(value["tool_calls"],
+                                                                        list):
+        value = value["tool_calls"]
+    elif isinstance(value, dict) and "tool_call" in value:
+        value = [value["tool_call"]]
+    items = value if isinstance(value, list) else [value]
+    calls = [_call(item, names) for item in items]
+    return calls if calls and all(calls) else None      # type: ignore[return-value]
+
+
+def _content(text: str) -> str | None:
+    return text if text.strip() else None
+
+
+def read_reply(text: str, tools: Tools, held: bool) -> Reply:
+    """The calls in a reply. ``held``: the reply was held to the generic JSON shape by a
+    grammar (then ``response`` is the content)."""
+    names = tools.names
+    stripped = text.strip()
+    for lead in _LEADS:
+        if stripped.startswith(lead):
+            stripped = stripped[len(lead):].strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            value = None
+        calls = _calls(value, names) if value is not None else None
+        if calls:
+            response = value.get("response") if isinstance(value, dict) else None
+            return Reply(_response(response), calls)
+        if held and isinstance(value, dict) and "response" in value:
+            return Reply(_response(value["response"]) or "")
+    if _OPEN in text:
+        calls, rest, at = [], [], 0
+        for match in _BLOCK.finditer(text):
+            try:
+                found = _calls(json.loads(match.group(1)), names)
+            except ValueError:
+                found = None
+            if not found:
+                return Reply(_content(text))
+            calls += found
+            rest.append(text[at:match.start()])
+            at = match.end()
+        rest.append(text[at:])
+        return Reply(_content("".join(rest)), calls)
+    return Reply(_content(text))
+
+
+def _response(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+class ToolStream:
+    """A streamed reply's text, let through while it cannot be a call: held from a call
+    marker on (or from the start, for a reply held to JSON or that opens with ``{``/``[``),
+    a marker's possible beginning held at the end of what came; read whole at the end."""
+
+    def __init__(self, tools: Tools, held: bool) -> None:
+        self.tools = tools
+        self.held = held
+        self.sent = ""          # the text let through
+        self.kept = ""          # the text held
+        self.holding = held     # everything from here on is held
+
+    def feed(self, text: str) -> str:
+        self.kept += text
+        if self.holding:
+            return ""
+        if not self.sent.strip():
+            head = self.kept.lstrip()
+            if not head:
+                return ""                 # whitespace first: wait for what follows
+            if head[0] in "{[" or any(head.startswith(m) for m in _LEADS):
+                self.holding = True       # a JSON call, or a lead marker and calls
+                return ""
+            if any(m.startswith(head) for m in _LEADS):
+                return ""                 # perhaps a lead marker: wait for more
+        at = self.kept.find(_OPEN)
+        if at >= 0:
+            self.holding = True
+            return self._send(at)
+        keep = max((n for m in _MARKERS for n in range(1, len(m))
+                    if self.kept.endswith(m[:n])), default=0)
+        return self._send(len(self.kept) - keep)
+
+    def _send(self, upto: int) -> str:
+        if not (self.sent + self.kept[:upto]).strip():
+            return ""             # only whitespace so far: a reply of calls alone has none
+        out, self.kept = self.kept[:upto], self.kept[upto:]
+        self.sent += out
+        return out
+
+    def finish(self) -> Reply:
+        """The held text read for calls: the content still to send, and the calls."""
+        reply = read_reply(self.kept, self.tools, self.held)
+        if reply.calls or self.held:
+            return reply
+        return Reply(self.kept if self.sent.strip() else _content(self.kept))
