@@ -13,7 +13,7 @@ a one-line message.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -71,11 +71,21 @@ def _raise_exception(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
+def _json_default(value: Any) -> Any:
+    """What json.dumps cannot write itself: an undefined value is null, an iterator (what
+    jinja's ``map`` and ``select`` give) its list, as llama.cpp's minja writes them."""
+    if isinstance(value, jinja2.Undefined):
+        return None
+    if isinstance(value, Iterator):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
             sort_keys: bool = False) -> str:
     """transformers' tojson: json.dumps as is (jinja's own sorts keys and escapes <>&')."""
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+                      sort_keys=sort_keys, default=_json_default)
 
 
 def _now() -> datetime:

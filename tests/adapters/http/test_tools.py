@@ -20,7 +20,8 @@ from wasi_nn_backend import Backend  # noqa: E402
 from wasi_nn_backend.adapters.http.app import create_app  # noqa: E402
 from wasi_nn_backend.adapters.http.errors import ApiError  # noqa: E402
 from wasi_nn_backend.adapters.http.tools import (  # noqa: E402
-    ToolStream, Tools, grammar_schema, is_native, parse_tools, read_reply, template_messages)
+    ToolStream, Tools, grammar_schema, is_native, parse_tools, read_reply, render)
+from wasi_nn_backend.errors import InvalidArgument  # noqa: E402
 from wasi_nn_backend.llm.chat_template import render_template  # noqa: E402
 from wasi_nn_backend.llm.gbnf import schema_to_gbnf  # noqa: E402
 
@@ -94,39 +95,78 @@ def test_tool_choice_forms():
 
 # ---- the prompt and the grammar ------------------------------------------------------------
 
+HISTORY = ASK + [
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "a1B2c3D4e", "type": "function",
+         "function": {"name": "get_time", "arguments": '{"tz": "utc"}'}}]},
+    {"role": "tool", "tool_call_id": "a1B2c3D4e", "name": "get_time", "content": "12:00"}]
+
+
+def _renderer(template: str | None):
+    def chat(messages, tools):
+        return render_template(template, messages, add_generation_prompt=True, bos_token="",
+                               eos_token="", tools=tools)
+    return chat
+
+
 def test_native_templates_get_the_tools_and_object_arguments():
     assert is_native(HERMES) and not is_native(None)
-    history = ASK + [
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_time", "arguments": '{"tz": "utc"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "12:00"}]
-    messages, tools = template_messages(history, _tools(), native=True)
-    text = render_template(HERMES, messages, add_generation_prompt=True, bos_token="",
-                           eos_token="", tools=tools)
+    text = render(_renderer(HERMES), HISTORY, _tools(), native=True)
     assert '"name": "get_weather"' in text and '"$defs"' in text   # the functions, whole
+    assert '"description": ""' in text     # one for each: templates read it unguarded
     assert '<tool_call>\n{"name": "get_time", "arguments": {"tz": "utc"}}' in text
     assert "<tool_response>\n12:00\n</tool_response>" in text
 
 
 def test_generic_templates_get_a_system_message_and_json():
-    history = [{"role": "system", "content": "Be brief."}] + ASK + [
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_time", "arguments": '{"tz": "utc"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "name": "get_time", "content": "12:00"}]
-    messages, tools = template_messages(history, _tools(), native=False)
-    assert tools is None and [m["role"] for m in messages] == [
-        "system", "user", "assistant", "user"]
-    assert messages[0]["content"].startswith("Be brief.\n\n") \
-        and '"name": "get_weather"' in messages[0]["content"]
-    assert json.loads(messages[2]["content"]) == {"tool_calls": [
-        {"name": "get_time", "arguments": {"tz": "utc"}, "id": "call_1"}]}
-    assert json.loads(messages[3]["content"]) == {"tool_response": {
-        "tool": "get_time", "tool_call_id": "call_1", "content": "12:00"}}
+    text = render(_renderer(None), [{"role": "system", "content": "Be brief."}] + HISTORY,
+                  _tools(), native=False)
+    turns = [t.split("\n", 1) for t in text.split("<|im_start|>")[1:]]
+    assert [role for role, _ in turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert turns[0][1].startswith("Be brief.\n\nYou can call") \
+        and '"name": "get_weather"' in turns[0][1]
+    assert json.loads(turns[2][1].removesuffix("<|im_end|>\n")) == {"tool_calls": [
+        {"name": "get_time", "arguments": {"tz": "utc"}, "id": "a1B2c3D4e"}]}
+    assert json.loads(turns[3][1].removesuffix("<|im_end|>\n")) == {"tool_response": {
+        "tool": "get_time", "tool_call_id": "a1B2c3D4e", "content": "12:00"}}
     # no system message: one is added first
-    messages, _ = template_messages(ASK, _tools(), native=False)
-    assert [m["role"] for m in messages] == ["system", "user"]
+    assert render(_renderer(None), ASK, _tools(), native=False).startswith(
+        "<|im_start|>system\nYou can call")
+
+
+# templates that refuse what others take, after real ones: Gemma's has no system role,
+# functionary's concatenates a call's arguments as text, Mistral's wants 9-character ids
+NO_SYSTEM = ("{% for m in messages %}{% if m.role == 'system' %}"
+             "{{ raise_exception('System role not supported') }}{% endif %}"
+             "<{{ m.role }}>{{ m.content }}\n{% endfor %}")
+TEXT_ARGUMENTS = ("{% for m in messages %}{{ m.role }}: {{ m.content }}{% for c in "
+                  "m.tool_calls or [] %}{{ c.function.name + ' ' + c.function.arguments }}"
+                  "{% endfor %}\n{% endfor %}{% if tools %}{{ tools | tojson }}{% endif %}")
+
+
+def test_the_first_variant_a_template_takes_is_used():
+    text = render(_renderer(NO_SYSTEM), ASK, _tools(), native=False)
+    assert text.startswith("<user>You can call these tools") and "What is the weather" in text
+    text = render(_renderer(TEXT_ARGUMENTS), HISTORY, _tools(), native=True)
+    assert 'get_time {"tz": "utc"}' in text
+    with pytest.raises(InvalidArgument, match="System role not supported"):
+        render(_renderer(NO_SYSTEM), [{"role": "system", "content": "x"}] + ASK, _tools(),
+               native=False)
+
+
+def test_call_ids_are_nine_letters_and_digits():
+    ids = {read_reply(CALL_TEXT, _tools(), False).calls[0]["id"] for _ in range(50)}
+    assert len(ids) == 50 and all(len(i) == 9 and i.isalnum() for i in ids)
+
+
+def test_tojson_writes_what_jinja_makes():
+    """Templates pipe jinja's map/select results and undefined fields to tojson (as
+    llama.cpp's minja writes them: lists and null)."""
+    template = ("{{ tools | map(attribute='function') | map(attribute='name') | list | tojson }}"
+                "{{ tools | map(attribute='function') | tojson }}{{ {'a': tools[0].nope} | tojson }}")
+    text = render_template(template, ASK, add_generation_prompt=False, bos_token="",
+                           eos_token="", tools=TOOLS)
+    assert text.startswith('["get_weather", "get_time"]') and text.endswith('{"a": null}')
 
 
 @pytest.mark.parametrize("choice, native, held", [
@@ -168,7 +208,7 @@ def test_calls_are_read_from_replies(text, held, content, calls):
     assert reply.content == content
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
             for c in reply.calls] == calls
-    assert all(c["type"] == "function" and c["id"].startswith("call_") for c in reply.calls)
+    assert all(c["type"] == "function" and len(c["id"]) == 9 for c in reply.calls)
 
 
 @pytest.mark.parametrize("text, held", [
@@ -246,7 +286,7 @@ def _streamed(client: TestClient, **body) -> tuple[str, list[dict], str]:
 
 
 def _check_call(call: dict, name: str | None = None) -> dict:
-    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["type"] == "function" and len(call["id"]) == 9
     assert call["function"]["name"] in NAMES and name in (None, call["function"]["name"])
     arguments = json.loads(call["function"]["arguments"])
     if call["function"]["name"] == "get_time":

@@ -22,7 +22,7 @@ from .errors import ApiError, from_wasi_nn
 from .generation import Counters, ServedModel, Shape
 from .requests import (MAX_TOKENIZE, chat_request, completion_request, detokenize_request,
                        embedding_request, parse_json, tokenize_request)
-from .tools import Reply, ToolStream, constrain, is_native, read_reply, template_messages
+from .tools import Reply, Tools, ToolStream, constrain, is_native, read_reply, render
 from .usage import Rows, chat_logprobs, completion_logprobs, finish_reason
 
 
@@ -48,7 +48,6 @@ class Handlers:
         graph = served.graph
         native = is_native(graph.config.model.chat_template or graph.model.chat_template)
         held = constrain(gen.overrides, gen.tools, native)
-        messages, tools = template_messages(gen.messages, gen.tools, native)
         calls = ToolStream(gen.tools, held) if gen.tools is not None and gen.stream else None
 
         def choice(text: str | None, done: Completion | None, stream: bool, rows: Rows,
@@ -73,7 +72,8 @@ class Handlers:
         shape = Shape("chat.completion", "chat.completion.chunk", choice)
         # rendered on the worker thread that picks the session: one hop off the event loop
         return await generation.run(served, request, gen,
-                                    functools.partial(_render, served, messages, tools), shape,
+                                    functools.partial(_render, served, gen.messages, gen.tools,
+                                                      native), shape,
                                     self.counters)
 
     async def completions(self, request: Request) -> Response:
@@ -176,14 +176,18 @@ def _message(text: str | None, reply: Reply | None, stream: bool) -> dict[str, A
     return message
 
 
-def _render(served: ServedModel, messages: list[dict[str, Any]],
-            tools: list[dict[str, Any]] | None) -> str:
-    """The conversation in the model's chat template, ready for the reply. A BOS the template
-    writes is left out: tokenizing the prompt adds it (as llama-server does)."""
+def _render(served: ServedModel, messages: list[dict[str, Any]], tools: Tools | None,
+            native: bool) -> str:
+    """The conversation in the model's chat template (with the tools: tools.render), ready
+    for the reply. A BOS the template writes is left out: tokenizing the prompt adds it (as
+    llama-server does)."""
     graph = served.graph
-    try:
-        text = graph.model.render_chat(messages, add_generation_prompt=True,
+
+    def chat(variant: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        return graph.model.render_chat(variant, add_generation_prompt=True,
                                        template=graph.config.model.chat_template, tools=tools)
+    try:
+        text = render(chat, messages, tools, native)
     except WasiNnError as error:
         raise from_wasi_nn(error, "messages") from None
     except Exception as error:   # jinja2 errors: the template refused these messages

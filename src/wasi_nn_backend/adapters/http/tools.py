@@ -19,11 +19,14 @@ that match its ``parameters`` schema. A reply that holds no call is content, as 
 from __future__ import annotations
 
 import json
+import random
 import re
-import uuid
+import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ... import errors
 from ...config.values import response_format
 from .errors import ApiError
 
@@ -32,6 +35,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _LEADS = ("[TOOL_CALLS]", "<|python_tag|>")          # markers a reply may start with
 _MARKERS = (_OPEN,) + _LEADS
+_ID_CHARS = string.ascii_letters + string.digits
+_RANDOM = random.SystemRandom()
 _BLOCK = re.compile(re.escape(_OPEN) + r"(.*?)(?:" + re.escape(_CLOSE) + r"|$)", re.DOTALL)
 
 
@@ -151,30 +156,57 @@ def _arguments(text: str) -> Any:
         return text
 
 
-def template_messages(messages: list[dict[str, Any]], tools: Tools | None,
-                      native: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """(the messages, the tools) to render: as they are for a native template (arguments as
-    objects); for another, calls and results written as JSON and the functions described in
-    the system message."""
+def _native_messages(messages: list[dict[str, Any]], objects: bool) -> list[dict[str, Any]]:
+    """Earlier calls with their arguments as objects (as transformers passes them) or as the
+    JSON text they came as (templates that concatenate them: functionary's)."""
+    if not objects:
+        return messages
+    return [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": _arguments(
+        c["function"]["arguments"])}} for c in m["tool_calls"]]} if m.get("tool_calls") else m
+        for m in messages]
+
+
+def _variants(messages: list[dict[str, Any]], tools: Tools | None, native: bool
+              ) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
+    """(messages, tools) to render, best first; the next is tried when a template refuses
+    one (the way llama.cpp probes a template's capabilities)."""
+    has_calls = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    if tools is None and not has_calls:
+        return [(messages, None)]
     if native:
-        out = []
-        for message in messages:
-            if message.get("tool_calls"):
-                message = {**message, "tool_calls": [
-                    {**c, "function": {**c["function"],
-                                       "arguments": _arguments(c["function"]["arguments"])}}
-                    for c in message["tool_calls"]]}
-            out.append(message)
-        return out, ([{"type": "function", "function": f} for f in tools.functions]
-                     if tools is not None else None)
+        functions = None if tools is None else [
+            {"type": "function", "function": {"description": "", **f}}   # templates read it
+            for f in tools.functions]
+        return [(_native_messages(messages, objects), functions) for objects in (True, False)]
     out = [_generic_message(m) for m in messages]
-    if tools is not None:
-        text = _instructions(tools)
-        if out and out[0]["role"] == "system":
-            out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + text}
-        else:
-            out.insert(0, {"role": "system", "content": text})
-    return out, None
+    if tools is None:
+        return [(out, None)]
+    text = _instructions(tools)
+    if out and out[0]["role"] == "system":
+        return [([{**out[0], "content": out[0]["content"] + "\n\n" + text}] + out[1:], None)]
+    first_user = next((i for i, m in enumerate(out) if m["role"] == "user"), None)
+    variants = [([{"role": "system", "content": text}] + out, None)]
+    if first_user is not None:   # a template without a system role (Gemma's)
+        merged = list(out)
+        merged[first_user] = {**out[first_user],
+                              "content": text + "\n\n" + out[first_user]["content"]}
+        variants.append((merged, None))
+    return variants
+
+
+def render(render_chat: Callable[..., str], messages: list[dict[str, Any]],
+           tools: Tools | None, native: bool) -> str:
+    """The conversation through ``render_chat(messages, tools=...)``: native templates get
+    the tools, others the generic system message and JSON; the first variant a template
+    takes (_variants). Its own error when it takes none."""
+    first: errors.InvalidArgument | None = None
+    for variant, functions in _variants(messages, tools, native):
+        try:
+            return render_chat(variant, tools=functions)
+        except errors.InvalidArgument as error:
+            first = first or error
+    assert first is not None
+    raise first
 
 
 def _generic_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -294,8 +326,14 @@ def _call(item: Any, names: set[str]) -> dict[str, Any] | None:
         return None
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+    return {"id": _call_id(), "type": "function",
             "function": {"name": name, "arguments": arguments}}
+
+
+def _call_id() -> str:
+    """Nine letters and digits: what Mistral's templates demand of the ids they get back,
+    which clients send as they got them."""
+    return "".join(_RANDOM.choice(_ID_CHARS) for _ in range(9))
 
 
 def _calls(value: Any, names: set[str]) -> list[dict[str, Any]] | None:
