@@ -201,10 +201,20 @@ def test_the_grammar_holds_what_must_be_a_call(choice, native, held):
      True, None, [("get_weather", {"unit": "c", "city": "Paris"})]),
     ('{"tool_calls": [{"name": "get_time", "arguments": {"tz": "utc"}}]}', True, None,
      [("get_time", {"tz": "utc"})]),
-    ('{"response": "cut sho', True, '{"response": "cut sho', []),    # cut by max_tokens
+    ('{"response": "cut sho', True, "cut sho", []),    # cut by max_tokens: the text so far
+    ('{"tool_calls": [{"name": "get_ti', True, '{"tool_calls": [{"name": "get_ti', []),
+    (CALL_TEXT + " and <tool_call>{oops}</tool_call>", False, " and <tool_call>{oops}</tool_call>",
+     [("get_time", {"tz": "utc"})]),             # a block that is no call stays text
+    ('{"response": "bad half \\udc00, pair \\ud83d\\ude00"}', True,
+     "bad half \ufffd, pair \U0001f600", []),      # what UTF-8 cannot carry is U+FFFD
+    ('<tool_call>{"name": "get_time", "arguments": {"tz": "\\ud800"}}</tool_call>', False,
+     None, [("get_time", {"tz": "\ufffd"})]),
+    ("[" * 1200, False, "[" * 1200, []),          # nested past Python's stack: text
 ])
 def test_calls_are_read_from_replies(text, held, content, calls):
     reply = read_reply(text, _tools(), held)
+    json.dumps(reply.calls, ensure_ascii=False).encode()    # all of it can be sent
+    (reply.content or "").encode()
     assert reply.content == content
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
             for c in reply.calls] == calls
@@ -215,6 +225,9 @@ def test_calls_are_read_from_replies(text, held, content, calls):
     ("It is sunny today, {mostly}.", False), ("Let me look.\n" + CALL_TEXT, False),
     ("  " + CALL_TEXT, False), ('{"name": "get_time", "parameters": {"tz": "cet"}}', False),
     ("a < b and <tool_ is not a call", False), ('{"response": "Hello"}', True),
+    ("Let me look.\n" + CALL_TEXT + "\n" + CALL_TEXT + "\n", False),
+    ('{ "response" : "caf\\u00e9 \\ud83d\\ude00 \\udc00 \\"q\\" \\\\ end"}', True),
+    ('{"response": "cut in \\ud83d', True),
     ('{"tool_call": {"name": "get_time", "arguments": {"tz": "utc"}}}', True)])
 def test_a_streamed_reply_reads_as_the_whole_one(text, held):
     """Whatever the pieces, the text let through plus the end equals the whole reply read
@@ -230,6 +243,11 @@ def test_a_streamed_reply_reads_as_the_whole_one(text, held):
         assert "<tool_call>" not in sent and ('"name"' not in sent)
         assert ((sent + (end.content or "")) or None) == whole.content
         assert [c["function"] for c in end.calls] == [c["function"] for c in whole.calls]
+    first = read_reply(CALL_TEXT * 2, _tools(parallel_tool_calls=False), False)
+    assert len(first.calls) == 1         # parallel_tool_calls false: the first call only
+    answer = ToolStream(_tools(), True)  # a generic reply's response goes out as it comes
+    assert [answer.feed(p) for p in ['{"resp', 'onse": "He', "llo \\u00", "e9", '!"}']] \
+        == ["", "He", "llo ", "\u00e9", "!"]
     plain = ToolStream(_tools(), False)   # plain text goes through as it comes
     assert plain.feed("Hello") == "Hello" and plain.feed(" there <tool") == " there "
 
@@ -353,6 +371,38 @@ def test_bad_tool_requests_are_400s(app, body, param):
     reply = client.post("/v1/chat/completions", json={
         "model": "tiny", "messages": ASK, "tools": TOOLS, **body})
     assert reply.status_code == 400 and reply.json()["error"]["param"] == param
+
+
+def test_deep_nesting_is_a_400_not_a_500(app):
+    client = app
+    deep: dict = {"type": "string"}
+    for _ in range(300):
+        deep = {"type": "object", "properties": {"a": deep}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": deep}}
+    reply = client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": ASK, "tools": [tool], "tool_choice": "required"})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == "tools[0].function.parameters"
+    body = ('{"model": "tiny", "messages": ' + "[" * 5000 + "]" * 5000 + "}").encode()
+    reply = client.post("/v1/chat/completions", content=body)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_json"
+
+
+def test_json_output_beside_tools_takes_the_generic_way(app):
+    """response_format with tools: the generic reply holds both (a native reply held to the
+    format could not call), and the format's own $refs still resolve."""
+    shape = {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+        "type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "required": ["a"],
+        "$defs": {"x": {"enum": ["yes", "no"]}}}}}
+    tools = parse_tools({"tools": TOOLS})
+    assert not is_native(HERMES, tools, {"response_format": shape})
+    assert is_native(HERMES, tools, {"response_format": {"type": "text"}})
+    done = _chat(app, response_format=shape, max_tokens=300)["choices"][0]
+    if done["finish_reason"] == "tool_calls":
+        [_check_call(c) for c in done["message"]["tool_calls"]]
+    else:
+        assert done["finish_reason"] == "stop"
+        assert json.loads(done["message"]["content"])["a"] in ("yes", "no")
 
 
 def test_a_parameters_schema_the_grammar_cannot_take_is_a_400(app):

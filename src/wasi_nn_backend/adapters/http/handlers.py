@@ -46,7 +46,8 @@ class Handlers:
         served = self._model(body.get("model") if isinstance(body.get("model"), str) else "")
         gen = chat_request(body, served.graph.defaults)
         graph = served.graph
-        native = is_native(graph.config.model.chat_template or graph.model.chat_template)
+        native = is_native(graph.config.model.chat_template or graph.model.chat_template,
+                           gen.tools, gen.overrides)
         held = constrain(gen.overrides, gen.tools, native)
         calls = ToolStream(gen.tools, held) if gen.tools is not None and gen.stream else None
 

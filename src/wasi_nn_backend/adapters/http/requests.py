@@ -53,6 +53,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"the body is not JSON: {error}", None, "invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the body nests too deeply", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", None, "invalid_json")
     return body

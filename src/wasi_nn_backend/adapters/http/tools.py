@@ -31,10 +31,15 @@ from ...config.values import response_format
 from .errors import ApiError
 
 MAX_TOOLS = 128
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+MAX_SCHEMA_DEPTH = 128   # levels of a tool's parameters (walked recursively)
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _LEADS = ("[TOOL_CALLS]", "<|python_tag|>")          # markers a reply may start with
 _MARKERS = (_OPEN,) + _LEADS
+_LONE = re.compile("[\ud800-\udfff]")
+_RESPONSE = re.compile(r'\s*\{\s*"response"\s*:\s*"')
+_FIRST_KEY = re.compile(r'\s*\{\s*"([^"]*)"')
+_HEAD = 256    # a generic reply shows its first key within this (the grammar bounds spaces)
 _ID_CHARS = string.ascii_letters + string.digits
 _RANDOM = random.SystemRandom()
 _BLOCK = re.compile(re.escape(_OPEN) + r"(.*?)(?:" + re.escape(_CLOSE) + r"|$)", re.DOTALL)
@@ -102,7 +107,7 @@ def _function(tool: Any, where: str) -> dict[str, Any]:
                    where, "invalid_type")
     function = tool["function"]
     name = function.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _bad(f"'{where}.function.name' must be 1 to 64 letters, digits, _ . or -",
                    f"{where}.function.name")
     description = function.get("description")
@@ -110,9 +115,10 @@ def _function(tool: Any, where: str) -> dict[str, Any]:
         raise _bad(f"'{where}.function.description' must be a string",
                    f"{where}.function.description", "invalid_type")
     parameters = function.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise _bad(f"'{where}.function.parameters' must be a JSON Schema object",
-                   f"{where}.function.parameters", "invalid_type")
+    if parameters is not None and (not isinstance(parameters, dict) or _deep(parameters)):
+        raise _bad(f"'{where}.function.parameters' must be a JSON Schema object nesting at "
+                   f"most {MAX_SCHEMA_DEPTH} levels", f"{where}.function.parameters",
+                   "invalid_type")
     out: dict[str, Any] = {"name": name}
     if description is not None:
         out["description"] = description
@@ -141,10 +147,30 @@ def parse_tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
 
 # ---- the prompt --------------------------------------------------------------------------
 
-def is_native(template: str | None) -> bool:
-    """Whether a chat template renders tools itself (None: the ChatML default, which does
-    not)."""
-    return template is not None and "tools" in template
+def is_native(template: str | None, tools: Tools | None = None,
+              overrides: dict[str, Any] | None = None) -> bool:
+    """Whether the tools go to the chat template (None: the ChatML default, which takes
+    none): when it renders them itself, unless JSON output is asked beside them, which
+    only the generic reply holds together with calls (llama.cpp's choice too)."""
+    if template is None or "tools" not in template:
+        return False
+    if tools is None or overrides is None:
+        return True
+    shape = overrides.get("response_format")
+    return not (overrides.get("json_schema") or isinstance(shape, dict)
+                and shape.get("type") in ("json_object", "json_schema"))
+
+
+def _deep(schema: Any, limit: int = MAX_SCHEMA_DEPTH) -> bool:
+    """Whether a JSON value nests deeper than ``limit`` (walked without recursion)."""
+    level = [schema]
+    for _ in range(limit + 1):
+        level = [v for item in level for v in (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list)
+            else ())]
+        if not level:
+            return False
+    return True
 
 
 def _arguments(text: str) -> Any:
@@ -278,7 +304,10 @@ def grammar_schema(tools: Tools, native: bool, response: Any = None) -> dict[str
             {"type": "object", "properties": {"tool_call": one}, "required": ["tool_call"]})
     if tools.choice != "auto":
         return {**call, "$defs": defs}
-    answer = {"type": "object", "properties": {"response": response or {"type": "string"}},
+    if response is not None:    # response_format's schema, its $refs moved with it
+        defs["response"] = _with_refs_under(response, "#/$defs/response")
+    answer = {"type": "object", "properties": {"response": {"$ref": "#/$defs/response"}
+                                               if response is not None else {"type": "string"}},
               "required": ["response"]}
     return {"anyOf": [call, answer], "$defs": defs}
 
@@ -297,8 +326,11 @@ def constrain(overrides: dict[str, Any], tools: Tools | None, native: bool) -> b
         response = response_format(overrides.pop("response_format")) or None
     if "json_schema" in overrides:
         value = overrides.pop("json_schema")
-        response = (json.loads(value) if value.strip() else None) \
+        response = (_loads(value) if value.strip() else None) \
             if isinstance(value, str) else value
+    if _deep(response):
+        raise _bad(f"the response's JSON schema nests over {MAX_SCHEMA_DEPTH} levels",
+                   "response_format")
     overrides["json_schema"] = grammar_schema(tools, native, response)
     return True
 
@@ -327,7 +359,7 @@ def _call(item: Any, names: set[str]) -> dict[str, Any] | None:
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
     return {"id": _call_id(), "type": "function",
-            "function": {"name": name, "arguments": arguments}}
+            "function": {"name": name, "arguments": _clean(arguments)}}
 
 
 def _call_id() -> str:
@@ -353,40 +385,61 @@ def _content(text: str) -> str | None:
     return text if text.strip() else None
 
 
-def read_reply(text: str, tools: Tools, held: bool) -> Reply:
-    """The calls in a reply. ``held``: the reply was held to the generic JSON shape by a
-    grammar (then ``response`` is the content)."""
+def _loads(text: str) -> Any:
+    """JSON's value, or None when the text is not JSON (or nests past Python's stack)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _clean(text: str) -> str:
+    """A lone UTF-16 half (a JSON ``\\ud800`` escape unpaired) as U+FFFD: it cannot be sent
+    as UTF-8."""
+    return _LONE.sub("\ufffd", text)
+
+
+def _scan(text: str, tools: Tools, held: bool) -> tuple[str, list[dict[str, Any]]]:
+    """(the reply's text that is not calls, its calls)."""
     names = tools.names
     stripped = text.strip()
     for lead in _LEADS:
         if stripped.startswith(lead):
             stripped = stripped[len(lead):].strip()
     if stripped[:1] in ("{", "["):
-        try:
-            value = json.loads(stripped)
-        except ValueError:
-            value = None
+        value = _loads(stripped)
         calls = _calls(value, names) if value is not None else None
         if calls:
             response = value.get("response") if isinstance(value, dict) else None
-            return Reply(_response(response), calls)
+            return _response(response) or "", calls
         if held and isinstance(value, dict) and "response" in value:
-            return Reply(_response(value["response"]) or "")
+            return _response(value["response"]) or "", []
+        if held and value is None:            # cut short: the response so far, if one
+            opened = _RESPONSE.match(text)
+            if opened:
+                return _decoded(text[opened.end():])[0], []
     if _OPEN in text:
         calls, rest, at = [], [], 0
         for match in _BLOCK.finditer(text):
-            try:
-                found = _calls(json.loads(match.group(1)), names)
-            except ValueError:
-                found = None
-            if not found:
-                return Reply(_content(text))
-            calls += found
+            value = _loads(match.group(1))
+            found = _calls(value, names) if value is not None else None
             rest.append(text[at:match.start()])
+            if found:
+                calls += found
+            else:
+                rest.append(match.group(0))   # not a call: its text stays text
             at = match.end()
         rest.append(text[at:])
-        return Reply(_content("".join(rest)), calls)
-    return Reply(_content(text))
+        return "".join(rest), calls
+    return text, []
+
+
+def read_reply(text: str, tools: Tools, held: bool) -> Reply:
+    """The calls in a whole reply (only the first unless ``parallel_tool_calls``) and the
+    rest as content. ``held``: the reply was held to the generic JSON shape by a grammar
+    (then ``response`` is the content)."""
+    rest, calls = _scan(text, tools, held)
+    return Reply(_content(_clean(rest)), calls if tools.parallel else calls[:1])
 
 
 def _response(value: Any) -> str | None:
@@ -395,23 +448,70 @@ def _response(value: Any) -> str | None:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _decoded(raw: str) -> tuple[str, str, bool]:
+    """(the text, the raw text left undecoded, whether the string ended) of the inside of a
+    JSON string so far: an escape cut short is left for later, UTF-16 pairs are joined, and
+    a high half at the end waits for its other half."""
+    out, i, n, closed = [], 0, len(raw), False
+    while i < n:
+        c = raw[i]
+        if c == '"':
+            closed = True
+            break
+        if c != "\\":
+            j = i
+            while j < n and raw[j] not in '"\\':
+                j += 1
+            out.append(raw[i:j])
+            i = j
+            continue
+        if i + 1 >= n or (raw[i + 1] == "u" and i + 6 > n):
+            break
+        if raw[i + 1] == "u":
+            try:
+                out.append(chr(int(raw[i + 2:i + 6], 16)))
+            except ValueError:
+                out.append(raw[i:i + 6])
+            i += 6
+        else:
+            out.append(_ESCAPES.get(raw[i + 1], raw[i + 1]))
+            i += 2
+    text = "".join(out).encode("utf-16-le", "surrogatepass").decode("utf-16-le",
+                                                                    "surrogatepass")
+    if not closed and text and "\ud800" <= text[-1] <= "\udbff":
+        return _clean(text[:-1]), raw[i - 6:] if i >= 6 else raw, closed
+    return _clean(text), raw[i:], closed
+
+
 class ToolStream:
     """A streamed reply's text, let through while it cannot be a call: held from a call
-    marker on (or from the start, for a reply held to JSON or that opens with ``{``/``[``),
-    a marker's possible beginning held at the end of what came; read whole at the end."""
+    marker on (or from the start, for a reply that opens with ``{``/``[``), a marker's
+    possible beginning held at the end of what came. A reply held to the generic JSON lets
+    its ``response`` through as it comes. Read whole at the end (finish)."""
 
     def __init__(self, tools: Tools, held: bool) -> None:
         self.tools = tools
         self.held = held
-        self.sent = ""          # the text let through
-        self.kept = ""          # the text held
-        self.holding = held     # everything from here on is held
+        self.started = False    # text other than whitespace was let through
+        self.kept = ""          # the text held while it may turn out not to be a call
+        self.parts: list[str] = []    # the text held for good (a call, or the JSON)
+        self.holding = held     # everything from here on goes to parts
+        self.raw = ""           # a generic reply's response, not yet decoded
+        self.answering = False  # a generic reply is a response (not calls)
+        self.sent = 0           # characters of that response let through
+        self.head: str | None = ""    # a generic reply's start, until it shows what it is
 
     def feed(self, text: str) -> str:
-        self.kept += text
+        if self.held:
+            return self._response(text)
         if self.holding:
+            self.parts.append(text)
             return ""
-        if not self.sent.strip():
+        self.kept += text
+        if not self.started:
             head = self.kept.lstrip()
             if not head:
                 return ""                 # whitespace first: wait for what follows
@@ -429,15 +529,40 @@ class ToolStream:
         return self._send(len(self.kept) - keep)
 
     def _send(self, upto: int) -> str:
-        if not (self.sent + self.kept[:upto]).strip():
+        out = self.kept[:upto]
+        if not self.started and not out.strip():
             return ""             # only whitespace so far: a reply of calls alone has none
-        out, self.kept = self.kept[:upto], self.kept[upto:]
-        self.sent += out
+        self.kept = self.kept[upto:]
+        self.started = True
         return out
+
+    def _response(self, text: str) -> str:
+        """A generic reply: once it opens with ``{"response": "``, the string's text as it
+        is decoded; else nothing until the end."""
+        self.parts.append(text)
+        if not self.answering:
+            if self.head is None:
+                return ""             # calls: read at the end
+            self.head += text
+            opened = _RESPONSE.match(self.head)
+            if opened is None:
+                key = _FIRST_KEY.match(self.head)
+                if (key and key.group(1) != "response") or len(self.head) > _HEAD:
+                    self.head = None  # not a response
+                return ""
+            self.answering, text = True, self.head[opened.end():]
+        decoded, self.raw, _ = _decoded(self.raw + text)   # after its end: nothing more
+        self.sent += len(decoded)
+        return decoded
 
     def finish(self) -> Reply:
         """The held text read for calls: the content still to send, and the calls."""
-        reply = read_reply(self.kept, self.tools, self.held)
-        if reply.calls or self.held:
-            return reply
-        return Reply(self.kept if self.sent.strip() else _content(self.kept))
+        text = self.kept + "".join(self.parts)
+        rest, calls = _scan(text, self.tools, self.held)
+        calls = calls if self.tools.parallel else calls[:1]
+        rest = _clean(rest)
+        if self.answering and not calls:
+            return Reply(rest[self.sent:] or None)
+        if self.held or not self.started:
+            return Reply(_content(rest), calls)
+        return Reply(rest or None, calls)
