@@ -193,6 +193,11 @@ def test_the_grammar_holds_what_must_be_a_call(choice, native, held):
      [("get_time", {"tz": "cet"})]),                                  # Llama 3.x
     ('[TOOL_CALLS] [{"name": "get_time", "arguments": {"tz": "utc"}}]', False, None,
      [("get_time", {"tz": "utc"})]),                                  # Mistral
+    ('get_time{"tz": "utc"}', False, None, [("get_time", {"tz": "utc"})]),   # Mistral's new
+    ('[TOOL_CALLS]get_time[ARGS]{"tz": "cet"}[TOOL_CALLS]get_weather[ARGS]'
+     '{"unit": "c", "city": "Oslo"}', False, None,
+     [("get_time", {"tz": "cet"}), ("get_weather", {"unit": "c", "city": "Oslo"})]),
+    ("get_time is noon", False, "get_time is noon", []),
     ('{"name": "unknown", "arguments": {}}', False, '{"name": "unknown", "arguments": {}}', []),
     ("<tool_call>\n{not json}\n</tool_call>", False, "<tool_call>\n{not json}\n</tool_call>",
      []),
@@ -226,6 +231,7 @@ def test_calls_are_read_from_replies(text, held, content, calls):
     ("  " + CALL_TEXT, False), ('{"name": "get_time", "parameters": {"tz": "cet"}}', False),
     ("a < b and <tool_ is not a call", False), ('{"response": "Hello"}', True),
     ("Let me look.\n" + CALL_TEXT + "\n" + CALL_TEXT + "\n", False),
+    ('get_time{"tz": "cet"}', False), ("get_time is noon", False), ("getting there", False),
     ('{ "response" : "caf\\u00e9 \\ud83d\\ude00 \\udc00 \\"q\\" \\\\ end"}', True),
     ('{"response": "cut in \\ud83d', True),
     ('{"tool_call": {"name": "get_time", "arguments": {"tz": "utc"}}}', True)])

@@ -38,6 +38,7 @@ _LEADS = ("[TOOL_CALLS]", "<|python_tag|>")          # markers a reply may start
 _MARKERS = (_OPEN,) + _LEADS
 _LONE = re.compile("[\ud800-\udfff]")
 _RESPONSE = re.compile(r'\s*\{\s*"response"\s*:\s*"')
+_WORD = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _FIRST_KEY = re.compile(r'\s*\{\s*"([^"]*)"')
 _HEAD = 256    # a generic reply shows its first key within this (the grammar bounds spaces)
 _ID_CHARS = string.ascii_letters + string.digits
@@ -418,6 +419,9 @@ def _scan(text: str, tools: Tools, held: bool) -> tuple[str, list[dict[str, Any]
             opened = _RESPONSE.match(text)
             if opened:
                 return _decoded(text[opened.end():])[0], []
+    named = _named_calls(stripped, names)
+    if named:
+        return "", named
     if _OPEN in text:
         calls, rest, at = [], [], 0
         for match in _BLOCK.finditer(text):
@@ -432,6 +436,58 @@ def _scan(text: str, tools: Tools, held: bool) -> tuple[str, list[dict[str, Any]
         rest.append(text[at:])
         return "".join(rest), calls
     return text, []
+
+
+def _named_calls(text: str, names: set[str]) -> list[dict[str, Any]] | None:
+    """Calls written ``name{arguments}`` one after another: Mistral's newer format
+    (``[TOOL_CALLS]name[ARGS]{...}``, its control tokens left out of the text or written
+    out); None unless all of the text is such calls of declared functions."""
+    decoder, calls, at = json.JSONDecoder(), [], 0
+    while True:
+        while True:
+            at = len(text) - len(text[at:].lstrip())
+            for marker in ("[TOOL_CALLS]", "[ARGS]"):
+                if text.startswith(marker, at):
+                    at += len(marker)
+                    break
+            else:
+                break
+        if at >= len(text):
+            return calls or None
+        word = _WORD.match(text, at)
+        if word is None or word.group(0) not in names:
+            return None
+        at = word.end()
+        at = len(text) - len(text[at:].lstrip())
+        if text.startswith("[ARGS]", at):
+            at += len("[ARGS]")
+        try:
+            arguments, at = decoder.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            return None
+        call = _call({"name": word.group(0), "arguments": arguments}, names) \
+            if isinstance(arguments, dict) else None
+        if call is None:
+            return None
+        calls.append(call)
+
+
+def _a_name_may_come(head: str, names: set[str]) -> str:
+    """Whether a reply's start may be Mistral's ``name{arguments}``: "hold" (it is),
+    "wait" (it may be), "no"."""
+    word = _WORD.match(head)
+    if word is None:
+        return "no"
+    if word.end() == len(head):
+        return "wait" if any(n.startswith(word.group(0)) for n in names) else "no"
+    if word.group(0) not in names:
+        return "no"
+    rest = head[word.end():].lstrip()
+    if rest.startswith("[ARGS]"):
+        rest = rest[len("[ARGS]"):]
+    if not rest or "[ARGS]".startswith(rest):
+        return "wait"
+    return "hold" if rest[0] == "{" else "no"
 
 
 def read_reply(text: str, tools: Tools, held: bool) -> Reply:
@@ -503,6 +559,7 @@ class ToolStream:
         self.answering = False  # a generic reply is a response (not calls)
         self.sent = 0           # characters of that response let through
         self.head: str | None = ""    # a generic reply's start, until it shows what it is
+        self.names = tools.names
 
     def feed(self, text: str) -> str:
         if self.held:
@@ -520,6 +577,12 @@ class ToolStream:
                 return ""
             if any(m.startswith(head) for m in _LEADS):
                 return ""                 # perhaps a lead marker: wait for more
+            named = _a_name_may_come(head, self.names)
+            if named == "hold":
+                self.holding = True       # name{arguments}: Mistral's calls
+                return ""
+            if named == "wait":
+                return ""
         at = self.kept.find(_OPEN)
         if at >= 0:
             self.holding = True
