@@ -106,8 +106,7 @@ fake_timeout_and_late_reply_test() ->
              ++ " >&4; " ++ silent()),
     T0 = now_ms(),
     ?assertEqual({error, timeout}, wasi_nn:init_backend(S, <<>>, 100)),
-    Elapsed = now_ms() - T0,
-    ?assert(Elapsed >= 100 andalso Elapsed < 900),
+    ?assert(now_ms() - T0 >= 100),   % the answer is the timeout, not the late reply
     timer:sleep(1500),  % the late reply has come and was dropped
     ?assertEqual([], flush()),
     ?assert(is_process_alive(S)),
@@ -131,7 +130,7 @@ fake_stream_timeout_test() ->
 
 fake_timeout_sends_cancel_test() ->
     %% the port gets {2, cancel, {1}} after request 1 (a generation) timed out; {3, ...} next
-    File = filename:join(tmp_dir(), "wasi_nn_cancel_"
+    File = filename:join(tmp_dir(), "wasi_nn_cancel_" ++ os:getpid() ++ "_"
                          ++ integer_to_list(erlang:unique_integer([positive]))),
     S = fake("exec cat <&3 >" ++ File),
     Ctx = {wasi_nn_ctx, S, 1, S},
@@ -379,35 +378,39 @@ scenario(concurrent, #{ctx := Ctx}) ->
      {got_b_us, GotB - T}];
 
 scenario(long_short, #{ctx := Ctx}) ->
-    %% a long generation streams to a collector; a short request in another session, sent
-    %% once the long one is producing tokens, is answered while the long one keeps going
+    %% a long generation streams to this process; a short request in another session, sent
+    %% once the long one is producing tokens, is answered while the long one keeps going.
+    %% Tokens are counted by message order, not by clocks (a loaded machine stamps them
+    %% late): the server relays the long one's tokens and the short reply in the order the
+    %% port gives them, and Erlang keeps one sender's order, so every token relayed before
+    %% the reply is in the mailbox when the call returns
     {ok, L} = wasi_nn:init_execution_context(Ctx, sid("long")),
     {ok, S} = wasi_nn:init_execution_context(Ctx, sid("short")),
-    Self = self(),
-    Collector = spawn_link(fun() -> timed_collect(Self) end),
-    {ok, Ref} = wasi_nn:run_inference_stream(Ctx, L, msg(a), long(), #{to => Collector}),
-    Collector ! {ref, Ref},
-    receive {first_token, Ref} -> ok after 60000 -> error(no_first_token) end,
+    {ok, Ref} = wasi_nn:run_inference_stream(Ctx, L, msg(a), long()),
+    receive {wasi_nn_token, Ref, _} -> ok after 60000 -> error(no_first_token) end,
+    FirstToken = now_us(),
+    Before = 1 + drain_tokens(Ref),
     T0 = now_us(),
     {ok, Short} = wasi_nn:run_inference(Ctx, S, msg(b), short()),
     T1 = now_us(),
+    During = drain_tokens(Ref),
+    StillGoing = receive {wasi_nn_done, Ref, _} -> false;
+                         {wasi_nn_error, Ref, _} -> false
+                 after 0 -> true end,
     check_expected(b, Short),
     %% stop the long one: closing its session ends a running request
-    Collector ! {mark, now_us()},
     ok = wasi_nn:close_execution_context(Ctx, L),
-    {Times, End, EndTime} = receive {collected, Ref, C1, C2, C3} -> {C1, C2, C3}
-                            after 60000 -> error(long_did_not_end) end,
-    FirstToken = lists:min(Times),
-    During = length([T || T <- Times, T >= T0, T =< T1]),
-    After = length([T || T <- Times, T > T1]),
-    %% the long one was generating when the short one was sent (=<: the collector stamps a
-    %% piece and T0 is stamped on its message, which can fall in the same microsecond)
-    ?assert(FirstToken =< T0),
-    ?assert(EndTime > T1),       % ... and still going when the short one was answered
+    {Rest, End} = collect(Ref, 60000),
+    EndTime = now_us(),
+    ?assert(FirstToken =< T0),   % the long one was generating when the short one was sent
+    ?assert(StillGoing),         % ... and still going when the short one was answered
+    ?assert(During >= 1),        % ... producing tokens meanwhile
     ok = wasi_nn:close_execution_context(Ctx, S),
-    [{short, Short}, {long_tokens, length(Times)}, {long_tokens_during_short, During},
-     {long_tokens_after_short, After}, {short_us, T1 - T0}, {long_end, End},
-     {first_token_us, FirstToken - T0}, {long_end_us, EndTime - T0}];
+    LongEnd = case End of {done, _} -> done; Other -> Other end,
+    [{short, Short}, {long_tokens, Before + During + length(Rest)},
+     {long_tokens_during_short, During}, {long_tokens_after_short, length(Rest)},
+     {short_us, T1 - T0}, {long_end, LongEnd}, {first_token_us, FirstToken - T0},
+     {long_end_us, EndTime - T0}];
 
 scenario(streaming, #{ctx := Ctx}) ->
     {ok, E1} = wasi_nn:init_execution_context(Ctx, sid("stream")),
@@ -485,7 +488,7 @@ scenario(timeout, #{ctx := Ctx}) ->
     T0 = now_ms(),
     ?assertEqual({error, timeout}, wasi_nn:run_inference(Ctx, E, msg(a), ?ENDLESS, 300)),
     Waited = now_ms() - T0,
-    ?assert(Waited >= 300 andalso Waited < 2500),
+    ?assert(Waited >= 300 andalso Waited < 10000),   % the endless one would take 30 s
     %% the next request of that session answers (without the cancel it would wait for the
     %% endless generation and time out itself); the late replies were dropped (nothing stray)
     T1 = now_ms(),
@@ -531,10 +534,12 @@ scenario(kill, _) ->
              || _ <- [1, 2, 3]],
     [E1, E2, E3] = Execs,
     Self = self(),
-    Callers = [spawn_link(fun() -> Self ! {self(), wasi_nn:run_inference(Ctx, E, msg(a), long(),
-                                                                         infinity)} end)
+    %% endless: the kill must find them running however slow the machine
+    Callers = [spawn_link(fun() -> Self ! {self(), wasi_nn:run_inference(Ctx, E, msg(a),
+                                                                         ?ENDLESS, infinity)}
+                          end)
                || E <- [E1, E2]],
-    {ok, Ref} = wasi_nn:run_inference_stream(Ctx, E3, msg(a), long(), infinity),
+    {ok, Ref} = wasi_nn:run_inference_stream(Ctx, E3, msg(a), ?ENDLESS, infinity),
     receive {wasi_nn_token, Ref, _} -> ok after 60000 -> error(no_first_token) end,
     wait_pending(S, 3),
     kill9(OsPid),
@@ -661,23 +666,9 @@ wait_end(Ref, Wait) -> element(2, collect(Ref, Wait)).
 stream_result({ok, Ref}) -> wait_end(Ref, 60000);
 stream_result(Error) -> {not_a_stream, Error}.
 
-%% The collector of long_short: the arrival time of each piece and of the end.
-timed_collect(Parent) ->
-    Ref = receive {ref, R} -> R end,
-    timed_collect(Parent, Ref, []).
-timed_collect(Parent, Ref, Times) ->
-    receive
-        {wasi_nn_token, Ref, _} ->
-            T = now_us(),
-            Times =:= [] andalso (Parent ! {first_token, Ref}),
-            timed_collect(Parent, Ref, [T | Times]);
-        {mark, _} ->
-            timed_collect(Parent, Ref, Times);
-        {wasi_nn_done, Ref, _} ->
-            Parent ! {collected, Ref, Times, done, now_us()};
-        {wasi_nn_error, Ref, Reason} ->
-            Parent ! {collected, Ref, Times, {error, Reason}, now_us()}
-    end.
+%% The pieces of a stream already in the mailbox, counted (none waited for).
+drain_tokens(Ref) ->
+    receive {wasi_nn_token, Ref, _} -> 1 + drain_tokens(Ref) after 0 -> 0 end.
 
 is_port_death({error, {port_exit, _}}) -> true;
 is_port_death({error, port_closed}) -> true;

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import threading
 
+# no request deadline: on a loaded machine a generation may take longer than the default 30 s,
+# and the tests using it are about what is generated, not when
+NO_DEADLINE = {"backend": {"default_task_timeout_ms": 0}}
+
 
 def run_at_once(graph, prompts: list[str], asks: list[dict], *, stream: bool = False) -> list:
     """Every prompt on a session of its own, all released at once with its ``asks``; each

@@ -5,12 +5,13 @@ most one token decoded for nothing, never a wrong one; "auto" is off on this CPU
 from __future__ import annotations
 
 import pytest
-from sessions_at_once import run_at_once
+from sessions_at_once import NO_DEADLINE, run_at_once
 
 from wasi_nn_backend import Backend, FinishReason
 from wasi_nn_backend.config import parse_config
 from wasi_nn_backend.engine.contexts import defers_output
 from wasi_nn_backend.errors import ErrorCode
+
 
 PROMPTS = ["The quick brown fox", "Once upon a time", "In the beginning", "Hello world",
            "A B C D", "1 2 3 4 5", "Numbers and words", "Zebra crossing"]
@@ -46,7 +47,7 @@ def run_all(graph, shapes):
 
 
 def test_every_request_ends_as_without_it(tiny_model_path):
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         # deterministic: logits bit for bit whatever runs beside (n_probs compares exactly)
         plain = load(backend, tiny_model_path, "off", deterministic=True)
         assert not plain.engine._defer
@@ -72,7 +73,7 @@ def test_every_request_ends_as_without_it(tiny_model_path):
 
 
 def test_a_stop_string_costs_at_most_one_token_decoded_for_nothing(tiny_model_path):
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         for mode, wasted in (("off", 0), ("on", 1)):
             graph = load(backend, tiny_model_path, mode)
             with graph.session() as session:
@@ -94,7 +95,7 @@ def test_a_stop_string_costs_at_most_one_token_decoded_for_nothing(tiny_model_pa
 
 
 def test_cancel_and_close_keep_the_text_sampled_before(tiny_model_path):
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         graph = load(backend, tiny_model_path, "on")
         session = graph.session()
         stream = session.complete_stream("Hello", temperature=0, max_tokens=100000,

@@ -5,7 +5,7 @@ once its request ends (the context holds a borrowed pointer to the chain)."""
 from __future__ import annotations
 
 import pytest
-from sessions_at_once import run_at_once
+from sessions_at_once import NO_DEADLINE, run_at_once
 
 from wasi_nn_backend import Backend, FinishReason
 from wasi_nn_backend.config import SamplingParams, parse_config
@@ -39,7 +39,7 @@ def host_then_graph(path, asks, **model):
     """The same requests sampled on the host, then in the graph where they can be: (the
     host's completions, the graph's, the sequences seen sampling in the graph); every
     chain detached from the context once all ended."""
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         host = load(backend, path, "off", **model)
         expected = run_all(host, asks)
         host.close()
@@ -73,7 +73,7 @@ def test_sampled_chains_in_the_graph_draw_what_the_host_draws(tiny_model_path):
     asks = [{"temperature": 0.9, "seed": 10 + i, "top_k": 40, "top_p": 0.9, "min_p": 0.02}
             for i in range(len(PROMPTS))]
     expected, first, seen = host_then_graph(tiny_model_path, asks, deterministic=True)
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         again = run_all(load(backend, tiny_model_path, "on", deterministic=True), asks)
     assert len(seen) == len(PROMPTS)
     assert [c.generated_tokens for c in first] == [c.generated_tokens for c in expected]
@@ -102,7 +102,7 @@ def test_batched_sessions_moving_between_sequences_keep_their_samplers(tiny_mode
     the host, each alone."""
     asks = [{"temperature": 0, "max_tokens": 4 + 6 * (i % 3), "ignore_eos": True}
             for i in range(len(PROMPTS))]
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         host = load(backend, tiny_model_path, "off")
         alone = []
         for prompt, ask in zip(PROMPTS, asks):
@@ -171,7 +171,7 @@ def test_mirostat_at_temperature_zero_samples_on_the_host(tiny_model_path):
     """Regression (review of issue 16): mirostat replaces greedy even at temperature 0, and has
     no graph version; it was attached, the graph left no token, and the engine died."""
     assert backend_chain(SamplingParams(temperature=0, mirostat=2), 512) is False
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         graph = load(backend, tiny_model_path, "on")
         with graph.session() as session:
             done = session.complete("Hello", temperature=0, mirostat=2, seed=1, max_tokens=6)
@@ -198,7 +198,7 @@ def test_a_failing_sampler_fails_its_request_alone(tiny_model_path, monkeypatch)
         real_init(self, model, params, **kwargs)
         self.doomed = params.seed == 666
     monkeypatch.setattr(Sampler, "__init__", init)
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         graph = load(backend, tiny_model_path, "on")
         asks = [{"temperature": 0, "seed": 666 if i == 3 else 1, "ignore_eos": True}
                 for i in range(len(PROMPTS))]

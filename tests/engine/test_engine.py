@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from sessions_at_once import NO_DEADLINE
 
 from wasi_nn_backend import Backend, FinishReason
 from wasi_nn_backend.errors import ErrorCode, InvalidArgument, PromptTooLong
@@ -16,7 +17,7 @@ PROMPTS = ["The quick brown fox", "Once upon a time", "In the beginning", "Hello
 
 @pytest.fixture
 def graph(tiny_model_path):
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         yield backend.load(tiny_model_path, {"model": {"n_ctx": 256, "n_seq_max": 8,
                                                        "n_batch": 64}})
 
@@ -114,7 +115,7 @@ def test_chat_reply_matches_a_fresh_session_given_the_same_history(graph):
 
 
 def test_context_shift_lets_generation_continue(tiny_model_path):
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         graph = backend.load(tiny_model_path, {"model": {"n_ctx": 64, "n_seq_max": 1},
                                                "memory": {"n_keep_tokens": 8}})
         with graph.session() as s:
@@ -124,7 +125,7 @@ def test_context_shift_lets_generation_continue(tiny_model_path):
 
 
 def test_context_full_without_shifting(tiny_model_path):
-    with Backend() as backend:
+    with Backend(NO_DEADLINE) as backend:
         graph = backend.load(tiny_model_path, {"model": {"n_ctx": 64, "n_seq_max": 1},
                                                "memory": {"context_shifting": False}})
         with graph.session() as s:

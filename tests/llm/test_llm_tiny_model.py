@@ -35,9 +35,11 @@ def greedy_with_margins(ctx, prompt, steps):
 
 
 def test_writing_is_fast(tmp_path):
+    """Fast enough to write per test (about 15 ms here; the bound leaves room for a loaded
+    machine: it catches a writer gone quadratic, not a slow run)."""
     start = time.perf_counter()
     write_tiny_llama(tmp_path / "t.gguf", seed=3)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 10.0
 
 
 def test_greedy_output_is_varied_with_margins(tiny_model):

@@ -200,7 +200,7 @@ def test_error_terms(erlang, code_dir, port_env):
 
 def test_timeout(erlang, code_dir, port_env):
     report = run_scenario(erlang, code_dir, port_env, "timeout")
-    assert 300 <= report["timeout_after_ms"] < 2500
+    assert 300 <= report["timeout_after_ms"] < 10000   # well short of the 30 s without it
     assert report["stream_pieces"] >= 1
     # the timed-out generations were endless: the session only answers because they were
     # cancelled (the scenario's 30 s timeouts would fire otherwise)

@@ -96,7 +96,8 @@ def test_a_busy_pinned_conversation_is_429_with_retry_after(server):
 def test_a_plain_request_whose_client_leaves_is_cancelled(server):
     before = server.stats()
     with pytest.raises(httpx.ReadTimeout):   # the client gives up; the request runs 30 s
-        httpx.post(server.base_url + "/v1/completions", headers=server.auth, timeout=0.5,
+        httpx.post(server.base_url + "/v1/completions", headers=server.auth,
+                   timeout=httpx.Timeout(30.0, read=0.5),   # only the wait for the reply
                    json={"model": "tiny", "prompt": "go on", **ENDLESS})
     _poll(lambda: server.stats()["cancelled"] > before["cancelled"], "the server saw it leave")
     _poll(lambda: server.stats()["backend"]["sessions_active"] == 0, "the request stopped")
