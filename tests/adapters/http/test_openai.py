@@ -208,6 +208,12 @@ def test_tool_calls_through_openais_client(client):
     after = client.chat.completions.create(model="tiny", messages=history, tools=tools,
                                            temperature=0, max_tokens=8)
     assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    older = client.chat.completions.create(   # the deprecated functions API
+        model="tiny", messages=ask, functions=[tools[0]["function"]],
+        function_call={"name": "get_time"}, temperature=0, max_tokens=200).choices[0]
+    assert older.finish_reason == "function_call"
+    assert older.message.function_call.name == "get_time"
+    assert json.loads(older.message.function_call.arguments)["tz"] in ("utc", "cet")
 
 
 def test_embeddings(client):

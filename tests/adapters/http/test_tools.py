@@ -163,7 +163,8 @@ def test_tojson_writes_what_jinja_makes():
     """Templates pipe jinja's map/select results and undefined fields to tojson (as
     llama.cpp's minja writes them: lists and null)."""
     template = ("{{ tools | map(attribute='function') | map(attribute='name') | list | tojson }}"
-                "{{ tools | map(attribute='function') | tojson }}{{ {'a': tools[0].nope} | tojson }}")
+                "{{ tools | map(attribute='function') | tojson }}"
+                "{{ {'a': tools[0].nope} | tojson }}")
     text = render_template(template, ASK, add_generation_prompt=False, bos_token="",
                            eos_token="", tools=TOOLS)
     assert text.startswith('["get_weather", "get_time"]') and text.endswith('{"a": null}')
@@ -293,7 +294,8 @@ def _chat(client: TestClient, **body) -> dict:
 
 
 def _streamed(client: TestClient, **body) -> tuple[str, list[dict], str]:
-    """(the content deltas joined, the tool_calls deltas, the finish_reason)."""
+    """(the content deltas joined, the tool_calls deltas (and function_call ones), the
+    finish_reason)."""
     text, calls, finish = "", [], None
     with client.stream("POST", "/v1/chat/completions", json={
             "model": "tiny", "messages": ASK, "tools": TOOLS, "temperature": 0,
@@ -305,6 +307,8 @@ def _streamed(client: TestClient, **body) -> tuple[str, list[dict], str]:
             choice = json.loads(line[6:])["choices"][0]
             text += choice["delta"].get("content") or ""
             calls += choice["delta"].get("tool_calls") or []
+            if "function_call" in choice["delta"]:
+                calls.append({"function_call": choice["delta"]["function_call"]})
             finish = choice["finish_reason"] or finish
     return text, calls, finish
 
@@ -364,6 +368,32 @@ def test_auto_answers_text_or_a_call_and_a_conversation_goes_on(app):
         {"role": "tool", "tool_call_id": "call_1", "content": "12:00"}]
     assert _chat(client, messages=history, tool_choice="none",
                  max_tokens=5)["choices"][0]["message"]["content"] is not None
+
+
+def test_the_older_functions_api(app):
+    """OpenAI's deprecated ``functions`` / ``function_call``: one call, answered as
+    ``function_call`` with finish_reason "function_call", whole and streamed; a result comes
+    back as a ``function`` message."""
+    client = app
+    legacy = {"tools": None, "functions": [TIME["function"]],
+              "function_call": {"name": "get_time"}}
+    done = _chat(client, **legacy)["choices"][0]
+    assert done["finish_reason"] == "function_call" and "tool_calls" not in done["message"]
+    call = done["message"]["function_call"]
+    assert call["name"] == "get_time" and json.loads(call["arguments"])["tz"] in ("utc", "cet")
+    text, deltas, finish = _streamed(client, **legacy)
+    assert finish == "function_call" and deltas == [{"function_call": call}]
+    history = ASK + [{"role": "assistant", "content": None, "function_call": call},
+                     {"role": "function", "name": "get_time", "content": "12:00"}]
+    assert _chat(client, messages=history, functions=[TIME["function"]], tools=None,
+                 max_tokens=5)["choices"][0]["finish_reason"] in ("stop", "length",
+                                                                   "function_call")
+    reply = client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": ASK, "functions": [{"name": "has space"}]})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "functions[0].name"
+    reply = client.post("/v1/chat/completions", json={
+        "model": "tiny", "messages": ASK, **legacy, "function_call": {"name": "nope"}})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "function_call"
 
 
 @pytest.mark.parametrize("body, param", [

@@ -61,12 +61,13 @@ class Handlers:
                 text = reply.content
             elif calls is not None and text is not None:
                 text = calls.feed(text)
-            content = _message(text, reply, stream) \
+            legacy = gen.tools is not None and gen.tools.legacy
+            content = _message(text, reply, stream, legacy) \
                 if text is not None or (reply and reply.calls) else {}
             result["delta" if stream else "message"] = content
             if done is not None:
-                result["finish_reason"] = "tool_calls" if reply and reply.calls \
-                    else finish_reason(done)
+                result["finish_reason"] = finish_reason(done) if not (reply and reply.calls) \
+                    else "function_call" if legacy else "tool_calls"
             result["logprobs"] = chat_logprobs(rows, served.piece) \
                 if gen.top_logprobs and (rows or done is not None) else None
             return result
@@ -165,13 +166,18 @@ def _model_card(served: ServedModel) -> dict[str, Any]:
             "owned_by": "wasi-nn-backend", "meta": meta}
 
 
-def _message(text: str | None, reply: Reply | None, stream: bool) -> dict[str, Any]:
+def _message(text: str | None, reply: Reply | None, stream: bool,
+             legacy: bool) -> dict[str, Any]:
     """A chat reply's message (or a stream's delta): its text, and its calls at the end (a
-    delta's numbered)."""
+    delta's numbered); ``legacy``: the one call as ``function_call`` (asked as
+    ``functions``)."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if reply is not None and reply.calls:
-        message["tool_calls"] = [{"index": i, **call} for i, call in enumerate(reply.calls)] \
-            if stream else reply.calls
+        if legacy:
+            message["function_call"] = reply.calls[0]["function"]
+        else:
+            message["tool_calls"] = reply.calls if not stream else [
+                {"index": i, **call} for i, call in enumerate(reply.calls)]
         if stream and text is None:
             del message["content"]
     return message

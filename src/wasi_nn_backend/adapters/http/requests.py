@@ -129,14 +129,19 @@ def _message(item: Any, index: int) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise ApiError(400, f"'{where}' must be an object", where, "invalid_type")
     role = item.get("role")
-    if role not in ("system", "developer", "user", "assistant", "tool"):
+    if role not in ("system", "developer", "user", "assistant", "tool", "function"):
         raise ApiError(400, f"'{where}.role' must be system, user, assistant or tool",
                        f"{where}.role", "invalid_value")
-    message: dict[str, Any] = {"role": "system" if role == "developer" else role,
-                               "content": _content(item.get("content"), f"{where}.content")}
+    # developer is OpenAI's newer system; function, its older tool (a result by name)
+    message: dict[str, Any] = {
+        "role": {"developer": "system", "function": "tool"}.get(role, role),
+        "content": _content(item.get("content"), f"{where}.content")}
     if role == "assistant" and item.get("tool_calls"):
         message["tool_calls"] = parse_tool_calls(item["tool_calls"], f"{where}.tool_calls")
-    if role == "tool":
+    elif role == "assistant" and item.get("function_call"):     # the older single call
+        message["tool_calls"] = parse_tool_calls(
+            [{"type": "function", "function": item["function_call"]}], f"{where}.function_call")
+    if role in ("tool", "function"):
         for key in ("tool_call_id", "name"):
             value = item.get(key)
             if value is not None and not isinstance(value, str):

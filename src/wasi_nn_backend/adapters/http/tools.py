@@ -53,6 +53,7 @@ class Tools:
     functions: tuple[dict[str, Any], ...]     # {"name", "description"?, "parameters"?}
     choice: str = "auto"                       # "auto" | "required" | one function's name
     parallel: bool = True
+    legacy: bool = False     # asked as `functions`: answered as one `function_call`
 
     @property
     def names(self) -> set[str]:
@@ -65,10 +66,27 @@ def _bad(message: str, param: str, code: str = "invalid_value") -> ApiError:
     return ApiError(400, message, param, code)
 
 
+def _legacy(body: dict[str, Any]) -> tuple[Any, Any, bool]:
+    """(tools, tool_choice, legacy) of a body: OpenAI's deprecated ``functions`` and
+    ``function_call`` read as tools of one call, when ``tools`` is not given."""
+    functions = body.get("functions")
+    if body.get("tools") is not None or functions is None:
+        return body.get("tools"), body.get("tool_choice"), False
+    if not isinstance(functions, list):
+        raise _bad("'functions' must be a list of functions", "functions", "invalid_type")
+    choice = body.get("function_call")
+    if isinstance(choice, dict):
+        choice = {"type": "function", "function": choice}
+    return [{"type": "function", "function": f} if isinstance(f, dict) else f
+            for f in functions], choice, True
+
+
 def parse_tools(body: dict[str, Any]) -> Tools | None:
-    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` of a chat request; None when
-    no call may be made (no tools, or tool_choice "none")."""
-    tools, choice = body.get("tools"), body.get("tool_choice")
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` of a chat request (or the
+    deprecated ``functions`` and ``function_call``); None when no call may be made (no tools,
+    or tool_choice "none")."""
+    tools, choice, legacy = _legacy(body)
+    asked = "function_call" if legacy else "tool_choice"
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise _bad("'parallel_tool_calls' must be true or false", "parallel_tool_calls",
@@ -80,7 +98,7 @@ def parse_tools(body: dict[str, Any]) -> Tools | None:
     if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
         raise _bad(f"'tools' must be a list of at most {MAX_TOOLS} tools", "tools",
                    "invalid_type")
-    functions = tuple(_function(tool, f"tools[{i}]") for i, tool in enumerate(tools))
+    functions = tuple(_function(tool, i, legacy) for i, tool in enumerate(tools))
     names = [f["name"] for f in functions]
     if len(set(names)) != len(names):
         raise _bad("two tools have the same name", "tools")
@@ -93,33 +111,39 @@ def parse_tools(body: dict[str, Any]) -> Tools | None:
             and isinstance(choice["function"].get("name"), str):
         picked = choice["function"]["name"]
         if picked not in names:
-            raise _bad(f"'tool_choice' names {picked!r}, which is not among the tools",
-                       "tool_choice")
+            raise _bad(f"'{asked}' names {picked!r}, which is not among the "
+                       f"{'functions' if legacy else 'tools'}", asked)
     else:
-        raise _bad("'tool_choice' must be \"none\", \"auto\", \"required\" or "
-                   "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
+        raise _bad(f"'{asked}' must be \"none\", \"auto\", \"required\" or " + (
+            "{\"name\": ...}" if legacy else
+            "{\"type\": \"function\", \"function\": {\"name\": ...}}"), asked)
+    if legacy:
+        return Tools(functions, picked, False, legacy=True)
     return Tools(functions, picked, True if parallel is None else parallel)
 
 
-def _function(tool: Any, where: str) -> dict[str, Any]:
+def _function(tool: Any, index: int, legacy: bool) -> dict[str, Any]:
+    """One tool checked, as {"name", "description"?, "parameters"}; a fault names the field
+    as the request spelled it (``tools[i].function.name``, ``functions[i].name``)."""
+    where = f"functions[{index}]" if legacy else f"tools[{index}]"
     if not isinstance(tool, dict) or tool.get("type") != "function" \
             or not isinstance(tool.get("function"), dict):
         raise _bad(f"'{where}' must be {{\"type\": \"function\", \"function\": {{...}}}}",
                    where, "invalid_type")
     function = tool["function"]
+    where = where if legacy else where + ".function"
     name = function.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise _bad(f"'{where}.function.name' must be 1 to 64 letters, digits, _ . or -",
-                   f"{where}.function.name")
+        raise _bad(f"'{where}.name' must be 1 to 64 letters, digits, _ . or -",
+                   f"{where}.name")
     description = function.get("description")
     if description is not None and not isinstance(description, str):
-        raise _bad(f"'{where}.function.description' must be a string",
-                   f"{where}.function.description", "invalid_type")
+        raise _bad(f"'{where}.description' must be a string", f"{where}.description",
+                   "invalid_type")
     parameters = function.get("parameters")
     if parameters is not None and (not isinstance(parameters, dict) or _deep(parameters)):
-        raise _bad(f"'{where}.function.parameters' must be a JSON Schema object nesting at "
-                   f"most {MAX_SCHEMA_DEPTH} levels", f"{where}.function.parameters",
-                   "invalid_type")
+        raise _bad(f"'{where}.parameters' must be a JSON Schema object nesting at most "
+                   f"{MAX_SCHEMA_DEPTH} levels", f"{where}.parameters", "invalid_type")
     out: dict[str, Any] = {"name": name}
     if description is not None:
         out["description"] = description
