@@ -46,6 +46,12 @@ def test_grammar_and_json_schema_are_exclusive():
     assert params.sampling.json_schema == "" and params.sampling.grammar == "root ::= \"b\""
 
 
+def test_a_json_schema_text_nested_past_the_stack_is_invalid_not_a_crash():
+    deep = "[" * 5000 + "]" * 5000   # json.loads raises RecursionError, not ValueError
+    with pytest.raises(errors.InvalidArgument, match="nested too deeply"):
+        parse_overrides({"json_schema": deep}, base=request_params(parse_config({})[0]))
+
+
 # ---- base merging, nothing half-applied -------------------------------------------------------
 
 def test_settings_not_mentioned_keep_the_base():

@@ -234,6 +234,8 @@ def _serve(args: argparse.Namespace) -> int:
     text = _read_config(args.config)
     try:
         config = json.loads(text) if text else {}
+    except RecursionError:
+        raise InvalidArgument("--config is not usable JSON: nested too deeply") from None
     except ValueError as error:
         raise InvalidArgument(f"--config is not JSON: {error}") from None
     if not isinstance(config, dict):

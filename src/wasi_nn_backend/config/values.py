@@ -121,6 +121,9 @@ def _json_schema(value: Any) -> Any:
         return ""
     try:
         parsed = json.loads(value)
+    except RecursionError:
+        raise Bad(value[:40] + "...", f"{_SCHEMA_EXPECTED} (nested too deeply)",
+                  kind="invalid value") from None
     except ValueError as exc:
         raise Bad(value, f"{_SCHEMA_EXPECTED} ({exc})", kind="invalid value") from None
     if not isinstance(parsed, (dict, bool)):

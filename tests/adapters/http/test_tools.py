@@ -19,8 +19,9 @@ from starlette.testclient import TestClient  # noqa: E402
 from wasi_nn_backend import Backend  # noqa: E402
 from wasi_nn_backend.adapters.http.app import create_app  # noqa: E402
 from wasi_nn_backend.adapters.http.errors import ApiError  # noqa: E402
+from wasi_nn_backend.adapters.http.tool_replies import ToolStream, read_reply  # noqa: E402
 from wasi_nn_backend.adapters.http.tools import (  # noqa: E402
-    ToolStream, Tools, grammar_schema, is_native, parse_tools, read_reply, render)
+    Tools, grammar_schema, is_native, parse_tools, render)
 from wasi_nn_backend.errors import InvalidArgument  # noqa: E402
 from wasi_nn_backend.llm.chat_template import render_template  # noqa: E402
 from wasi_nn_backend.llm.gbnf import schema_to_gbnf  # noqa: E402

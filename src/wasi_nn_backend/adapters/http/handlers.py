@@ -22,7 +22,8 @@ from .errors import ApiError, from_wasi_nn
 from .generation import Counters, ServedModel, Shape
 from .requests import (MAX_TOKENIZE, chat_request, completion_request, detokenize_request,
                        embedding_request, parse_json, tokenize_request)
-from .tools import Reply, Tools, ToolStream, constrain, is_native, read_reply, render
+from .tool_replies import Reply, ToolStream, read_reply
+from .tools import Tools, constrain, is_native, render
 from .usage import Rows, chat_logprobs, completion_logprobs, finish_reason
 
 

@@ -1,12 +1,9 @@
-"""OpenAI tool calls (function calling) on /v1/chat/completions, two ways, chosen by the
+"""OpenAI tool calls (function calling) on /v1/chat/completions: the request's tools, the
+prompt and the grammar (reading the replies: tool_replies.py). Two ways, chosen by the
 model's chat template as llama-server chooses:
 
 - native: the template renders ``tools`` itself (Hermes, Qwen, Llama 3.x, Mistral... templates
-  name them). The model answers in its own format and the reply is searched for calls in the
-  formats such models write: ``<tool_call>{...}</tool_call>`` blocks, or a reply that is one
-  JSON call ``{"name", "arguments" | "parameters"}`` or a list of them (what Mistral's
-  ``[TOOL_CALLS]`` and Llama's ``<|python_tag|>`` lead; those markers are control tokens,
-  left out of the text, and dropped when they are there).
+  name them). The model answers in its own format, read by tool_replies.py.
 - generic: the template knows no tools (ChatML...). The functions are described in a system
   message and the reply is held to JSON by a grammar: ``{"tool_call": {...}}``,
   ``{"tool_calls": [...]}`` or ``{"response": ...}`` (llama.cpp's generic format). Tool
@@ -19,11 +16,9 @@ that match its ``parameters`` schema. A reply that holds no call is content, as 
 from __future__ import annotations
 
 import json
-import random
 import re
-import string
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ... import errors
@@ -32,18 +27,7 @@ from .errors import ApiError
 
 MAX_TOOLS = 128
 MAX_SCHEMA_DEPTH = 128   # levels of a tool's parameters (walked recursively)
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
-_LEADS = ("[TOOL_CALLS]", "<|python_tag|>")          # markers a reply may start with
-_MARKERS = (_OPEN,) + _LEADS
-_LONE = re.compile("[\ud800-\udfff]")
-_RESPONSE = re.compile(r'\s*\{\s*"response"\s*:\s*"')
-_WORD = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_FIRST_KEY = re.compile(r'\s*\{\s*"([^"]*)"')
-_HEAD = 256    # a generic reply shows its first key within this (the grammar bounds spaces)
-_ID_CHARS = string.ascii_letters + string.digits
-_RANDOM = random.SystemRandom()
-_BLOCK = re.compile(re.escape(_OPEN) + r"(.*?)(?:" + re.escape(_CLOSE) + r"|$)", re.DOTALL)
+NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")   # a function's name
 
 
 @dataclass(frozen=True)
@@ -133,7 +117,7 @@ def _function(tool: Any, index: int, legacy: bool) -> dict[str, Any]:
     function = tool["function"]
     where = where if legacy else where + ".function"
     name = function.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise _bad(f"'{where}.name' must be 1 to 64 letters, digits, _ . or -",
                    f"{where}.name")
     description = function.get("description")
@@ -203,7 +187,7 @@ def _arguments(text: str) -> Any:
     the text itself when it is not JSON."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
@@ -337,6 +321,13 @@ def grammar_schema(tools: Tools, native: bool, response: Any = None) -> dict[str
     return {"anyOf": [call, answer], "$defs": defs}
 
 
+def _schema_text(text: str) -> Any:
+    try:
+        return json.loads(text) if text.strip() else None
+    except (ValueError, RecursionError):
+        raise _bad("'json_schema' is not a JSON schema", "json_schema") from None
+
+
 def constrain(overrides: dict[str, Any], tools: Tools | None, native: bool) -> bool:
     """Hold the reply to the call shape where it must be (grammar_schema), in ``overrides``;
     whether it is held. A response_format or json_schema then shapes the generic reply's
@@ -351,305 +342,9 @@ def constrain(overrides: dict[str, Any], tools: Tools | None, native: bool) -> b
         response = response_format(overrides.pop("response_format")) or None
     if "json_schema" in overrides:
         value = overrides.pop("json_schema")
-        response = (_loads(value) if value.strip() else None) \
-            if isinstance(value, str) else value
+        response = _schema_text(value) if isinstance(value, str) else value
     if _deep(response):
         raise _bad(f"the response's JSON schema nests over {MAX_SCHEMA_DEPTH} levels",
                    "response_format")
     overrides["json_schema"] = grammar_schema(tools, native, response)
     return True
-
-
-# ---- the reply ---------------------------------------------------------------------------
-
-@dataclass
-class Reply:
-    """A reply read for calls: its content (None when there is none) and OpenAI's
-    ``tool_calls`` items."""
-
-    content: str | None
-    calls: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _call(item: Any, names: set[str]) -> dict[str, Any] | None:
-    """A call in any of the shapes models write, as OpenAI's item; None if it is none."""
-    if not isinstance(item, dict):
-        return None
-    if isinstance(item.get("function"), dict):       # OpenAI's own shape
-        item = item["function"]
-    name = item.get("name")
-    arguments = item.get("arguments", item.get("parameters"))
-    if not isinstance(name, str) or name not in names or arguments is None:
-        return None
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": _call_id(), "type": "function",
-            "function": {"name": name, "arguments": _clean(arguments)}}
-
-
-def _call_id() -> str:
-    """Nine letters and digits: what Mistral's templates demand of the ids they get back,
-    which clients send as they got them."""
-    return "".join(_RANDOM.choice(_ID_CHARS) for _ in range(9))
-
-
-def _calls(value: Any, names: set[str]) -> list[dict[str, Any]] | None:
-    """Every call of a parsed JSON value (one call, a list, or the generic shapes), or None
-    unless all of it is calls."""
-    if isinstance(value, dict) and "tool_calls" in value and isinstance(value["tool_calls"],
-                                                                        list):
-        value = value["tool_calls"]
-    elif isinstance(value, dict) and "tool_call" in value:
-        value = [value["tool_call"]]
-    items = value if isinstance(value, list) else [value]
-    calls = [_call(item, names) for item in items]
-    return calls if calls and all(calls) else None      # type: ignore[return-value]
-
-
-def _content(text: str) -> str | None:
-    return text if text.strip() else None
-
-
-def _loads(text: str) -> Any:
-    """JSON's value, or None when the text is not JSON (or nests past Python's stack)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _clean(text: str) -> str:
-    """A lone UTF-16 half (a JSON ``\\ud800`` escape unpaired) as U+FFFD: it cannot be sent
-    as UTF-8."""
-    return _LONE.sub("\ufffd", text)
-
-
-def _scan(text: str, tools: Tools, held: bool) -> tuple[str, list[dict[str, Any]]]:
-    """(the reply's text that is not calls, its calls)."""
-    names = tools.names
-    stripped = text.strip()
-    for lead in _LEADS:
-        if stripped.startswith(lead):
-            stripped = stripped[len(lead):].strip()
-    if stripped[:1] in ("{", "["):
-        value = _loads(stripped)
-        calls = _calls(value, names) if value is not None else None
-        if calls:
-            response = value.get("response") if isinstance(value, dict) else None
-            return _response(response) or "", calls
-        if held and isinstance(value, dict) and "response" in value:
-            return _response(value["response"]) or "", []
-        if held and value is None:            # cut short: the response so far, if one
-            opened = _RESPONSE.match(text)
-            if opened:
-                return _decoded(text[opened.end():])[0], []
-    named = _named_calls(stripped, names)
-    if named:
-        return "", named
-    if _OPEN in text:
-        calls, rest, at = [], [], 0
-        for match in _BLOCK.finditer(text):
-            value = _loads(match.group(1))
-            found = _calls(value, names) if value is not None else None
-            rest.append(text[at:match.start()])
-            if found:
-                calls += found
-            else:
-                rest.append(match.group(0))   # not a call: its text stays text
-            at = match.end()
-        rest.append(text[at:])
-        return "".join(rest), calls
-    return text, []
-
-
-def _named_calls(text: str, names: set[str]) -> list[dict[str, Any]] | None:
-    """Calls written ``name{arguments}`` one after another: Mistral's newer format
-    (``[TOOL_CALLS]name[ARGS]{...}``, its control tokens left out of the text or written
-    out); None unless all of the text is such calls of declared functions."""
-    decoder, calls, at = json.JSONDecoder(), [], 0
-    while True:
-        while True:
-            at = len(text) - len(text[at:].lstrip())
-            for marker in ("[TOOL_CALLS]", "[ARGS]"):
-                if text.startswith(marker, at):
-                    at += len(marker)
-                    break
-            else:
-                break
-        if at >= len(text):
-            return calls or None
-        word = _WORD.match(text, at)
-        if word is None or word.group(0) not in names:
-            return None
-        at = word.end()
-        at = len(text) - len(text[at:].lstrip())
-        if text.startswith("[ARGS]", at):
-            at += len("[ARGS]")
-        try:
-            arguments, at = decoder.raw_decode(text, at)
-        except (ValueError, RecursionError):
-            return None
-        call = _call({"name": word.group(0), "arguments": arguments}, names) \
-            if isinstance(arguments, dict) else None
-        if call is None:
-            return None
-        calls.append(call)
-
-
-def _a_name_may_come(head: str, names: set[str]) -> str:
-    """Whether a reply's start may be Mistral's ``name{arguments}``: "hold" (it is),
-    "wait" (it may be), "no"."""
-    word = _WORD.match(head)
-    if word is None:
-        return "no"
-    if word.end() == len(head):
-        return "wait" if any(n.startswith(word.group(0)) for n in names) else "no"
-    if word.group(0) not in names:
-        return "no"
-    rest = head[word.end():].lstrip()
-    if rest.startswith("[ARGS]"):
-        rest = rest[len("[ARGS]"):]
-    if not rest or "[ARGS]".startswith(rest):
-        return "wait"
-    return "hold" if rest[0] == "{" else "no"
-
-
-def read_reply(text: str, tools: Tools, held: bool) -> Reply:
-    """The calls in a whole reply (only the first unless ``parallel_tool_calls``) and the
-    rest as content. ``held``: the reply was held to the generic JSON shape by a grammar
-    (then ``response`` is the content)."""
-    rest, calls = _scan(text, tools, held)
-    return Reply(_content(_clean(rest)), calls if tools.parallel else calls[:1])
-
-
-def _response(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
-
-
-def _decoded(raw: str) -> tuple[str, str, bool]:
-    """(the text, the raw text left undecoded, whether the string ended) of the inside of a
-    JSON string so far: an escape cut short is left for later, UTF-16 pairs are joined, and
-    a high half at the end waits for its other half."""
-    out, i, n, closed = [], 0, len(raw), False
-    while i < n:
-        c = raw[i]
-        if c == '"':
-            closed = True
-            break
-        if c != "\\":
-            j = i
-            while j < n and raw[j] not in '"\\':
-                j += 1
-            out.append(raw[i:j])
-            i = j
-            continue
-        if i + 1 >= n or (raw[i + 1] == "u" and i + 6 > n):
-            break
-        if raw[i + 1] == "u":
-            try:
-                out.append(chr(int(raw[i + 2:i + 6], 16)))
-            except ValueError:
-                out.append(raw[i:i + 6])
-            i += 6
-        else:
-            out.append(_ESCAPES.get(raw[i + 1], raw[i + 1]))
-            i += 2
-    text = "".join(out).encode("utf-16-le", "surrogatepass").decode("utf-16-le",
-                                                                    "surrogatepass")
-    if not closed and text and "\ud800" <= text[-1] <= "\udbff":
-        return _clean(text[:-1]), raw[i - 6:] if i >= 6 else raw, closed
-    return _clean(text), raw[i:], closed
-
-
-class ToolStream:
-    """A streamed reply's text, let through while it cannot be a call: held from a call
-    marker on (or from the start, for a reply that opens with ``{``/``[``), a marker's
-    possible beginning held at the end of what came. A reply held to the generic JSON lets
-    its ``response`` through as it comes. Read whole at the end (finish)."""
-
-    def __init__(self, tools: Tools, held: bool) -> None:
-        self.tools = tools
-        self.held = held
-        self.started = False    # text other than whitespace was let through
-        self.kept = ""          # the text held while it may turn out not to be a call
-        self.parts: list[str] = []    # the text held for good (a call, or the JSON)
-        self.holding = held     # everything from here on goes to parts
-        self.raw = ""           # a generic reply's response, not yet decoded
-        self.answering = False  # a generic reply is a response (not calls)
-        self.sent = 0           # characters of that response let through
-        self.head: str | None = ""    # a generic reply's start, until it shows what it is
-        self.names = tools.names
-
-    def feed(self, text: str) -> str:
-        if self.held:
-            return self._response(text)
-        if self.holding:
-            self.parts.append(text)
-            return ""
-        self.kept += text
-        if not self.started:
-            head = self.kept.lstrip()
-            if not head:
-                return ""                 # whitespace first: wait for what follows
-            if head[0] in "{[" or any(head.startswith(m) for m in _LEADS):
-                self.holding = True       # a JSON call, or a lead marker and calls
-                return ""
-            if any(m.startswith(head) for m in _LEADS):
-                return ""                 # perhaps a lead marker: wait for more
-            named = _a_name_may_come(head, self.names)
-            if named == "hold":
-                self.holding = True       # name{arguments}: Mistral's calls
-                return ""
-            if named == "wait":
-                return ""
-        at = self.kept.find(_OPEN)
-        if at >= 0:
-            self.holding = True
-            return self._send(at)
-        keep = max((n for m in _MARKERS for n in range(1, len(m))
-                    if self.kept.endswith(m[:n])), default=0)
-        return self._send(len(self.kept) - keep)
-
-    def _send(self, upto: int) -> str:
-        out = self.kept[:upto]
-        if not self.started and not out.strip():
-            return ""             # only whitespace so far: a reply of calls alone has none
-        self.kept = self.kept[upto:]
-        self.started = True
-        return out
-
-    def _response(self, text: str) -> str:
-        """A generic reply: once it opens with ``{"response": "``, the string's text as it
-        is decoded; else nothing until the end."""
-        self.parts.append(text)
-        if not self.answering:
-            if self.head is None:
-                return ""             # calls: read at the end
-            self.head += text
-            opened = _RESPONSE.match(self.head)
-            if opened is None:
-                key = _FIRST_KEY.match(self.head)
-                if (key and key.group(1) != "response") or len(self.head) > _HEAD:
-                    self.head = None  # not a response
-                return ""
-            self.answering, text = True, self.head[opened.end():]
-        decoded, self.raw, _ = _decoded(self.raw + text)   # after its end: nothing more
-        self.sent += len(decoded)
-        return decoded
-
-    def finish(self) -> Reply:
-        """The held text read for calls: the content still to send, and the calls."""
-        text = self.kept + "".join(self.parts)
-        rest, calls = _scan(text, self.tools, self.held)
-        calls = calls if self.tools.parallel else calls[:1]
-        rest = _clean(rest)
-        if self.answering and not calls:
-            return Reply(rest[self.sent:] or None)
-        if self.held or not self.started:
-            return Reply(_content(rest), calls)
-        return Reply(rest or None, calls)
