@@ -343,7 +343,7 @@ scenario(text_args, #{ctx := Ctx}) ->
     ?assertEqual([A1, A1, A1], Answers),
     [{text, A1}];
 
-scenario(concurrent, #{ctx := Ctx}) ->
+scenario(concurrent, #{ctx := Ctx, server := Server}) ->
     %% two Erlang processes, two sessions, one message each, sent at the same moment
     {ok, E1} = wasi_nn:init_execution_context(Ctx, sid("conc-a")),
     {ok, E2} = wasi_nn:init_execution_context(Ctx, sid("conc-b")),
@@ -357,7 +357,7 @@ scenario(concurrent, #{ctx := Ctx}) ->
                  end)
              end,
     Ws = [Worker(a, E1, msg(a)), Worker(b, E2, msg(b))],
-    [W ! go || W <- Ws],
+    release_together(Server, Ws),
     {{ok, A}, SentA, GotA} = receive {a, Ra, S0, S1} -> {Ra, S0, S1} after 60000 -> error(a) end,
     {{ok, B}, SentB, GotB} = receive {b, Rb, S2, S3} -> {Rb, S2, S3} after 60000 -> error(b) end,
     %% both requests were in flight before either reply arrived
@@ -366,7 +366,7 @@ scenario(concurrent, #{ctx := Ctx}) ->
     check_expected(b, B),
     %% second turns, again concurrently: each session answers from its own history
     Ws2 = [Worker(a, E1, msg(a2)), Worker(b, E2, msg(a2))],
-    [W ! go || W <- Ws2],
+    release_together(Server, Ws2),
     {{ok, A2}, _, _} = receive {a, Ra2, S4, S5} -> {Ra2, S4, S5} after 60000 -> error(a2) end,
     {{ok, B2}, _, _} = receive {b, Rb2, S6, S7} -> {Rb2, S6, S7} after 60000 -> error(b2) end,
     check_expected(a_a2, A2),
@@ -665,6 +665,22 @@ wait_end(Ref, Wait) -> element(2, collect(Ref, Wait)).
 
 stream_result({ok, Ref}) -> wait_end(Ref, 60000);
 stream_result(Error) -> {not_a_stream, Error}.
+
+%% Let the workers go while the server is held, and let it on once both calls wait in its
+%% queue: neither can be answered before the other was sent, however the OS schedules them.
+release_together(Server, Workers) ->
+    ok = sys:suspend(Server),
+    [W ! go || W <- Workers],
+    wait_queued(Server, length(Workers), 1000),
+    ok = sys:resume(Server).
+
+wait_queued(_S, N, 0) -> error({not_queued, N});
+wait_queued(S, N, Tries) ->
+    {messages, Queue} = erlang:process_info(S, messages),
+    case length([C || {'$gen_call', _, _} = C <- Queue]) >= N of
+        true -> ok;
+        false -> timer:sleep(5), wait_queued(S, N, Tries - 1)
+    end.
 
 %% The pieces of a stream already in the mailbox, counted (none waited for).
 drain_tokens(Ref) ->
