@@ -6,11 +6,11 @@ from ..core.clock import Clock, MonotonicClock
 from ..core.kv_policy import common_prefix
 from ..core.request import Completion, FinishReason
 from ..engine.clock import FakeClock
-from ..engine.streams import EndOfStream, Piece, ReadySet, Stream
+from ..engine.streams import EndOfStream, Piece, ReadySet, Stream, TokenProbs
 from .backend import Backend, BackendStats, Graph
 from .exec_context import ExecutionContext, embedding_json
 from .session import Session
 
 __all__ = ["Backend", "BackendStats", "Clock", "Completion", "EndOfStream", "ExecutionContext",
            "FakeClock", "FinishReason", "Graph", "MonotonicClock", "Piece", "ReadySet", "Session",
-           "Stream", "common_prefix", "embedding_json"]
+           "Stream", "TokenProbs", "common_prefix", "embedding_json"]

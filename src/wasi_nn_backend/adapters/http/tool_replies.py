@@ -16,10 +16,11 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tools import NAME, Tools
+from .tools import NAME, Tools, json_or
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
-_LEADS = ("[TOOL_CALLS]", "<|python_tag|>")          # markers a reply may start with
+_CALLS, _ARGS = "[TOOL_CALLS]", "[ARGS]"            # Mistral's markers
+_LEADS = (_CALLS, "<|python_tag|>")                  # markers a reply may start with
 _MARKERS = (_OPEN,) + _LEADS
 _LONE = re.compile("[\ud800-\udfff]")
 _RESPONSE = re.compile(r'\s*\{\s*"response"\s*:\s*"')
@@ -78,14 +79,6 @@ def _content(text: str) -> str | None:
     return text if text.strip() else None
 
 
-def _loads(text: str) -> Any:
-    """JSON's value, or None when the text is not JSON (or nests past Python's stack)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
 def _clean(text: str) -> str:
     """A lone UTF-16 half (a JSON ``\\ud800`` escape unpaired) as U+FFFD: it cannot be sent
     as UTF-8."""
@@ -93,14 +86,20 @@ def _clean(text: str) -> str:
 
 
 def _scan(text: str, tools: Tools, held: bool) -> tuple[str, list[dict[str, Any]]]:
+    """(the reply's text that is not calls, cleaned; its calls, only the first unless
+    ``parallel_tool_calls``)."""
+    rest, calls = _split(text, tools.names, held)
+    return _clean(rest), calls if tools.parallel else calls[:1]
+
+
+def _split(text: str, names: set[str], held: bool) -> tuple[str, list[dict[str, Any]]]:
     """(the reply's text that is not calls, its calls)."""
-    names = tools.names
     stripped = text.strip()
     for lead in _LEADS:
         if stripped.startswith(lead):
             stripped = stripped[len(lead):].strip()
     if stripped[:1] in ("{", "["):
-        value = _loads(stripped)
+        value = json_or(stripped, None)
         calls = _calls(value, names) if value is not None else None
         if calls:
             response = value.get("response") if isinstance(value, dict) else None
@@ -117,7 +116,7 @@ def _scan(text: str, tools: Tools, held: bool) -> tuple[str, list[dict[str, Any]
     if _OPEN in text:
         calls, rest, at = [], [], 0
         for match in _BLOCK.finditer(text):
-            value = _loads(match.group(1))
+            value = json_or(match.group(1), None)
             found = _calls(value, names) if value is not None else None
             rest.append(text[at:match.start()])
             if found:
@@ -138,7 +137,7 @@ def _named_calls(text: str, names: set[str]) -> list[dict[str, Any]] | None:
     while True:
         while True:
             at = len(text) - len(text[at:].lstrip())
-            for marker in ("[TOOL_CALLS]", "[ARGS]"):
+            for marker in (_CALLS, _ARGS):
                 if text.startswith(marker, at):
                     at += len(marker)
                     break
@@ -151,8 +150,8 @@ def _named_calls(text: str, names: set[str]) -> list[dict[str, Any]] | None:
             return None
         at = word.end()
         at = len(text) - len(text[at:].lstrip())
-        if text.startswith("[ARGS]", at):
-            at += len("[ARGS]")
+        if text.startswith(_ARGS, at):
+            at += len(_ARGS)
         try:
             arguments, at = decoder.raw_decode(text, at)
         except (ValueError, RecursionError):
@@ -175,9 +174,9 @@ def _a_name_may_come(head: str, names: set[str]) -> str:
     if word.group(0) not in names:
         return "no"
     rest = head[word.end():].lstrip()
-    if rest.startswith("[ARGS]"):
-        rest = rest[len("[ARGS]"):]
-    if not rest or "[ARGS]".startswith(rest):
+    if rest.startswith(_ARGS):
+        rest = rest[len(_ARGS):]
+    if not rest or _ARGS.startswith(rest):
         return "wait"
     return "hold" if rest[0] == "{" else "no"
 
@@ -187,7 +186,7 @@ def read_reply(text: str, tools: Tools, held: bool) -> Reply:
     rest as content. ``held``: the reply was held to the generic JSON shape by a grammar
     (then ``response`` is the content)."""
     rest, calls = _scan(text, tools, held)
-    return Reply(_content(_clean(rest)), calls if tools.parallel else calls[:1])
+    return Reply(_content(rest), calls)
 
 
 def _response(value: Any) -> str | None:
@@ -199,10 +198,10 @@ def _response(value: Any) -> str | None:
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 
 
-def _decoded(raw: str) -> tuple[str, str, bool]:
-    """(the text, the raw text left undecoded, whether the string ended) of the inside of a
-    JSON string so far: an escape cut short is left for later, UTF-16 pairs are joined, and
-    a high half at the end waits for its other half."""
+def _decoded(raw: str) -> tuple[str, str]:
+    """(the text, the raw text left undecoded) of the inside of a JSON string so far, up to
+    its closing quote: an escape cut short is left for later, UTF-16 pairs are joined, and a
+    high half at the end waits for its other half."""
     out, i, n, closed = [], 0, len(raw), False
     while i < n:
         c = raw[i]
@@ -230,8 +229,8 @@ def _decoded(raw: str) -> tuple[str, str, bool]:
     text = "".join(out).encode("utf-16-le", "surrogatepass").decode("utf-16-le",
                                                                     "surrogatepass")
     if not closed and text and "\ud800" <= text[-1] <= "\udbff":
-        return _clean(text[:-1]), raw[i - 6:] if i >= 6 else raw, closed
-    return _clean(text), raw[i:], closed
+        return _clean(text[:-1]), raw[i - 6:] if i >= 6 else raw
+    return _clean(text), raw[i:]
 
 
 class ToolStream:
@@ -246,7 +245,7 @@ class ToolStream:
         self.started = False    # text other than whitespace was let through
         self.kept = ""          # the text held while it may turn out not to be a call
         self.parts: list[str] = []    # the text held for good (a call, or the JSON)
-        self.holding = held     # everything from here on goes to parts
+        self.holding = False    # everything from here on goes to parts (native replies)
         self.raw = ""           # a generic reply's response, not yet decoded
         self.answering = False  # a generic reply is a response (not calls)
         self.sent = 0           # characters of that response let through
@@ -306,7 +305,7 @@ class ToolStream:
                     self.head = None  # not a response
                 return ""
             self.answering, text = True, self.head[opened.end():]
-        decoded, self.raw, _ = _decoded(self.raw + text)   # after its end: nothing more
+        decoded, self.raw = _decoded(self.raw + text)   # after its end: nothing more
         self.sent += len(decoded)
         return decoded
 
@@ -314,8 +313,6 @@ class ToolStream:
         """The held text read for calls: the content still to send, and the calls."""
         text = self.kept + "".join(self.parts)
         rest, calls = _scan(text, self.tools, self.held)
-        calls = calls if self.tools.parallel else calls[:1]
-        rest = _clean(rest)
         if self.answering and not calls:
             return Reply(rest[self.sent:] or None)
         if self.held or not self.started:

@@ -27,6 +27,7 @@ from .errors import ApiError
 
 MAX_TOOLS = 128
 MAX_SCHEMA_DEPTH = 128   # levels of a tool's parameters (walked recursively)
+_NOT_JSON = object()
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")   # a function's name
 
 
@@ -42,6 +43,16 @@ class Tools:
     @property
     def names(self) -> set[str]:
         return {f["name"] for f in self.functions}
+
+    def callable(self) -> list[tuple[int, dict[str, Any]]]:
+        """(index, function) of those the reply may call: all, or the one tool_choice
+        names."""
+        return [(i, f) for i, f in enumerate(self.functions)
+                if self.choice in ("auto", "required") or f["name"] == self.choice]
+
+    def free(self, native: bool) -> bool:
+        """Whether the reply is left free (no grammar): a native template's, on "auto"."""
+        return native and self.choice == "auto"
 
 
 # ---- the request -------------------------------------------------------------------------
@@ -182,13 +193,19 @@ def _deep(schema: Any, limit: int = MAX_SCHEMA_DEPTH) -> bool:
     return True
 
 
-def _arguments(text: str) -> Any:
-    """A call's arguments as templates want them (an object, as transformers passes them),
-    the text itself when it is not JSON."""
+def json_or(text: str, default: Any) -> Any:
+    """The JSON value of ``text``, or ``default`` when it is not JSON (or nests past
+    Python's stack): text from clients and models, neither trusted."""
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
-        return text
+        return default
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as templates want them (an object, as transformers passes them),
+    the text itself when it is not JSON."""
+    return json_or(text, text)
 
 
 def _native_messages(messages: list[dict[str, Any]], objects: bool) -> list[dict[str, Any]]:
@@ -264,8 +281,7 @@ def _generic_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _instructions(tools: Tools) -> str:
-    functions = [f for f in tools.functions if tools.choice in ("auto", "required")
-                 or f["name"] == tools.choice]
+    functions = [f for _, f in tools.callable()]
     shape = ("`tool_calls` (a list of calls, each {\"name\", \"arguments\"})" if
              _parallel(tools) else "`tool_call` ({\"name\", \"arguments\"}: a call of a tool)")
     answer = (f"Respond in JSON format with {shape}" if tools.choice != "auto" else
@@ -295,12 +311,11 @@ def grammar_schema(tools: Tools, native: bool, response: Any = None) -> dict[str
     """The JSON Schema the reply is held to; None when the reply is free (a native template
     and tool_choice "auto"). ``response``: the schema of a generic reply's ``response``
     (response_format), a string by default."""
-    if native and tools.choice == "auto":
+    if tools.free(native):
         return None
     # each function's parameters under $defs, named as the request names them (a schema
     # the grammar cannot take is refused with that name in the message)
-    picked = [(i, f) for i, f in enumerate(tools.functions)
-              if tools.choice in ("auto", "required") or f["name"] == tools.choice]
+    picked = tools.callable()
     defs = {f"tools[{i}]": _with_refs_under(f["parameters"], f"#/$defs/tools[{i}]")
             for i, f in picked}
     calls = [{"type": "object", "properties": {"name": {"const": f["name"]},
@@ -322,17 +337,19 @@ def grammar_schema(tools: Tools, native: bool, response: Any = None) -> dict[str
 
 
 def _schema_text(text: str) -> Any:
-    try:
-        return json.loads(text) if text.strip() else None
-    except (ValueError, RecursionError):
-        raise _bad("'json_schema' is not a JSON schema", "json_schema") from None
+    if not text.strip():
+        return None
+    schema = json_or(text, _NOT_JSON)
+    if schema is _NOT_JSON:
+        raise _bad("'json_schema' is not a JSON schema", "json_schema")
+    return schema
 
 
 def constrain(overrides: dict[str, Any], tools: Tools | None, native: bool) -> bool:
     """Hold the reply to the call shape where it must be (grammar_schema), in ``overrides``;
     whether it is held. A response_format or json_schema then shapes the generic reply's
     ``response`` (a forced call has none); a raw grammar cannot be joined to it."""
-    if tools is None or (native and tools.choice == "auto"):
+    if tools is None or tools.free(native):
         return False
     if "grammar" in overrides:
         raise _bad("'grammar' cannot be used with tools, which need a grammar of their own "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...api import Completion, FinishReason
+from ...api import Completion, FinishReason, TokenProbs
 
 FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
           FinishReason.TIME: "length"}
@@ -32,7 +32,7 @@ def _logprob(p: float) -> float:
     return math.log(p) if p > 0 else -9999.0   # OpenAI's floor for a zero probability
 
 
-Rows = list[tuple[int, tuple[tuple[int, float], ...]]]   # (token, its top-n (token, p))
+Rows = list[TokenProbs]   # generated tokens, each with its top-n (token, p)
 
 
 def token_rows(completion: Completion) -> Rows:
